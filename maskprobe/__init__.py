@@ -1,0 +1,35 @@
+"""maskprobe: learn binary weight masks per task on a frozen checkpoint and measure modularity.
+
+Implements Csordás, van Steenkiste & Schmidhuber, "Are Neural Nets Modular? Inspecting Functional
+Modularity Through Differentiable Weight Masks" (ICLR 2021).
+
+Public API (imported lazily, so ``import maskprobe`` stays fast)::
+
+    from maskprobe import Task, load_checkpoint, load_task, TrainConfig, train_mask,
+                          save_masks, load_masks, open_masks, overlap, ablate, evaluate_task
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Task": "tasks", "load_task": "tasks", "discover_tasks": "tasks",
+    "load_checkpoint": "checkpoints", "Checkpoint": "checkpoints",
+    "TrainConfig": "training", "train_mask": "training", "evaluate_task": "training", "MaskResult": "training",
+    "Selection": "selection", "select_parameters": "selection",
+    "save_masks": "maskfile", "load_masks": "maskfile", "open_masks": "maskfile", "MaskSet": "maskfile",
+    "overlap": "analysis", "ablate": "ablation", "Ablation": "ablation",
+    "MaskprobeError": "errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'maskprobe' has no attribute {name!r}")

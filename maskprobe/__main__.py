@@ -1,0 +1,3 @@
+from maskprobe.cli import main
+
+main()

@@ -1,0 +1,294 @@
+"""Load checkpoints safely, detecting the format by content (DESIGN §4, docs/checkpoints.md).
+
+Formats: ``torch.save`` state dicts (``weights_only=True``, also nested under ``state_dict``/``model``
+and with ``module.``/``model.`` prefixes), safetensors (single or sharded with ``*.index.json``),
+Hugging Face model folders (optional ``transformers``), TorchScript archives, and whole pickled modules
+only with ``trust=True`` (pickle runs code).
+
+Weights-only formats need an architecture: ``model_factory`` (``package.module:factory``) or the task's
+``build_model()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = 0x80
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with where it came from."""
+
+    model: Any  # nn.Module
+    path: Path
+    format: str
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256, "format": self.format}
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, or of a folder's files (sorted relative names and contents)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """One of ``safetensors``, ``safetensors-sharded``, ``hf-folder``, ``torchscript``, ``torch-zip``,
+    ``torch-legacy``, by content.
+
+    Raises:
+        CheckpointError: missing path, empty file, or content that is none of the above.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf-folder"
+        if list(path.glob("*.safetensors.index.json")):
+            return "safetensors-sharded"
+        raise CheckpointError(f"{path} is a folder with neither config.json nor *.safetensors.index.json")
+    if path.name.endswith(".index.json"):
+        return "safetensors-sharded"
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        raise CheckpointError(f"{path} is empty")
+    if head[:4] == ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is a damaged zip archive ({exc})") from None
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch-zip"
+        raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint")
+    if head[0] == PICKLE_PROTO:
+        return "torch-legacy"
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    raise CheckpointError(f"{path} is not a checkpoint maskprobe can read (not torch.save, safetensors or TorchScript)")
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=None)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors, which can run code when loaded; "
+                "refusing (pass --trust-checkpoint only if you trust its author)"
+            ) from None
+        raise CheckpointError(f"{path} could not be unpickled ({exc})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ModuleNotFoundError, ImportError) as exc:
+        raise CheckpointError(f"{path} is damaged or not a torch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+
+
+def _load_sharded(path: Path) -> dict[str, Any]:
+    index = path if path.is_file() else sorted(path.glob("*.safetensors.index.json"))[0]
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is not a valid safetensors index ({exc})") from None
+    state: dict[str, Any] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"shard {shard} listed in {index.name} is missing")
+        state.update(_load_safetensors(shard_path))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f"{index.name} lists tensors no shard holds: {', '.join(missing[:5])}")
+    return state
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, Any]:
+    """Find the tensor dict inside what ``torch.load`` returned (``state_dict``/``model``/... nesting)."""
+    if _is_tensor_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                try:
+                    return unwrap_state_dict(inner)
+                except CheckpointError:
+                    continue
+        # Lightning and friends mix tensors with other entries: keep the tensors
+        import torch
+
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError("the checkpoint holds no state dict (no mapping of names to tensors found)")
+
+
+def _strip_prefixes(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    if set(state) == expected:
+        return state
+    best = state
+    best_hits = len(set(state) & expected)
+    for prefix in ("module.", "model.", "_orig_mod.", "model.module.", "module.model.", "net."):
+        cand = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+        hits = len(set(cand) & expected)
+        if hits > best_hits:
+            best, best_hits = cand, hits
+    return best
+
+
+def load_state_into(model: Any, state: Mapping[str, Any], source: str = "checkpoint") -> Any:
+    """Load ``state`` into ``model`` strictly; a mismatch is one error listing missing, unexpected and
+    mis-shaped names."""
+    own = model.state_dict()
+    state = _strip_prefixes(dict(state), set(own))
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
+                parts.append(f"{label}: {', '.join(items[:6])}{more}")
+        raise CheckpointError(f"{source} does not fit the architecture: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_factory(ref: str, kwargs: Mapping[str, Any] | None = None) -> Callable[[], Any]:
+    """``package.module:factory`` -> a zero-argument callable building the model."""
+    from .tasks import _load_object
+
+    try:
+        obj = _load_object(ref)
+    except Exception as exc:
+        raise CheckpointError(f"--model {ref!r}: {exc}") from None
+    if not callable(obj):
+        raise CheckpointError(f"--model {ref!r} is not callable")
+    return lambda: obj(**dict(kwargs or {}))
+
+
+def _build(architecture: Callable[[], Any] | None, path: Path) -> Any:
+    from torch import nn
+
+    if architecture is None:
+        raise CheckpointError(f"{path} holds only weights; give the architecture with --model package.module:factory "
+                              "or use a task that defines build_model()")
+    try:
+        model = architecture()
+    except Exception as exc:
+        raise CheckpointError(f"building the model failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"the model factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _load_hf(path: Path) -> Any:
+    try:
+        from transformers import AutoModel, AutoModelForCausalLM  # noqa: F401
+    except ImportError:
+        raise CheckpointError(f"{path} is a Hugging Face folder; install the extra: pip install 'maskprobe[hf]'") from None
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        archs = getattr(config, "architectures", None) or []
+        import transformers
+
+        cls = getattr(transformers, archs[0], None) if archs else None
+        cls = cls or transformers.AutoModel
+        return cls.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: transformers could not load it ({type(exc).__name__}: {exc})") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    architecture: Callable[[], Any] | None = None,
+    *,
+    trust: bool = False,
+) -> Checkpoint:
+    """Load ``path`` as an ``nn.Module`` on the CPU.
+
+    Args:
+        path: file or folder; the format is detected by content.
+        architecture: builds the module for weights-only checkpoints (``task.build_model`` or a factory).
+        trust: allow unpickling arbitrary objects (a whole pickled ``nn.Module``). Default False.
+
+    Raises:
+        CheckpointError: unreadable, unsafe without ``trust``, or not fitting the architecture.
+    """
+    import torch
+    from torch import nn
+
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "hf-folder":
+        model = _load_hf(path)
+    elif fmt == "torchscript":
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"{path} is a damaged TorchScript archive ({type(exc).__name__}: {exc})") from None
+    else:
+        if fmt == "safetensors":
+            obj: Any = _load_safetensors(path)
+        elif fmt == "safetensors-sharded":
+            obj = _load_sharded(path)
+        else:
+            obj = _torch_load(path, trust)
+        if isinstance(obj, nn.Module):
+            model = obj
+            fmt = "pickled-module"
+        else:
+            state = unwrap_state_dict(obj)
+            model = load_state_into(_build(architecture, path), state, source=str(path))
+    return Checkpoint(model=model, path=path, format=fmt, sha256=sha256_of(path))

@@ -1,0 +1,70 @@
+"""Error hierarchy and the exit codes they map to, in one place.
+
+Exit codes (documented in docs/cli.md):
+
+====  ==========================================================
+0     success
+1     a check failed (``compare`` thresholds)
+2     bad input: usage, missing/corrupt files, mismatched masks
+3     a task plugin is broken (import error, contract violation)
+4     numerical failure during training (NaN/inf loss or logits)
+130   interrupted by SIGINT (Ctrl-C); learned state was saved
+143   terminated by SIGTERM; learned state was saved
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_PLUGIN = 3
+EXIT_NUMERICAL = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class MaskprobeError(Exception):
+    """Base class: every error maskprobe raises on purpose. The CLI prints ``str(err)`` on one line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInputError(MaskprobeError):
+    """A file, argument or combination of them that cannot be used."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class CheckpointError(BadInputError):
+    """A checkpoint that cannot be read, or that does not fit the architecture."""
+
+
+class MaskFileError(BadInputError):
+    """A mask file that is missing, corrupt, or does not fit the checkpoint or the other masks."""
+
+
+class PluginError(MaskprobeError):
+    """A task plugin that cannot be imported or violates the task contract."""
+
+    exit_code = EXIT_PLUGIN
+
+
+class NumericalError(MaskprobeError):
+    """NaN or inf met during training."""
+
+    exit_code = EXIT_NUMERICAL
+
+
+class CheckFailed(MaskprobeError):
+    """One or more ``compare`` thresholds were violated."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class Interrupted(MaskprobeError):
+    """Training stopped by a signal; what was learned has been saved."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = EXIT_SIGTERM if signum == 15 else EXIT_SIGINT

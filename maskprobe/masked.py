@@ -1,0 +1,54 @@
+"""Run a module with some parameters replaced, without editing it (``torch.func.functional_call``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+class MaskedModel:
+    """A callable that runs ``module`` with ``overrides`` (name -> tensor) in place of its parameters.
+
+    This is the ``model`` a task's ``loss`` and ``evaluate`` receive. ``module`` is exposed for tasks that
+    need its attributes (e.g. a config); calling it directly would bypass the masks.
+    """
+
+    def __init__(self, module: nn.Module, overrides: Mapping[str, Tensor]):
+        self.module = module
+        self.overrides = dict(overrides)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.overrides:
+            return self.module(*args, **kwargs)
+        return functional_call(self.module, self.overrides, args, kwargs, tie_weights=True, strict=False)
+
+
+def masked_weights(module: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``{name: weight * mask}`` for each mask (bool, the parameter's shape), on the weight's device."""
+    params = dict(module.named_parameters())
+    out = {}
+    for name, m in masks.items():
+        w = params[name].detach()
+        out[name] = torch.where(m.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device))
+    return out
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` for the duration; both restored afterwards."""
+    was_training = module.training
+    flags = {n: p.requires_grad for n, p in module.named_parameters()}
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for n, p in module.named_parameters():
+            p.requires_grad_(flags.get(n, False))
+        module.train(was_training)

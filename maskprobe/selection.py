@@ -1,0 +1,99 @@
+"""Which parameters get a mask (DESIGN §2).
+
+Default: every floating-point parameter except biases and embeddings (parameters of ``nn.Embedding`` /
+``nn.EmbeddingBag`` modules, and any parameter whose name contains ``embed``). Norm-layer gains and biases
+count as weights and biases like any other: gains are masked, biases are not.
+
+``include`` globs (``fnmatch`` on the parameter name, e.g. ``"layers.*.weight"``) replace the default rule:
+when given, exactly the floating parameters that match one of them are candidates, biases and embeddings
+included. ``exclude`` globs then remove matches. ``mask_biases=True`` keeps biases in the default rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+from .errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The selection flags; recorded in every mask file's metadata."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    mask_biases: bool = False
+
+    def to_dict(self) -> dict:
+        return {"include": list(self.include), "exclude": list(self.exclude), "mask_biases": self.mask_biases}
+
+
+@dataclass
+class SelectedParameter:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    masked: bool
+    reason: str = field(default="")
+
+
+def _embedding_param_names(model: nn.Module) -> set[str]:
+    names = set()
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Embedding | nn.EmbeddingBag):
+            for p_name, _ in mod.named_parameters(recurse=False):
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names
+
+
+def _matches(name: str, globs: Iterable[str]) -> bool:
+    return any(fnmatchcase(name, g) for g in globs)
+
+
+def describe_selection(model: nn.Module, selection: Selection = Selection()) -> list[SelectedParameter]:
+    """Every parameter of ``model`` with whether it would be masked and why not."""
+    embeddings = _embedding_param_names(model)
+    rows = []
+    for name, p in model.named_parameters():
+        short = name.rsplit(".", 1)[-1]
+        if not p.is_floating_point():
+            masked, reason = False, "not floating point"
+        elif selection.include:
+            masked = _matches(name, selection.include)
+            reason = "" if masked else "not in --include"
+        elif short == "bias" and not selection.mask_biases:
+            masked, reason = False, "bias"
+        elif name in embeddings or "embed" in name.lower():
+            masked, reason = False, "embedding"
+        else:
+            masked, reason = True, ""
+        if masked and _matches(name, selection.exclude):
+            masked, reason = False, "--exclude"
+        rows.append(SelectedParameter(name, tuple(p.shape), str(p.dtype).removeprefix("torch."), p.numel(),
+                                      masked, reason))
+    return rows
+
+
+def select_parameters(model: nn.Module, selection: Selection = Selection()) -> list[str]:
+    """Names of the parameters to mask, in ``named_parameters()`` order.
+
+    Raises:
+        BadInputError: if nothing is selected.
+    """
+    names = [r.name for r in describe_selection(model, selection) if r.masked]
+    if not names:
+        raise BadInputError("the selection masks no parameter (check --include/--exclude/--mask-biases)")
+    return names
+
+
+def parse_globs(values: Sequence[str] | None) -> tuple[str, ...]:
+    """Accept repeated flags and comma-separated lists alike."""
+    out: list[str] = []
+    for v in values or ():
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return tuple(out)

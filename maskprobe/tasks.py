@@ -1,0 +1,251 @@
+"""The task contract and plugin discovery (DESIGN §5, docs/plugins.md).
+
+A task says what data a mask must keep working and how to score it; the engine owns the model, the
+masks, the optimiser, the device and the loop, and a task never sees a mask. The ``model`` a task
+receives in :meth:`Task.loss` and :meth:`Task.evaluate` is a plain callable: call it like the module.
+
+Tasks are found three ways:
+
+* the entry-point group ``maskprobe.tasks`` (``name = "package.module:Class"``), which is how the sample
+  tasks register themselves;
+* ``package.module:Class``;
+* ``path/to/file.py:Class``.
+
+Task arguments (``--task-arg key=value``) are typed from the class's ``__init__`` annotations.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import BadInputError, PluginError
+
+ENTRY_POINT_GROUP = "maskprobe.tasks"
+
+
+class Task:
+    """Base class for tasks. Subclass it, set ``name``, implement ``batches``, ``loss``, ``evaluate``.
+
+    Attributes:
+        name: short identifier, e.g. ``"arith-add"``.
+        metric: the primary metric's key in :meth:`evaluate`'s result (default ``"accuracy"``).
+        higher_is_better: whether a larger metric is better (default True).
+        metric_range: inclusive bounds the metric must lie in, or None (default ``(0.0, 1.0)``).
+    """
+
+    name: ClassVar[str] = ""
+    metric: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
+    metric_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+
+    def build_model(self) -> Any:
+        """The architecture (an ``nn.Module`` with fresh weights) for weights-only checkpoints, or None."""
+        return None
+
+    def batches(self, split: str, batch_size: int, generator: Any) -> Iterator[Any]:
+        """Batches for ``split``: ``"train"`` is endless, ``"eval"`` finite and the same on every call.
+
+        A batch is a tensor, or a tuple/list/dict of tensors, with the batch along dim 0; the engine moves
+        it to the device and splits it into one chunk per mask sample. ``generator`` is a seeded
+        ``torch.Generator`` on the CPU: draw all randomness from it.
+        """
+        raise NotImplementedError
+
+    def loss(self, model: Callable[..., Any], batch: Any) -> Any:
+        """A scalar loss tensor for ``batch`` (mean over the batch), differentiable through ``model``."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Callable[..., Any], batches: Iterable[Any]) -> dict[str, float]:
+        """Metrics over the finite ``batches``; must contain ``self.metric``."""
+        raise NotImplementedError
+
+
+@dataclass
+class TaskRef:
+    """How a task was asked for: enough to rebuild it later (it goes into mask metadata)."""
+
+    ref: str
+    args: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps({"ref": self.ref, "args": self.args}, sort_keys=True)
+
+
+@dataclass
+class TaskInfo:
+    """One discovered task, for ``maskprobe tasks``."""
+
+    name: str
+    source: str
+    cls: type | None
+    error: str | None = None
+
+
+def _describe_origin(obj: Any) -> str:
+    try:
+        return inspect.getsourcefile(obj) or "?"
+    except TypeError:
+        return "?"
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise PluginError(f"task plugin file not found: {path}")
+    mod_name = f"_maskprobe_plugin_{abs(hash(str(path.resolve())))}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot import task plugin file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a plugin's own bug: name it, no traceback
+        sys.modules.pop(mod_name, None)
+        raise PluginError(f"task plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _load_object(ref: str) -> Any:
+    """``module:attr`` or ``file.py:attr`` (also ``entry-point-name``)."""
+    mod_part, _, attr = ref.rpartition(":")
+    if mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part:
+        module = _import_file(Path(mod_part))
+        where = mod_part
+    else:
+        try:
+            module = importlib.import_module(mod_part)
+        except Exception as exc:
+            raise PluginError(f"task plugin {ref!r}: cannot import {mod_part!r}: {type(exc).__name__}: {exc}") from exc
+        where = getattr(module, "__file__", mod_part)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise PluginError(f"task plugin {ref!r}: {where} has no attribute {attr!r}") from None
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def task_class(ref: str) -> type:
+    """Resolve a task reference (entry-point name, ``module:Class`` or ``file.py:Class``) to its class."""
+    if ":" in ref:
+        obj = _load_object(ref)
+    else:
+        eps = _entry_points()
+        if ref not in eps:
+            known = ", ".join(sorted(eps)) or "none installed"
+            raise BadInputError(f"unknown task {ref!r} (known: {known}; or use module:Class / file.py:Class)")
+        try:
+            obj = eps[ref].load()
+        except Exception as exc:
+            raise PluginError(
+                f"task plugin {ref!r} ({eps[ref].value}) failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+    if not (inspect.isclass(obj) and issubclass(obj, Task)):
+        raise PluginError(f"task plugin {ref!r} ({_describe_origin(obj)}) is not a subclass of maskprobe.Task")
+    return obj
+
+
+def task_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
+    """``{name: (annotation, default)}`` of the class's ``__init__`` keyword arguments."""
+    sig = inspect.signature(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:
+        hints = {}
+    out = {}
+    for name, param in sig.parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        out[name] = (hints.get(name, param.annotation), param.default)
+    return out
+
+
+def _coerce(value: str, annotation: Any, key: str, ref: str) -> Any:
+    target = annotation
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        target = args[0] if len(args) == 1 else str
+    try:
+        if target is bool:
+            low = value.lower()
+            if low not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return low in ("1", "true", "yes")
+        if target in (int, float, str):
+            return target(value)
+        if typing.get_origin(target) in (list, tuple) or target in (list, tuple):
+            item = (typing.get_args(target) or (str,))[0]
+            item = item if item in (int, float, str) else str
+            seq = [item(x) for x in value.split(",") if x != ""]
+            return tuple(seq) if (typing.get_origin(target) or target) is tuple else seq
+    except ValueError:
+        raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not a valid {getattr(target, '__name__', target)}") from None
+    return json.loads(value) if value[:1] in "[{" else value
+
+
+def parse_task_args(ref: str, cls: type, pairs: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["key=value", ...]`` into typed keyword arguments for ``cls``."""
+    known = task_arguments(cls)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise BadInputError(f"--task-arg must be key=value, got {pair!r}")
+        if key not in known:
+            names = ", ".join(known) or "none"
+            raise BadInputError(f"task {ref!r} has no argument {key!r} (arguments: {names})")
+        out[key] = _coerce(value, known[key][0], key, ref)
+    return out
+
+
+def load_task(ref: str, args: dict[str, Any] | None = None) -> tuple[Task, TaskRef]:
+    """Instantiate the task ``ref`` with typed ``args``; returns it with the record that rebuilds it."""
+    cls = task_class(ref)
+    args = dict(args or {})
+    try:
+        task = cls(**args)
+    except TypeError as exc:
+        raise BadInputError(f"task {ref!r}: {exc}") from None
+    except Exception as exc:
+        raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) failed in __init__: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not getattr(task, "name", ""):
+        raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) has no name")
+    stable_ref = ref
+    mod_part, _, attr = ref.rpartition(":")
+    if mod_part.endswith(".py"):
+        stable_ref = f"{Path(mod_part).resolve()}:{attr}"
+    return task, TaskRef(stable_ref, args)
+
+
+def discover_tasks() -> list[TaskInfo]:
+    """Every task registered under the ``maskprobe.tasks`` entry-point group, with load errors kept."""
+    found = []
+    for name, ep in sorted(_entry_points().items()):
+        source = f"{ep.value} (entry point"
+        dist = getattr(ep, "dist", None)
+        source += f" of {dist.name})" if dist is not None else ")"
+        try:
+            cls = ep.load()
+            if not (inspect.isclass(cls) and issubclass(cls, Task)):
+                raise TypeError("not a subclass of maskprobe.Task")
+            found.append(TaskInfo(name, source, cls))
+        except Exception as exc:
+            found.append(TaskInfo(name, source, None, f"{type(exc).__name__}: {exc}"))
+    return found

@@ -1,0 +1,300 @@
+"""The mask-training loop (DESIGN §2). Library code: it never prints; progress goes to ``callback``.
+
+Per step and task: draw a batch of ``B``; split it into ``K = samples`` chunks; run each chunk with its
+own mask sample (hard Gumbel-sigmoid, straight-through, :mod:`maskprobe.gates`); loss =
+``mean_k task_loss_k + (beta / B) * sum(all logits)``; Adam on the logits only, gradient-norm clip over
+the logits. The weights stay frozen and the model in eval mode. The final mask keeps ``logit > 0``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .batching import batch_size_of, split_batch, to_device
+from .errors import NumericalError, PluginError
+from .gates import binarize, gate, uniform_noise
+from .masked import MaskedModel, frozen, masked_weights
+from .selection import Selection, select_parameters
+from .tasks import Task, TaskRef
+
+EVAL_SEED = 1234  # eval batches are drawn from a fixed seed so that every run scores on the same data
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; defaults are the paper's code's except ``steps`` (paper: 20,000)."""
+
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 1e-2
+    beta: float = 1e-4
+    samples: int = 4
+    init: float = 2.0
+    tau: float = 1.0
+    clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 1024
+    log_every: int = 25
+    selection: Selection = field(default_factory=Selection)
+
+    def hparams(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("selection")
+        d.pop("log_every")
+        return d
+
+
+@dataclass
+class StepEvent:
+    """Progress report, sent every ``log_every`` steps and at the end."""
+
+    task: str
+    step: int
+    steps: int
+    loss: float
+    density: float
+    elapsed: float
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.step / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run bitwise: logits, Adam state, RNG states, step count."""
+
+    step: int
+    logits: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    noise_rng: Tensor
+    history: list[list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "logits": self.logits, "optimizer": self.optimizer,
+                "noise_rng": self.noise_rng, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        return cls(int(d["step"]), d["logits"], d["optimizer"], d["noise_rng"], d.get("history", []))
+
+
+@dataclass
+class MaskResult:
+    """One task's trained mask and everything the mask file records about it."""
+
+    task: Task
+    task_ref: TaskRef
+    config: TrainConfig
+    masks: dict[str, Tensor]
+    state: TrainState
+    final_loss: float
+    metric_full: dict[str, float]
+    metric_masked: dict[str, float]
+    completed: bool = True
+
+    @property
+    def steps_run(self) -> int:
+        return self.state.step
+
+    def density(self) -> dict[str, Any]:
+        per = {n: float(m.float().mean()) for n, m in self.masks.items()}
+        kept = sum(int(m.sum()) for m in self.masks.values())
+        total = sum(m.numel() for m in self.masks.values())
+        return {"per_tensor": per, "total": kept / total if total else 0.0, "kept": kept, "numel": total}
+
+    def metadata(self, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "task": {"name": self.task.name, "ref": self.task_ref.ref, "args": self.task_ref.args,
+                     "metric": self.task.metric, "higher_is_better": self.task.higher_is_better},
+            "checkpoint": checkpoint or {},
+            "hparams": {**self.config.hparams(), "regulariser": "beta / batch_size * sum(logits)"},
+            "selection": self.config.selection.to_dict(),
+            "seed": self.config.seed,
+            "steps": self.steps_run,
+            "final_loss": self.final_loss,
+            "density": self.density(),
+            "metric_full": self.metric_full,
+            "metric_masked": self.metric_masked,
+            "versions": {"maskprobe": __version__, "torch": torch.__version__},
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import BadInputError
+
+        raise BadInputError("--device cuda was asked for but no CUDA device is available")
+    return dev
+
+
+def _check_metrics(task: Task, metrics: Any) -> dict[str, float]:
+    if not isinstance(metrics, dict) or task.metric not in metrics:
+        raise PluginError(f"task {task.name!r} ({type(task).__module__}): evaluate() must return a dict with "
+                          f"key {task.metric!r}, got {metrics!r:.200}")
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise PluginError(f"task {task.name!r}: metric {k!r} is not a number ({v!r:.80})") from None
+    value = out[task.metric]
+    lo_hi = task.metric_range
+    if lo_hi is not None and not math.isnan(value) and not (lo_hi[0] <= value <= lo_hi[1]):
+        raise PluginError(f"task {task.name!r}: metric {task.metric}={value} is outside its range {lo_hi}")
+    return out
+
+
+def evaluate_task(module: nn.Module, task: Task, overrides: dict[str, Tensor] | None = None, *,
+                  device: torch.device | str = "cpu", batch_size: int = 1024) -> dict[str, float]:
+    """The task's metrics with ``overrides`` (name -> effective weight) applied; eval mode, no grad."""
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    model = MaskedModel(module, overrides or {})
+    with torch.no_grad(), frozen(module):
+        batches = (to_device(b, device) for b in task.batches("eval", batch_size, gen))
+        try:
+            metrics = task.evaluate(model, batches)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"task {task.name!r}: evaluate() failed: {type(exc).__name__}: {exc}") from exc
+    return _check_metrics(task, metrics)
+
+
+def _scalar_loss(task: Task, value: Any) -> Tensor:
+    if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
+        raise PluginError(f"task {task.name!r}: loss() must return a scalar float tensor, got "
+                          f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}")
+    return value.reshape(())
+
+
+def train_mask(
+    module: nn.Module,
+    task: Task,
+    task_ref: TaskRef,
+    config: TrainConfig,
+    *,
+    callback: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: TrainState | None = None,
+) -> MaskResult:
+    """Learn one task's mask on the frozen ``module`` (moved to ``config.device``).
+
+    Args:
+        callback: receives a :class:`StepEvent` every ``config.log_every`` steps and at the end.
+        should_stop: polled at every step boundary; when it returns True the loop stops and the result
+            has ``completed=False`` (its ``state`` resumes the run).
+        resume: a :class:`TrainState` from an interrupted run with the same config.
+
+    Raises:
+        NumericalError: NaN/inf loss; ``err.state`` holds the last good :class:`TrainState`.
+        PluginError: the task violates the contract.
+    """
+    device = torch.device(config.device)
+    module.to(device)
+    names = select_parameters(module, config.selection)
+    params = dict(module.named_parameters())
+    weights = {n: params[n].detach() for n in names}
+
+    logits = {n: torch.full(w.shape, float(config.init), dtype=torch.float32, device=device) for n, w in weights.items()}
+    optimizer = torch.optim.Adam(list(logits.values()), lr=config.lr)
+    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    data_gen = torch.Generator().manual_seed(config.seed)
+    history: list[list[float]] = []
+    start = 0
+    if resume is not None:
+        for n in names:
+            logits[n].copy_(resume.logits[n].to(device))
+        optimizer = torch.optim.Adam(list(logits.values()), lr=config.lr)
+        optimizer.load_state_dict(resume.optimizer)
+        noise_gen.set_state(resume.noise_rng)
+        history = list(resume.history)
+        start = resume.step
+    for t in logits.values():
+        t.requires_grad_(True)
+    flat = list(logits.values())
+
+    def snapshot(step: int) -> TrainState:
+        return TrainState(step, {n: t.detach().cpu().clone() for n, t in logits.items()},
+                          _cpu_state(optimizer.state_dict()), noise_gen.get_state().clone(), list(history))
+
+    def density() -> float:
+        kept = sum(int((t > 0).sum()) for t in flat)
+        return kept / sum(t.numel() for t in flat)
+
+    batches: Iterator[Any] = iter(task.batches("train", config.batch_size, data_gen))
+    for _ in range(start):  # same data order on resume: replay the seeded stream
+        next(batches)
+
+    last_loss = float("nan")
+    t0 = time.perf_counter()
+    step = start
+    completed = True
+    with frozen(module):
+        while step < config.steps:
+            if should_stop is not None and should_stop():
+                completed = False
+                break
+            try:
+                batch = to_device(next(batches), device)
+            except StopIteration:
+                raise PluginError(f"task {task.name!r}: the 'train' batch stream ended at step {step}; it must be endless") from None
+            bsz = batch_size_of(batch)
+            k = max(1, min(config.samples, bsz))
+            task_loss = torch.zeros((), device=device)
+            for chunk in split_batch(batch, k):
+                gated = {n: gate(w, logits[n], uniform_noise(w, noise_gen), config.tau) for n, w in weights.items()}
+                task_loss = task_loss + _scalar_loss(task, task.loss(MaskedModel(module, gated), chunk)) / k
+            reg = (config.beta / bsz) * torch.stack([t.sum() for t in flat]).sum()
+            loss = task_loss + reg
+            last_loss = float(loss.detach())
+            if not math.isfinite(last_loss):
+                err = NumericalError(f"task {task.name!r}: loss is {last_loss} at step {step + 1} "
+                                     f"(task loss {float(task_loss.detach())}); kept the last good state")
+                err.state = snapshot(step)  # type: ignore[attr-defined]
+                raise err
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(flat, config.clip)
+            optimizer.step()
+            step += 1
+            if step % config.log_every == 0 or step == config.steps:
+                bad = next((n for n, t in logits.items() if not torch.isfinite(t).all()), None)
+                if bad is not None:
+                    err = NumericalError(f"task {task.name!r}: logits of {bad!r} became non-finite by step {step}")
+                    err.state = snapshot(step)  # type: ignore[attr-defined]
+                    raise err
+                d = density()
+                history.append([step, last_loss, d])
+                if callback is not None:
+                    callback(StepEvent(task.name, step, config.steps, last_loss, d, time.perf_counter() - t0))
+
+    state = snapshot(step)
+    masks = {n: binarize(t.detach()).cpu() for n, t in logits.items()}
+    metric_full = evaluate_task(module, task, device=device, batch_size=config.eval_batch_size)
+    metric_masked = evaluate_task(module, task, masked_weights(module, masks), device=device,
+                                  batch_size=config.eval_batch_size)
+    return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed)
+
+
+def _cpu_state(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_state(v) for v in obj]
+    return obj

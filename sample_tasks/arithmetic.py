@@ -1,0 +1,176 @@
+"""The paper's addition/multiplication task (Csordás et al. 2021, §3.1), as maskprobe task plugins.
+
+Data, exactly as the paper: ``a, b`` uniform in 0..99, the operation uniform in {add, mul} (or fixed, for
+the add-only / mul-only tasks), target ``(a op b) mod 100`` as two digits, least significant first.
+Input (42): one-hot digits of ``a`` (units, tens), of ``b`` (units, tens), one-hot operation (add, mul).
+Output (20): two groups of 10 logits, cross-entropy per digit. Accuracy: both digits right.
+
+Tasks: ``arith-add``, ``arith-mul`` and ``arith-both`` (the control: both operations). The model is a
+ReLU FNN, hidden sizes from the ``hidden`` argument (the paper: 2000,2000,2000,2000).
+
+Make a base checkpoint::
+
+    python -m sample_tasks.arithmetic --out addmul.pt --hidden 256,256,256,256 --steps 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskprobe.tasks import Task
+
+ADD, MUL = 0, 1
+IN_FEATURES = 42
+OUT_FEATURES = 20
+
+
+def build_fnn(in_features: int, hidden: Iterable[int], out_features: int) -> nn.Sequential:
+    """``Linear -> ReLU`` per hidden size, then a linear output layer."""
+    layers: list[nn.Module] = []
+    prev = in_features
+    for h in hidden:
+        layers += [nn.Linear(prev, h), nn.ReLU()]
+        prev = h
+    layers.append(nn.Linear(prev, out_features))
+    return nn.Sequential(*layers)
+
+
+def encode(a: torch.Tensor, b: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+    """(B,) ints -> (B, 42) float one-hot input."""
+    parts = [F.one_hot(a % 10, 10), F.one_hot(a // 10, 10), F.one_hot(b % 10, 10), F.one_hot(b // 10, 10),
+             F.one_hot(op, 2)]
+    return torch.cat(parts, dim=1).float()
+
+
+def targets(a: torch.Tensor, b: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+    """(B,) ints -> (B, 2) digits of (a op b) mod 100, least significant first."""
+    r = torch.where(op == ADD, a + b, a * b) % 100
+    return torch.stack([r % 10, r // 10], dim=1)
+
+
+def parse_hidden(hidden: str | Iterable[int]) -> list[int]:
+    if isinstance(hidden, str):
+        return [int(h) for h in hidden.split(",") if h.strip()]
+    return [int(h) for h in hidden]
+
+
+class ArithmeticTask(Task):
+    """Base of the three arithmetic tasks; ``ops`` picks which operations the data holds."""
+
+    ops: tuple[int, ...] = (ADD, MUL)
+    metric = "accuracy"
+
+    def __init__(self, hidden: str = "2000,2000,2000,2000", eval_size: int = 10000):
+        self.hidden = parse_hidden(hidden)
+        self.eval_size = int(eval_size)
+
+    def build_model(self) -> nn.Module:
+        return build_fnn(IN_FEATURES, self.hidden, OUT_FEATURES)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.randint(0, 100, (n,), generator=generator)
+        b = torch.randint(0, 100, (n,), generator=generator)
+        choice = torch.randint(0, len(self.ops), (n,), generator=generator)
+        op = torch.tensor(self.ops)[choice]
+        return encode(a, b, op), targets(a, b, op)
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
+        if split == "train":
+            while True:
+                yield self.sample(batch_size, generator)
+        else:
+            left = self.eval_size
+            while left > 0:
+                n = min(batch_size, left)
+                left -= n
+                yield self.sample(n, generator)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        x, y = batch
+        logits = model(x).view(-1, 2, 10)
+        return F.cross_entropy(logits.reshape(-1, 10), y.reshape(-1))
+
+    def evaluate(self, model, batches) -> dict[str, float]:
+        correct = digits = total = 0
+        loss = 0.0
+        for x, y in batches:
+            logits = model(x).view(-1, 2, 10)
+            pred = logits.argmax(-1)
+            correct += int((pred == y).all(dim=1).sum())
+            digits += int((pred == y).sum())
+            loss += float(F.cross_entropy(logits.reshape(-1, 10), y.reshape(-1), reduction="sum"))
+            total += x.shape[0]
+        return {"accuracy": correct / total, "digit_accuracy": digits / (2 * total), "loss": loss / (2 * total)}
+
+
+class AddTask(ArithmeticTask):
+    """Addition only: ``(a + b) mod 100``."""
+
+    name = "arith-add"
+    ops = (ADD,)
+
+
+class MulTask(ArithmeticTask):
+    """Multiplication only: ``(a * b) mod 100``."""
+
+    name = "arith-mul"
+    ops = (MUL,)
+
+
+class AddMulTask(ArithmeticTask):
+    """Both operations (the control task, and the base network's training data)."""
+
+    name = "arith-both"
+    ops = (ADD, MUL)
+
+
+def train_base(task: ArithmeticTask, steps: int = 10000, batch_size: int = 128, lr: float = 1e-3,
+               seed: int = 0, callback=None) -> nn.Module:
+    """The paper's base-training recipe: Adam (lr 1e-3), batch 128, cross-entropy per digit.
+
+    ``callback(step, loss)`` is called every 500 steps.
+    """
+    torch.manual_seed(seed)
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for step, batch in enumerate(task.batches("train", batch_size, gen), start=1):
+        loss = task.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if callback is not None and (step % 500 == 0 or step == steps):
+            callback(step, float(loss))
+        if step >= steps:
+            break
+    model.eval()
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train the add/mul base network and save its state_dict.")
+    p.add_argument("--out", required=True)
+    p.add_argument("--hidden", default="2000,2000,2000,2000")
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    task = AddMulTask(hidden=args.hidden)
+    model = train_base(task, steps=args.steps, seed=args.seed,
+                       callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True))
+    from maskprobe.atomic import atomic_write
+
+    atomic_write(args.out, lambda tmp: torch.save(model.state_dict(), tmp))
+    from maskprobe.training import evaluate_task
+
+    print(f"saved {args.out}; accuracy {evaluate_task(model, task)['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
