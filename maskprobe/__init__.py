@@ -17,12 +17,24 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Task": "tasks", "load_task": "tasks", "discover_tasks": "tasks",
-    "load_checkpoint": "checkpoints", "Checkpoint": "checkpoints",
-    "TrainConfig": "training", "train_mask": "training", "evaluate_task": "training", "MaskResult": "training",
-    "Selection": "selection", "select_parameters": "selection",
-    "save_masks": "maskfile", "load_masks": "maskfile", "open_masks": "maskfile", "MaskSet": "maskfile",
-    "overlap": "analysis", "ablate": "ablation", "Ablation": "ablation",
+    "Task": "tasks",
+    "load_task": "tasks",
+    "discover_tasks": "tasks",
+    "load_checkpoint": "checkpoints",
+    "Checkpoint": "checkpoints",
+    "TrainConfig": "training",
+    "train_mask": "training",
+    "evaluate_task": "training",
+    "MaskResult": "training",
+    "Selection": "selection",
+    "select_parameters": "selection",
+    "save_masks": "maskfile",
+    "load_masks": "maskfile",
+    "open_masks": "maskfile",
+    "MaskSet": "maskfile",
+    "overlap": "analysis",
+    "ablate": "ablation",
+    "Ablation": "ablation",
     "MaskprobeError": "errors",
 }
 

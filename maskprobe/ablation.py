@@ -137,5 +137,12 @@ def ablate(
         if progress:
             progress(f"{kind} removals")
         results[kind] = [[run(t, keep) for t in tasks] for keep in keeps]
-    return Ablation([t.name for t in tasks], [t.metric for t in tasks], [t.higher_is_better for t in tasks],
-                    full, keep_io=keep_io, io_tensors=io, **results)
+    return Ablation(
+        [t.name for t in tasks],
+        [t.metric for t in tasks],
+        [t.higher_is_better for t in tasks],
+        full,
+        keep_io=keep_io,
+        io_tensors=io,
+        **results,
+    )

@@ -50,9 +50,9 @@ class Counts:
     name: str
     shape: tuple[int, ...]
     numel: int
-    counts: list[int]                      # |M_i|
-    intersection: list[list[int]]          # |M_i ∩ M_j| (diagonal = |M_i|)
-    in_others: list[int]                   # |M_i ∩ union of the other masks|
+    counts: list[int]  # |M_i|
+    intersection: list[list[int]]  # |M_i ∩ M_j| (diagonal = |M_i|)
+    in_others: list[int]  # |M_i ∩ union of the other masks|
     by_k: list[int] = field(default_factory=list)  # weights kept by exactly k masks, k = 0..N
 
     @property
@@ -87,12 +87,19 @@ class Counts:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "shape": list(self.shape), "numel": self.numel, "counts": self.counts,
+            "name": self.name,
+            "shape": list(self.shape),
+            "numel": self.numel,
+            "counts": self.counts,
             "density": [self.density(i) for i in range(self.n)],
-            "intersection": self.intersection, "iou": self.matrix("iou"), "iomin": self.matrix("iomin"),
-            "shared": self.matrix("shared"), "chance_iou": self.chance_matrix(chance_iou),
+            "intersection": self.intersection,
+            "iou": self.matrix("iou"),
+            "iomin": self.matrix("iomin"),
+            "shared": self.matrix("shared"),
+            "chance_iou": self.chance_matrix(chance_iou),
             "chance_iomin": self.chance_matrix(chance_iomin),
-            "share_of_others": [self.share_of_others(i) for i in range(self.n)], "by_k": self.by_k,
+            "share_of_others": [self.share_of_others(i) for i in range(self.n)],
+            "by_k": self.by_k,
         }
 
 
@@ -109,8 +116,11 @@ def count_tensor(name: str, arrays: Sequence[np.ndarray]) -> Counts:
     if n <= 2:
         in_others = [inter[0][1], inter[0][1]] if n == 2 else [0]
         both = inter[0][1] if n == 2 else 0
-        by_k = ([flat[0].size - counts[0], counts[0]] if n == 1 else
-                [flat[0].size - counts[0] - counts[1] + both, counts[0] + counts[1] - 2 * both, both])
+        by_k = (
+            [flat[0].size - counts[0], counts[0]]
+            if n == 1
+            else [flat[0].size - counts[0] - counts[1] + both, counts[0] + counts[1] - 2 * both, both]
+        )
     else:
         total = np.zeros(flat[0].shape, dtype=np.uint8)
         for a in flat:
@@ -124,7 +134,10 @@ def count_tensor(name: str, arrays: Sequence[np.ndarray]) -> Counts:
 def sum_counts(name: str, rows: Sequence[Counts]) -> Counts:
     n = rows[0].n
     return Counts(
-        name, (), sum(r.numel for r in rows), [sum(r.counts[i] for r in rows) for i in range(n)],
+        name,
+        (),
+        sum(r.numel for r in rows),
+        [sum(r.counts[i] for r in rows) for i in range(n)],
         [[sum(r.intersection[i][j] for r in rows) for j in range(n)] for i in range(n)],
         [sum(r.in_others[i] for r in rows) for i in range(n)],
         [sum(r.by_k[k] for r in rows) for k in range(n + 1)],
@@ -153,22 +166,28 @@ def check_compatible(readers: Sequence[MaskReader], allow_mismatch: bool = False
         a, b = set(first.names), set(r.names)
         if a != b:
             only_a, only_b = sorted(a - b)[:4], sorted(b - a)[:4]
-            raise MaskFileError(f"{first.path.name} and {r.path.name} mask different parameters "
-                                f"(only in the first: {only_a}; only in the second: {only_b})")
+            raise MaskFileError(
+                f"{first.path.name} and {r.path.name} mask different parameters "
+                f"(only in the first: {only_a}; only in the second: {only_b})"
+            )
         bad = [n for n in first.names if first.shape(n) != r.shape(n)]
         if bad:
-            raise MaskFileError(f"{first.path.name} and {r.path.name} differ in shape at {bad[0]!r}: "
-                                f"{first.shape(bad[0])} vs {r.shape(bad[0])}")
+            raise MaskFileError(
+                f"{first.path.name} and {r.path.name} differ in shape at {bad[0]!r}: {first.shape(bad[0])} vs {r.shape(bad[0])}"
+            )
         sha_a = (first.metadata.get("checkpoint") or {}).get("sha256")
         sha_b = (r.metadata.get("checkpoint") or {}).get("sha256")
         if sha_a and sha_b and sha_a != sha_b and not allow_mismatch:
-            raise MaskFileError(f"{first.path.name} and {r.path.name} come from different checkpoints "
-                                f"(sha256 {sha_a[:12]} vs {sha_b[:12]}); pass --allow-mismatch to compare anyway")
+            raise MaskFileError(
+                f"{first.path.name} and {r.path.name} come from different checkpoints "
+                f"(sha256 {sha_a[:12]} vs {sha_b[:12]}); pass --allow-mismatch to compare anyway"
+            )
     return list(first.names)
 
 
-def overlap(paths: Sequence[str | os.PathLike[str]], *, allow_mismatch: bool = False,
-            order: Sequence[str] | None = None) -> Overlap:
+def overlap(
+    paths: Sequence[str | os.PathLike[str]], *, allow_mismatch: bool = False, order: Sequence[str] | None = None
+) -> Overlap:
     """Stream the mask files tensor by tensor and count overlaps.
 
     Args:
@@ -182,8 +201,13 @@ def overlap(paths: Sequence[str | os.PathLike[str]], *, allow_mismatch: bool = F
             rank = {n: i for i, n in enumerate(order)}
             names.sort(key=lambda n: rank.get(n, len(rank)))
         layers = [count_tensor(n, [r.get(n) for r in readers]) for n in names]
-        return Overlap([r.path for r in readers], [r.task_name for r in readers],
-                       [r.metadata for r in readers], layers, sum_counts("total", layers))
+        return Overlap(
+            [r.path for r in readers],
+            [r.task_name for r in readers],
+            [r.metadata for r in readers],
+            layers,
+            sum_counts("total", layers),
+        )
     finally:
         for r in readers:
             r.close()
@@ -206,8 +230,9 @@ def relative_drop(full: float, value: float, higher_is_better: bool = True) -> f
     return min(1.0, max(0.0, d))
 
 
-def drop_matrix(full: Sequence[float], metrics: Sequence[Sequence[float]],
-                higher_is_better: Sequence[bool] | None = None) -> list[list[float]]:
+def drop_matrix(
+    full: Sequence[float], metrics: Sequence[Sequence[float]], higher_is_better: Sequence[bool] | None = None
+) -> list[list[float]]:
     """``D[i][j]`` = relative drop of task j after removal i."""
     hib = higher_is_better or [True] * len(full)
     return [[relative_drop(full[j], row[j], hib[j]) for j in range(len(full))] for row in metrics]
@@ -225,8 +250,7 @@ def specialization(d_exclusive: Sequence[Sequence[float]]) -> list[float]:
 def reuse(d_inverted: Sequence[Sequence[float]], d_control: Sequence[Sequence[float]]) -> list[list[float]]:
     """``R[i][j] = max(0, Dinv[i][j] - Dctrl[i][j])`` for j != i; diagonal NaN (undefined)."""
     n = len(d_inverted)
-    return [[float("nan") if i == j else max(0.0, d_inverted[i][j] - d_control[i][j]) for j in range(n)]
-            for i in range(n)]
+    return [[float("nan") if i == j else max(0.0, d_inverted[i][j] - d_control[i][j]) for j in range(n)] for i in range(n)]
 
 
 def nanmean(values: Sequence[float]) -> float:

@@ -174,7 +174,7 @@ def _strip_prefixes(state: dict[str, Any], expected: set[str]) -> dict[str, Any]
     best = state
     best_hits = len(set(state) & expected)
     for prefix in ("module.", "model.", "_orig_mod.", "model.module.", "module.model.", "net."):
-        cand = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+        cand = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
         hits = len(set(cand) & expected)
         if hits > best_hits:
             best, best_hits = cand, hits
@@ -190,7 +190,8 @@ def load_state_into(model: Any, state: Mapping[str, Any], source: str = "checkpo
     unexpected = sorted(set(state) - set(own))
     misshaped = sorted(
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape)
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
     )
     if missing or unexpected or misshaped:
         parts = []
@@ -220,8 +221,10 @@ def _build(architecture: Callable[[], Any] | None, path: Path) -> Any:
     from torch import nn
 
     if architecture is None:
-        raise CheckpointError(f"{path} holds only weights; give the architecture with --model package.module:factory "
-                              "or use a task that defines build_model()")
+        raise CheckpointError(
+            f"{path} holds only weights; give the architecture with --model package.module:factory "
+            "or use a task that defines build_model()"
+        )
     try:
         model = architecture()
     except Exception as exc:
@@ -292,3 +295,26 @@ def load_checkpoint(
             state = unwrap_state_dict(obj)
             model = load_state_into(_build(architecture, path), state, source=str(path))
     return Checkpoint(model=model, path=path, format=fmt, sha256=sha256_of(path))
+
+
+def read_state_dict(path: str | os.PathLike[str], *, trust: bool = False) -> tuple[str, dict[str, Any]]:
+    """The raw tensors of a weights file (no architecture needed): ``(format, {name: tensor})``.
+
+    For TorchScript, pickled modules and Hugging Face folders the module is loaded and its state dict
+    returned.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        return fmt, _load_safetensors(path)
+    if fmt == "safetensors-sharded":
+        return fmt, _load_sharded(path)
+    if fmt in ("torch-zip", "torch-legacy"):
+        from torch import nn
+
+        obj = _torch_load(path, trust)
+        if isinstance(obj, nn.Module):
+            return "pickled-module", dict(obj.state_dict())
+        return fmt, unwrap_state_dict(obj)
+    ckpt = load_checkpoint(path, None, trust=trust)
+    return ckpt.format, dict(ckpt.model.state_dict())

@@ -21,10 +21,22 @@ from .atomic import atomic_write
 from .errors import MaskFileError
 
 FORMAT = "maskprobe.mask/1"
-JSON_KEYS = frozenset({
-    "task", "checkpoint", "hparams", "selection", "density", "metric_full", "metric_masked", "versions",
-    "steps", "seed", "final_loss", "history",
-})
+JSON_KEYS = frozenset(
+    {
+        "task",
+        "checkpoint",
+        "hparams",
+        "selection",
+        "density",
+        "metric_full",
+        "metric_masked",
+        "versions",
+        "steps",
+        "seed",
+        "final_loss",
+        "history",
+    }
+)
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:

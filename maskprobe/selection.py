@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 from torch import nn
 
@@ -55,11 +56,12 @@ def _matches(name: str, globs: Iterable[str]) -> bool:
     return any(fnmatchcase(name, g) for g in globs)
 
 
-def describe_selection(model: nn.Module, selection: Selection = Selection()) -> list[SelectedParameter]:
-    """Every parameter of ``model`` with whether it would be masked and why not."""
-    embeddings = _embedding_param_names(model)
+def describe_named(
+    named: Iterable[tuple[str, Any]], selection: Selection = Selection(), embeddings: set[str] = frozenset()
+) -> list[SelectedParameter]:
+    """Apply the selection rules to ``(name, tensor)`` pairs; ``embeddings`` names embedding parameters."""
     rows = []
-    for name, p in model.named_parameters():
+    for name, p in named:
         short = name.rsplit(".", 1)[-1]
         if not p.is_floating_point():
             masked, reason = False, "not floating point"
@@ -74,9 +76,13 @@ def describe_selection(model: nn.Module, selection: Selection = Selection()) -> 
             masked, reason = True, ""
         if masked and _matches(name, selection.exclude):
             masked, reason = False, "--exclude"
-        rows.append(SelectedParameter(name, tuple(p.shape), str(p.dtype).removeprefix("torch."), p.numel(),
-                                      masked, reason))
+        rows.append(SelectedParameter(name, tuple(p.shape), str(p.dtype).removeprefix("torch."), p.numel(), masked, reason))
     return rows
+
+
+def describe_selection(model: nn.Module, selection: Selection = Selection()) -> list[SelectedParameter]:
+    """Every parameter of ``model`` with whether it would be masked and why not."""
+    return describe_named(model.named_parameters(), selection, _embedding_param_names(model))
 
 
 def select_parameters(model: nn.Module, selection: Selection = Selection()) -> list[str]:

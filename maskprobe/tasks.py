@@ -151,9 +151,7 @@ def task_class(ref: str) -> type:
         try:
             obj = eps[ref].load()
         except Exception as exc:
-            raise PluginError(
-                f"task plugin {ref!r} ({eps[ref].value}) failed to load: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise PluginError(f"task plugin {ref!r} ({eps[ref].value}) failed to load: {type(exc).__name__}: {exc}") from exc
     if not (inspect.isclass(obj) and issubclass(obj, Task)):
         raise PluginError(f"task plugin {ref!r} ({_describe_origin(obj)}) is not a subclass of maskprobe.Task")
     return obj
@@ -194,7 +192,9 @@ def _coerce(value: str, annotation: Any, key: str, ref: str) -> Any:
             seq = [item(x) for x in value.split(",") if x != ""]
             return tuple(seq) if (typing.get_origin(target) or target) is tuple else seq
     except ValueError:
-        raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not a valid {getattr(target, '__name__', target)}") from None
+        raise BadInputError(
+            f"task {ref!r}: argument {key}={value!r} is not a valid {getattr(target, '__name__', target)}"
+        ) from None
     return json.loads(value) if value[:1] in "[{" else value
 
 
@@ -223,8 +223,9 @@ def load_task(ref: str, args: dict[str, Any] | None = None) -> tuple[Task, TaskR
     except TypeError as exc:
         raise BadInputError(f"task {ref!r}: {exc}") from None
     except Exception as exc:
-        raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) failed in __init__: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"task plugin {ref!r} ({_describe_origin(cls)}) failed in __init__: {type(exc).__name__}: {exc}"
+        ) from exc
     if not getattr(task, "name", ""):
         raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) has no name")
     stable_ref = ref

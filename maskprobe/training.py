@@ -80,8 +80,13 @@ class TrainState:
     history: list[list[float]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "logits": self.logits, "optimizer": self.optimizer,
-                "noise_rng": self.noise_rng, "history": self.history}
+        return {
+            "step": self.step,
+            "logits": self.logits,
+            "optimizer": self.optimizer,
+            "noise_rng": self.noise_rng,
+            "history": self.history,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
@@ -114,8 +119,13 @@ class MaskResult:
 
     def metadata(self, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
-            "task": {"name": self.task.name, "ref": self.task_ref.ref, "args": self.task_ref.args,
-                     "metric": self.task.metric, "higher_is_better": self.task.higher_is_better},
+            "task": {
+                "name": self.task.name,
+                "ref": self.task_ref.ref,
+                "args": self.task_ref.args,
+                "metric": self.task.metric,
+                "higher_is_better": self.task.higher_is_better,
+            },
             "checkpoint": checkpoint or {},
             "hparams": {**self.config.hparams(), "regulariser": "beta / batch_size * sum(logits)"},
             "selection": self.config.selection.to_dict(),
@@ -143,8 +153,10 @@ def resolve_device(name: str) -> torch.device:
 
 def _check_metrics(task: Task, metrics: Any) -> dict[str, float]:
     if not isinstance(metrics, dict) or task.metric not in metrics:
-        raise PluginError(f"task {task.name!r} ({type(task).__module__}): evaluate() must return a dict with "
-                          f"key {task.metric!r}, got {metrics!r:.200}")
+        raise PluginError(
+            f"task {task.name!r} ({type(task).__module__}): evaluate() must return a dict with "
+            f"key {task.metric!r}, got {metrics!r:.200}"
+        )
     out = {}
     for k, v in metrics.items():
         try:
@@ -158,8 +170,14 @@ def _check_metrics(task: Task, metrics: Any) -> dict[str, float]:
     return out
 
 
-def evaluate_task(module: nn.Module, task: Task, overrides: dict[str, Tensor] | None = None, *,
-                  device: torch.device | str = "cpu", batch_size: int = 1024) -> dict[str, float]:
+def evaluate_task(
+    module: nn.Module,
+    task: Task,
+    overrides: dict[str, Tensor] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+) -> dict[str, float]:
     """The task's metrics with ``overrides`` (name -> effective weight) applied; eval mode, no grad."""
     gen = torch.Generator().manual_seed(EVAL_SEED)
     model = MaskedModel(module, overrides or {})
@@ -176,8 +194,10 @@ def evaluate_task(module: nn.Module, task: Task, overrides: dict[str, Tensor] | 
 
 def _scalar_loss(task: Task, value: Any) -> Tensor:
     if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
-        raise PluginError(f"task {task.name!r}: loss() must return a scalar float tensor, got "
-                          f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}")
+        raise PluginError(
+            f"task {task.name!r}: loss() must return a scalar float tensor, got "
+            f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}"
+        )
     return value.reshape(())
 
 
@@ -228,8 +248,13 @@ def train_mask(
     flat = list(logits.values())
 
     def snapshot(step: int) -> TrainState:
-        return TrainState(step, {n: t.detach().cpu().clone() for n, t in logits.items()},
-                          _cpu_state(optimizer.state_dict()), noise_gen.get_state().clone(), list(history))
+        return TrainState(
+            step,
+            {n: t.detach().cpu().clone() for n, t in logits.items()},
+            _cpu_state(optimizer.state_dict()),
+            noise_gen.get_state().clone(),
+            list(history),
+        )
 
     def density() -> float:
         kept = sum(int((t > 0).sum()) for t in flat)
@@ -251,7 +276,9 @@ def train_mask(
             try:
                 batch = to_device(next(batches), device)
             except StopIteration:
-                raise PluginError(f"task {task.name!r}: the 'train' batch stream ended at step {step}; it must be endless") from None
+                raise PluginError(
+                    f"task {task.name!r}: the 'train' batch stream ended at step {step}; it must be endless"
+                ) from None
             bsz = batch_size_of(batch)
             k = max(1, min(config.samples, bsz))
             task_loss = torch.zeros((), device=device)
@@ -262,8 +289,10 @@ def train_mask(
             loss = task_loss + reg
             last_loss = float(loss.detach())
             if not math.isfinite(last_loss):
-                err = NumericalError(f"task {task.name!r}: loss is {last_loss} at step {step + 1} "
-                                     f"(task loss {float(task_loss.detach())}); kept the last good state")
+                err = NumericalError(
+                    f"task {task.name!r}: loss is {last_loss} at step {step + 1} "
+                    f"(task loss {float(task_loss.detach())}); kept the last good state"
+                )
                 err.state = snapshot(step)  # type: ignore[attr-defined]
                 raise err
             optimizer.zero_grad(set_to_none=True)
@@ -285,8 +314,7 @@ def train_mask(
     state = snapshot(step)
     masks = {n: binarize(t.detach()).cpu() for n, t in logits.items()}
     metric_full = evaluate_task(module, task, device=device, batch_size=config.eval_batch_size)
-    metric_masked = evaluate_task(module, task, masked_weights(module, masks), device=device,
-                                  batch_size=config.eval_batch_size)
+    metric_masked = evaluate_task(module, task, masked_weights(module, masks), device=device, batch_size=config.eval_batch_size)
     return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed)
 
 

@@ -43,8 +43,7 @@ def build_fnn(in_features: int, hidden: Iterable[int], out_features: int) -> nn.
 
 def encode(a: torch.Tensor, b: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
     """(B,) ints -> (B, 42) float one-hot input."""
-    parts = [F.one_hot(a % 10, 10), F.one_hot(a // 10, 10), F.one_hot(b % 10, 10), F.one_hot(b // 10, 10),
-             F.one_hot(op, 2)]
+    parts = [F.one_hot(a % 10, 10), F.one_hot(a // 10, 10), F.one_hot(b % 10, 10), F.one_hot(b // 10, 10), F.one_hot(op, 2)]
     return torch.cat(parts, dim=1).float()
 
 
@@ -130,8 +129,9 @@ class AddMulTask(ArithmeticTask):
     ops = (ADD, MUL)
 
 
-def train_base(task: ArithmeticTask, steps: int = 10000, batch_size: int = 128, lr: float = 1e-3,
-               seed: int = 0, callback=None) -> nn.Module:
+def train_base(
+    task: ArithmeticTask, steps: int = 10000, batch_size: int = 128, lr: float = 1e-3, seed: int = 0, callback=None
+) -> nn.Module:
     """The paper's base-training recipe: Adam (lr 1e-3), batch 128, cross-entropy per digit.
 
     ``callback(step, loss)`` is called every 500 steps.
@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     task = AddMulTask(hidden=args.hidden)
-    model = train_base(task, steps=args.steps, seed=args.seed,
-                       callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True))
+    model = train_base(
+        task, steps=args.steps, seed=args.seed, callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True)
+    )
     from maskprobe.atomic import atomic_write
 
     atomic_write(args.out, lambda tmp: torch.save(model.state_dict(), tmp))
