@@ -107,6 +107,14 @@ def train(
     mask_biases: Annotated[bool, typer.Option("--mask-biases", help="Mask biases too.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing mask files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their .state.pt files.")] = False,
+    save_every: Annotated[
+        int,
+        typer.Option("--save-every", min=0, help="Snapshot the state every N steps (a kill loses at most N; 0: on signals only)"),
+    ] = 0,
+    memory_limit: Annotated[
+        str,
+        typer.Option("--memory-limit", help="Refuse to start above this estimated need, e.g. 8GiB; auto: free memory; off."),
+    ] = "auto",
     json_out: Json = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -135,7 +135,7 @@ class MaskResult:
             "density": self.density(),
             "metric_full": self.metric_full,
             "metric_masked": self.metric_masked,
-            "versions": {"maskprobe": __version__, "torch": torch.__version__},
+            "versions": _versions(),
         }
 
 
@@ -192,6 +192,19 @@ def evaluate_task(
     return _check_metrics(task, metrics)
 
 
+def _task_loss(task: Task, model: Any, chunk: Any, step: int) -> Any:
+    """``task.loss(model, chunk)``; a plugin's exception (e.g. data that does not fit the model) becomes a PluginError."""
+    try:
+        return task.loss(model, chunk)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"task {task.name!r}: loss() failed at step {step + 1}: {type(exc).__name__}: {str(exc)[:300]} "
+            "(does the task's data fit this model?)"
+        ) from exc
+
+
 def _scalar_loss(task: Task, value: Any) -> Tensor:
     if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
         raise PluginError(
@@ -210,6 +223,8 @@ def train_mask(
     callback: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: TrainState | None = None,
+    save_every: int = 0,
+    on_snapshot: Callable[[TrainState], None] | None = None,
 ) -> MaskResult:
     """Learn one task's mask on the frozen ``module`` (moved to ``config.device``).
 
@@ -218,10 +233,15 @@ def train_mask(
         should_stop: polled at every step boundary; when it returns True the loop stops and the result
             has ``completed=False`` (its ``state`` resumes the run).
         resume: a :class:`TrainState` from an interrupted run with the same config.
+        save_every: call ``on_snapshot(state)`` every this many steps (default 0: never), so that a
+            killed run loses at most ``save_every`` steps.
+        on_snapshot: receives a :class:`TrainState` (on the CPU) every ``save_every`` steps.
 
     Raises:
-        NumericalError: NaN/inf loss; ``err.state`` holds the last good :class:`TrainState`.
-        PluginError: the task violates the contract.
+        NumericalError: NaN/inf loss or gradient (checked every step, before the update) or logits;
+            ``err.state`` holds the state at the start of the failing step (None if the logits themselves
+            went bad, whose last good state is the last snapshot).
+        PluginError: the task violates the contract or its ``loss()`` fails (e.g. its data does not fit the model).
     """
     device = torch.device(config.device)
     module.to(device)
@@ -247,12 +267,12 @@ def train_mask(
         t.requires_grad_(True)
     flat = list(logits.values())
 
-    def snapshot(step: int) -> TrainState:
+    def snapshot(step: int, rng: Tensor | None = None) -> TrainState:
         return TrainState(
             step,
             {n: t.detach().cpu().clone() for n, t in logits.items()},
             _cpu_state(optimizer.state_dict()),
-            noise_gen.get_state().clone(),
+            (rng if rng is not None else noise_gen.get_state()).clone(),
             list(history),
         )
 
@@ -281,10 +301,11 @@ def train_mask(
                 ) from None
             bsz = batch_size_of(batch)
             k = max(1, min(config.samples, bsz))
+            rng_before = noise_gen.get_state()  # a failing step's state must resume before its noise draws
             task_loss = torch.zeros((), device=device)
             for chunk in split_batch(batch, k):
                 gated = {n: gate(w, logits[n], uniform_noise(w, noise_gen), config.tau) for n, w in weights.items()}
-                task_loss = task_loss + _scalar_loss(task, task.loss(MaskedModel(module, gated), chunk)) / k
+                task_loss = task_loss + _scalar_loss(task, _task_loss(task, MaskedModel(module, gated), chunk, step)) / k
             reg = (config.beta / bsz) * torch.stack([t.sum() for t in flat]).sum()
             loss = task_loss + reg
             last_loss = float(loss.detach())
@@ -293,18 +314,28 @@ def train_mask(
                     f"task {task.name!r}: loss is {last_loss} at step {step + 1} "
                     f"(task loss {float(task_loss.detach())}); kept the last good state"
                 )
-                err.state = snapshot(step)  # type: ignore[attr-defined]
+                err.state = snapshot(step, rng_before)  # type: ignore[attr-defined]
                 raise err
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(flat, config.clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(flat, config.clip)
+            if not math.isfinite(float(grad_norm)):  # checked before the update, so the logits stay good
+                bad = next((n for n, t in logits.items() if t.grad is not None and not torch.isfinite(t.grad).all()), "?")
+                err = NumericalError(
+                    f"task {task.name!r}: the gradient of the logits of {bad!r} is non-finite at step {step + 1} "
+                    f"(loss {last_loss}); kept the last good state"
+                )
+                err.state = snapshot(step, rng_before)  # type: ignore[attr-defined]
+                raise err
             optimizer.step()
             step += 1
+            if save_every and on_snapshot is not None and step % save_every == 0:
+                on_snapshot(snapshot(step))
             if step % config.log_every == 0 or step == config.steps:
                 bad = next((n for n, t in logits.items() if not torch.isfinite(t).all()), None)
                 if bad is not None:
                     err = NumericalError(f"task {task.name!r}: logits of {bad!r} became non-finite by step {step}")
-                    err.state = snapshot(step)  # type: ignore[attr-defined]
+                    err.state = None  # type: ignore[attr-defined]  # these logits are bad: keep the last snapshot
                     raise err
                 d = density()
                 history.append([step, last_loss, d])
@@ -316,6 +347,25 @@ def train_mask(
     metric_full = evaluate_task(module, task, device=device, batch_size=config.eval_batch_size)
     metric_masked = evaluate_task(module, task, masked_weights(module, masks), device=device, batch_size=config.eval_batch_size)
     return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed)
+
+
+def _versions() -> dict[str, Any]:
+    """What a bitwise reproduction needs besides seed, hyper-parameters and device (docs/reliability.md)."""
+    import platform
+
+    import numpy
+    import safetensors
+
+    return {
+        "maskprobe": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _cpu_state(obj: Any) -> Any:

@@ -8,21 +8,28 @@ from typing import Any
 from ..errors import BadInputError, Interrupted, NumericalError
 
 
-def _save_state(path: Path, state: Any, config: Any, task_ref: Any) -> None:
+def _state_key(config: Any, task_ref: Any, ckpt: Any) -> dict[str, str]:
+    """What a state file must agree on to be resumed: settings, task, checkpoint, the masked tensors."""
+    import json
+
+    return {
+        "hparams": repr(sorted(config.hparams().items())),
+        "selection": json.dumps(config.selection.to_dict(), sort_keys=True),
+        "task": task_ref.to_json(),
+        "checkpoint_sha256": ckpt.sha256,
+    }
+
+
+def _save_state(path: Path, state: Any, key: dict[str, str]) -> None:
     import torch
 
     from ..atomic import atomic_write
 
-    payload = {
-        "format": "maskprobe.state/1",
-        "hparams": repr(sorted(config.hparams().items())),
-        "task": task_ref.to_json(),
-        **state.to_dict(),
-    }
+    payload = {"format": "maskprobe.state/1", **key, **state.to_dict()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _load_state(path: Path, config: Any, task_ref: Any) -> Any:
+def _load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> Any:
     import torch
 
     from ..training import TrainState
@@ -33,12 +40,45 @@ def _load_state(path: Path, config: Any, task_ref: Any) -> Any:
         raise BadInputError(f"cannot resume: {path} is not a readable state file ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != "maskprobe.state/1":
         raise BadInputError(f"cannot resume: {path} is not a maskprobe state file")
-    if payload.get("hparams") != repr(sorted(config.hparams().items())) or payload.get("task") != task_ref.to_json():
+    differ = [k for k, v in key.items() if payload.get(k) != v]
+    if differ:
+        what = {"hparams": "settings", "selection": "--include/--exclude/--mask-biases", "task": "task arguments"}
         raise BadInputError(
-            f"cannot resume from {path}: it was made with other settings or task arguments; "
-            "rerun with the same flags, or drop --resume"
+            f"cannot resume from {path}: it was made with other {', '.join(what.get(k, 'checkpoint') for k in differ)}; "
+            "rerun with the same flags and checkpoint, or pass --force instead of --resume to start over"
         )
-    return TrainState.from_dict(payload)
+    try:
+        state = TrainState.from_dict(payload)
+        bad = sorted(set(shapes) ^ set(state.logits)) or [n for n in shapes if tuple(state.logits[n].shape) != shapes[n]]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"cannot resume: {path} is damaged ({type(exc).__name__}: {exc})") from None
+    if bad:
+        raise BadInputError(f"cannot resume from {path}: its logits do not fit the masked parameters (first: {bad[0]!r})")
+    return state
+
+
+def _check_memory(module: Any, task: Any, config: Any, names: list[str], flag: str | None, budget: int | None) -> None:
+    """Refuse before the first step when the estimate exceeds ``--memory-limit`` (default: the device's free memory)."""
+    import torch
+
+    from ..batching import batch_size_of, split_batch
+    from ..masked import MaskedModel, frozen
+    from ..memory import activation_bytes_per_example, available_bytes, check_fits, estimate
+    from ..training import _task_loss
+
+    if flag not in (None, "auto") and budget is None:  # --memory-limit off
+        return
+    if budget is None:
+        budget = available_bytes(config.device)
+        if budget is None:
+            return
+    batch = next(iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed))))
+    size = batch_size_of(batch)
+    one = split_batch(batch, max(1, size))[0]  # a single example: cheap even for a large model
+    with frozen(module):
+        act = activation_bytes_per_example(module, lambda: _task_loss(task, MaskedModel(module, {}), one, 0), 1)
+    est = estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples, act_per_example=act)
+    check_fits(est, budget)
 
 
 def run_train(
@@ -67,6 +107,8 @@ def run_train(
     resume,
     json_out,
     quiet,
+    save_every=0,
+    memory_limit="auto",
 ) -> None:
     from ..cli import _Signals, _stderr, _stdout
     from ..maskfile import save_masks
@@ -84,6 +126,14 @@ def run_train(
         existing = [str(p.mask) for p in plans if p.mask.exists()]
         if existing:
             raise BadInputError(f"{existing[0]} exists; pass --force to overwrite or --resume to continue")
+        stale = [str(p.state) for p in plans if p.state.exists()]
+        if stale:  # hours of an interrupted run must not be overwritten by accident
+            raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
+    if save_every < 0:
+        raise BadInputError(f"--save-every must be >= 0, got {save_every}")
+    from ..memory import parse_size
+
+    budget_flag = None if memory_limit in (None, "auto") else parse_size(memory_limit)
     dev = resolve_device(device)
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases)
     config = TrainConfig(
@@ -104,6 +154,7 @@ def run_train(
     if not quiet:
         err.print(selection_table(rows, title=f"{checkpoint} ({ckpt.format}); parameters to mask"))
     shapes = {r.name: r.shape for r in rows}
+    _check_memory(ckpt.model, tasks[0][0], config, [r.name for r in rows if r.masked], memory_limit, budget_flag)
     stdout = _stdout()
     summaries = []
     with _Signals() as signals:
@@ -111,17 +162,32 @@ def run_train(
             if resume and plan.mask.exists() and not plan.state.exists():
                 say(f"{t.name}: {plan.mask} already complete, skipped")
                 continue
-            state = _load_state(plan.state, config, ref) if resume and plan.state.exists() else None
+            key = _state_key(config, ref, ckpt)
+            masked_shapes = {r.name: tuple(r.shape) for r in rows if r.masked}
+            state = _load_state(plan.state, key, masked_shapes) if resume and plan.state.exists() else None
             if state is not None:
                 say(f"{t.name}: resuming at step {state.step} from {plan.state}")
             try:
                 with TrainProgress(err, t.name, steps, start=state.step if state else 0, quiet=quiet) as cb:
-                    result = train_mask(ckpt.model, t, ref, config, callback=cb, should_stop=signals, resume=state)
+                    result = train_mask(
+                        ckpt.model,
+                        t,
+                        ref,
+                        config,
+                        callback=cb,
+                        should_stop=signals,
+                        resume=state,
+                        save_every=save_every,
+                        on_snapshot=lambda s, path=plan.state, key=key: _save_state(path, s, key),
+                    )
             except NumericalError as exc:
-                _save_state(plan.state, exc.state, config, ref)  # type: ignore[attr-defined]
-                raise NumericalError(f"{exc}; last good state in {plan.state}") from None
+                good = getattr(exc, "state", None)
+                if good is not None:
+                    _save_state(plan.state, good, key)
+                where = f"last good state in {plan.state}" if plan.state.exists() else "no state was saved"
+                raise NumericalError(f"{exc}; {where}") from None
             if not result.completed:
-                _save_state(plan.state, result.state, config, ref)
+                _save_state(plan.state, result.state, key)
                 import shlex
                 import sys
 

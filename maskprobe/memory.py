@@ -1,0 +1,218 @@
+"""How much memory mask training will need, checked before the first step (docs/reliability.md).
+
+A run that dies of out-of-memory after an hour has wasted the hour; this module estimates the peak from
+the parts that scale with the model and the flags, compares it with what the device has free, and
+refuses with the flags that would fit. With ``n`` masked weights, ``K`` samples per step and batch ``B``:
+
+====================  ==================================================================================
+weights               every parameter and buffer of the module (counted on a GPU; already resident on the CPU)
+logits + gradients    ``8 n`` bytes (float32 logits and their ``.grad``)
+Adam state            ``8 n`` bytes (``exp_avg`` and ``exp_avg_sq``, float32)
+mask samples          ``K n (4 + w)`` bytes: per sample the uniform draw kept for backward (float32) and
+                      the gated weight ``w * m`` the layer keeps (``w`` bytes per element)
+backward temporaries  ``16 x`` the largest masked tensor's element count (float32 scratch of the gate)
+activations           ``2 a B``: ``a`` = bytes of every leaf module's outputs per example, measured by one
+                      forward pass of a single example without gradients; doubled for what autograd keeps
+                      and the gradients flowing back
+====================  ==================================================================================
+
+It is an estimate, not a bound (allocator fragmentation, a task's own temporaries and fused kernels move
+the true peak either way); ``--memory-limit off`` skips the check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import BadInputError
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4,
+          "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int | None:
+    """``"8GiB"``, ``"500MB"``, ``"1.5g"`` or a plain byte count -> bytes; ``"off"`` -> None (no check).
+
+    Raises:
+        BadInputError: not a size.
+    """
+    t = text.strip().lower()
+    if t in ("off", "none", "no"):
+        return None
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", t)
+    if not m or m.group(2) not in _UNITS:
+        raise BadInputError(f"--memory-limit must be a size like 8GiB, 500MB or 'off', got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def human(n: float) -> str:
+    """Bytes as a short binary-prefixed string, e.g. ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes each part of a training step needs on ``device``; see the module docstring for the formulas."""
+
+    device: str
+    masked: int
+    weights: int
+    logits: int
+    optimizer: int
+    samples: int
+    backward: int
+    activations: int
+    activation_per_example: int
+    batch_size: int
+    num_samples: int
+
+    @property
+    def fixed(self) -> int:
+        """What does not shrink with the batch size or the number of samples."""
+        return self.weights + self.logits + self.optimizer + self.backward
+
+    @property
+    def total(self) -> int:
+        return self.fixed + self.samples + self.activations
+
+    def parts(self) -> dict[str, int]:
+        return {
+            "weights": self.weights,
+            "logits+grad": self.logits,
+            "adam": self.optimizer,
+            "mask samples": self.samples,
+            "backward scratch": self.backward,
+            "activations": self.activations,
+        }
+
+
+def activation_bytes_per_example(module: nn.Module, run_one: Any, examples: int) -> int:
+    """Bytes of all leaf modules' outputs when ``run_one()`` runs ``examples`` examples, per example.
+
+    ``run_one`` is called once under ``torch.no_grad()``; forward hooks add up floating tensor outputs.
+    """
+    total = 0
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal total
+        stack = [out]
+        while stack:
+            o = stack.pop()
+            if isinstance(o, torch.Tensor):
+                total += o.numel() * o.element_size() if o.is_floating_point() else 0
+            elif isinstance(o, list | tuple):
+                stack.extend(o)
+            elif isinstance(o, dict):
+                stack.extend(o.values())
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            run_one()
+    finally:
+        for h in handles:
+            h.remove()
+    return total // max(1, examples)
+
+
+def estimate(
+    module: nn.Module, names: list[str], *, device: torch.device | str, batch_size: int, samples: int, act_per_example: int
+) -> MemoryEstimate:
+    """The estimate for masking ``names`` of ``module`` with batch ``batch_size`` and ``samples`` samples per step."""
+    device = torch.device(device)
+    params = dict(module.named_parameters())
+    n = sum(params[m].numel() for m in names)
+    largest = max((params[m].numel() for m in names), default=0)
+    wbytes = sum(params[m].numel() * params[m].element_size() for m in names) / n if n else 4
+    resident = sum(p.numel() * p.element_size() for p in module.parameters())
+    resident += sum(b.numel() * b.element_size() for b in module.buffers())
+    k = max(1, min(samples, batch_size))
+    return MemoryEstimate(
+        device=str(device),
+        masked=n,
+        weights=0 if device.type == "cpu" else resident,  # on the CPU the loaded checkpoint is already in memory
+        logits=8 * n,
+        optimizer=8 * n,
+        samples=int(k * n * (4 + wbytes)),
+        backward=16 * largest,
+        activations=2 * act_per_example * batch_size,
+        activation_per_example=act_per_example,
+        batch_size=batch_size,
+        num_samples=k,
+    )
+
+
+def available_bytes(device: torch.device | str) -> int | None:
+    """Free memory on ``device``: CUDA's free bytes, the CPU's MemAvailable; None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def suggestions(est: MemoryEstimate, budget: int) -> list[str]:
+    """Flag changes that bring ``est`` under ``budget`` bytes (empty when nothing but fewer weights would)."""
+    out = []
+    per_sample = est.samples // est.num_samples if est.num_samples else 0
+    room = budget - est.fixed
+    two_a = 2 * est.activation_per_example
+    # largest batch with the same samples (at least one example per sample)
+    if two_a and room - est.samples > 0:
+        b = (room - est.samples) // two_a
+        if est.num_samples <= b < est.batch_size:
+            out.append(f"--batch-size {int(b)}")
+    # fewest samples with the same batch
+    for k in range(est.num_samples - 1, 0, -1):
+        if est.fixed + k * per_sample + est.activations <= budget:
+            out.append(f"--samples {k}")
+            break
+    if not out and est.fixed + per_sample + two_a <= budget:
+        b = (room - per_sample) // two_a if two_a else est.batch_size
+        out.append(f"--samples 1 --batch-size {int(max(1, min(b, est.batch_size)))}")
+    return out
+
+
+def check_fits(est: MemoryEstimate, budget: int | None) -> None:
+    """Refuse a run whose estimate exceeds ``budget`` bytes (None: no check).
+
+    Raises:
+        BadInputError: one line with the estimate, its biggest parts, the budget and the flags that would fit.
+    """
+    if budget is None or est.total <= budget:
+        return
+    parts = ", ".join(f"{k} {human(v)}" for k, v in sorted(est.parts().items(), key=lambda kv: -kv[1]) if v)
+    fixes = suggestions(est, budget)
+    if fixes:
+        hint = "these would fit: " + " or ".join(fixes)
+    else:
+        hint = (
+            f"the weights, logits and Adam state of {est.masked:,} masked weights alone need {human(est.fixed)}; mask fewer "
+            "(--include/--exclude), use a device with more memory, or shard the logits under torchrun"
+        )
+    raise BadInputError(
+        f"training would need about {human(est.total)} on {est.device} ({parts}) but only {human(budget)} is available; "
+        f"{hint} (--memory-limit off skips this check)"
+    )
