@@ -129,6 +129,10 @@ def run_train(
         stale = [str(p.state) for p in plans if p.state.exists()]
         if stale:  # hours of an interrupted run must not be overwritten by accident
             raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
+    from ..atomic import check_writable
+
+    for p in plans:  # before the checkpoint is loaded and hours are spent
+        check_writable(p.mask)
     if save_every < 0:
         raise BadInputError(f"--save-every must be >= 0, got {save_every}")
     from ..memory import parse_size
