@@ -243,6 +243,9 @@ def specialization(d_exclusive: Sequence[Sequence[float]]) -> list[float]:
     out = []
     for i, row in enumerate(d_exclusive):
         others = [row[j] for j in range(len(row)) if j != i]
+        if row[i] != row[i] or any(o != o for o in others):  # a NaN metric: unknown, reported, never averaged in
+            out.append(float("nan"))
+            continue
         out.append(row[i] - (max(others) if others else 0.0))
     return out
 
@@ -250,7 +253,11 @@ def specialization(d_exclusive: Sequence[Sequence[float]]) -> list[float]:
 def reuse(d_inverted: Sequence[Sequence[float]], d_control: Sequence[Sequence[float]]) -> list[list[float]]:
     """``R[i][j] = max(0, Dinv[i][j] - Dctrl[i][j])`` for j != i; diagonal NaN (undefined)."""
     n = len(d_inverted)
-    return [[float("nan") if i == j else max(0.0, d_inverted[i][j] - d_control[i][j]) for j in range(n)] for i in range(n)]
+    # max(0.0, nan) is 0.0 in Python: without the explicit NaN a failed metric would count as "no reuse"
+    return [
+        [float("nan") if i == j or (d := d_inverted[i][j] - d_control[i][j]) != d else max(0.0, d) for j in range(n)]
+        for i in range(n)
+    ]
 
 
 def nanmean(values: Sequence[float]) -> float:

@@ -314,7 +314,8 @@ def train_mask(
                     f"task {task.name!r}: loss is {last_loss} at step {step + 1} "
                     f"(task loss {float(task_loss.detach())}); kept the last good state"
                 )
-                err.state = snapshot(step, rng_before)  # type: ignore[attr-defined]
+                good = all(bool(torch.isfinite(t).all()) for t in flat)
+                err.state = snapshot(step, rng_before) if good else None  # type: ignore[attr-defined]
                 raise err
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -40,9 +40,31 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def train_cmd(ckpt: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "maskprobe", "train", str(ckpt), "--task", "arith-add", "--task-arg", f"hidden={HIDDEN}",
-            "--task-arg", "eval_size=64", "--out", str(out), "--steps", str(STEPS), "--batch-size", "8", "--seed", "3",
-            "--device", "cpu", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "maskprobe",
+        "train",
+        str(ckpt),
+        "--task",
+        "arith-add",
+        "--task-arg",
+        f"hidden={HIDDEN}",
+        "--task-arg",
+        "eval_size=64",
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "8",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 def run_cmd(cmd: list[str]) -> subprocess.CompletedProcess:

@@ -57,6 +57,19 @@ def _load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ..
     return state
 
 
+def _check_hparams(**values: float) -> None:
+    """Non-finite or non-positive settings would make NaN logits by design; refuse them up front."""
+    import math
+
+    for name, v in values.items():
+        if not math.isfinite(v):
+            raise BadInputError(f"--{name} must be a finite number, got {v}")
+        if name in ("lr", "tau", "clip") and v <= 0:
+            raise BadInputError(f"--{name} must be > 0, got {v}")
+        if name == "beta" and v < 0:
+            raise BadInputError(f"--beta must be >= 0, got {v}")
+
+
 def _check_memory(module: Any, task: Any, config: Any, names: list[str], flag: str | None, budget: int | None) -> None:
     """Refuse before the first step when the estimate exceeds ``--memory-limit`` (default: the device's free memory)."""
     import torch
@@ -135,6 +148,7 @@ def run_train(
         check_writable(p.mask)
     if save_every < 0:
         raise BadInputError(f"--save-every must be >= 0, got {save_every}")
+    _check_hparams(lr=lr, beta=beta, init=init, tau=tau, clip=clip)
     from ..memory import parse_size
 
     budget_flag = None if memory_limit in (None, "auto") else parse_size(memory_limit)
