@@ -122,6 +122,10 @@ class MaskSet:
         return self.kept / self.numel if self.numel else 0.0
 
 
+# a bool byte other than 0/1 counts as 2, 7... in sums: a damaged or forged file, not a mask
+_NOT_BOOL = "{path}: tensor {name!r} holds bytes that are not 0 or 1; the file is damaged"
+
+
 def _check_format(path: Path, raw: Mapping[str, str] | None) -> None:
     fmt = (raw or {}).get("format")
     if fmt != FORMAT:
@@ -147,6 +151,8 @@ def load_masks(path: str | os.PathLike[str]) -> MaskSet:
                 t = f.get_tensor(name)
                 if t.dtype != torch.bool:
                     raise MaskFileError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected bool")
+                if t.numel() and int(t.view(torch.uint8).max()) > 1:
+                    raise MaskFileError(_NOT_BOOL.format(path=path, name=name))
                 masks[name] = t
         except MaskFileError:
             raise
@@ -177,6 +183,8 @@ class MaskReader:
             raise MaskFileError(f"{self.path} is corrupt at {name!r} ({type(exc).__name__}: {exc})") from None
         if arr.dtype != bool:
             raise MaskFileError(f"{self.path}: tensor {name!r} has dtype {arr.dtype}, expected bool")
+        if arr.size and int(arr.view("uint8").max()) > 1:
+            raise MaskFileError(_NOT_BOOL.format(path=self.path, name=name))
         return arr
 
     def __iter__(self) -> Iterator[str]:
