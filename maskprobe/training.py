@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from . import __version__
 from .batching import batch_size_of, split_batch, to_device
 from .errors import NumericalError, PluginError
-from .gates import binarize, gate, uniform_noise
+from .gates import binarize
 from .masked import MaskedModel, frozen, masked_weights
+from .maskstep import NOISE, MaskLogits
 from .selection import Selection, select_parameters
 from .tasks import Task, TaskRef
 
@@ -42,6 +43,7 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     device: str = "cpu"
+    backend: str = "auto"  # mask-step kernels: auto | numba | torch (maskstep.py)
     eval_batch_size: int = 1024
     log_every: int = 25
     selection: Selection = field(default_factory=Selection)
@@ -106,6 +108,7 @@ class MaskResult:
     metric_full: dict[str, float]
     metric_masked: dict[str, float]
     completed: bool = True
+    engine: dict[str, str] = field(default_factory=dict)  # backend and noise generator actually used
 
     @property
     def steps_run(self) -> int:
@@ -135,6 +138,7 @@ class MaskResult:
             "density": self.density(),
             "metric_full": self.metric_full,
             "metric_masked": self.metric_masked,
+            "engine": self.engine,
             "versions": _versions(),
         }
 
@@ -249,30 +253,25 @@ def train_mask(
     params = dict(module.named_parameters())
     weights = {n: params[n].detach() for n in names}
 
-    logits = {n: torch.full(w.shape, float(config.init), dtype=torch.float32, device=device) for n, w in weights.items()}
-    optimizer = torch.optim.Adam(list(logits.values()), lr=config.lr)
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    # logits, Adam state and the fused gate/update live in one engine (maskstep.py); the noise of sample k
+    # at step t is a hash of (seed, t, k), so it needs no RNG state and a resumed run draws the same noise
+    engine = MaskLogits(weights, init=config.init, lr=config.lr, tau=config.tau, seed=config.seed, backend=config.backend)
+    logits = engine.logits()
     data_gen = torch.Generator().manual_seed(config.seed)
     history: list[list[float]] = []
     start = 0
     if resume is not None:
-        for n in names:
-            logits[n].copy_(resume.logits[n].to(device))
-        optimizer = torch.optim.Adam(list(logits.values()), lr=config.lr)
-        optimizer.load_state_dict(resume.optimizer)
-        noise_gen.set_state(resume.noise_rng)
+        engine.load_state(resume.logits, resume.optimizer)
         history = list(resume.history)
         start = resume.step
-    for t in logits.values():
-        t.requires_grad_(True)
     flat = list(logits.values())
 
-    def snapshot(step: int, rng: Tensor | None = None) -> TrainState:
+    def snapshot(step: int) -> TrainState:
         return TrainState(
             step,
             {n: t.detach().cpu().clone() for n, t in logits.items()},
-            _cpu_state(optimizer.state_dict()),
-            (rng if rng is not None else noise_gen.get_state()).clone(),
+            engine.state_dict(),
+            _seed_bytes(config.seed),  # the noise is keyed by (seed, step): there is no RNG state to keep
             list(history),
         )
 
@@ -301,34 +300,32 @@ def train_mask(
                 ) from None
             bsz = batch_size_of(batch)
             k = max(1, min(config.samples, bsz))
-            rng_before = noise_gen.get_state()  # a failing step's state must resume before its noise draws
             task_loss = torch.zeros((), device=device)
-            for chunk in split_batch(batch, k):
-                gated = {n: gate(w, logits[n], uniform_noise(w, noise_gen), config.tau) for n, w in weights.items()}
+            samples = []
+            for j, chunk in enumerate(split_batch(batch, k)):
+                gated = engine.sample(step, j)
+                samples.append(gated)
                 task_loss = task_loss + _scalar_loss(task, _task_loss(task, MaskedModel(module, gated), chunk, step)) / k
-            reg = (config.beta / bsz) * torch.stack([t.sum() for t in flat]).sum()
-            loss = task_loss + reg
-            last_loss = float(loss.detach())
+            reg_grad = config.beta / bsz  # d/dl of the regulariser (beta / B) * sum(logits)
+            last_loss = float(task_loss.detach()) + reg_grad * engine.logit_sum
             if not math.isfinite(last_loss):
                 err = NumericalError(
                     f"task {task.name!r}: loss is {last_loss} at step {step + 1} "
                     f"(task loss {float(task_loss.detach())}); kept the last good state"
                 )
                 good = all(bool(torch.isfinite(t).all()) for t in flat)
-                err.state = snapshot(step, rng_before) if good else None  # type: ignore[attr-defined]
+                err.state = snapshot(step) if good else None  # type: ignore[attr-defined]
                 raise err
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(flat, config.clip)
-            if not math.isfinite(float(grad_norm)):  # checked before the update, so the logits stay good
-                bad = next((n for n, t in logits.items() if t.grad is not None and not torch.isfinite(t.grad).all()), "?")
+            grad_norm = engine.gradient(step, _sample_grads(task_loss, samples), reg_grad)
+            if not math.isfinite(grad_norm):  # checked before the update, so the logits stay good
+                bad = engine.nonfinite_gradient() or "?"
                 err = NumericalError(
                     f"task {task.name!r}: the gradient of the logits of {bad!r} is non-finite at step {step + 1} "
                     f"(loss {last_loss}); kept the last good state"
                 )
-                err.state = snapshot(step, rng_before)  # type: ignore[attr-defined]
+                err.state = snapshot(step)  # type: ignore[attr-defined]
                 raise err
-            optimizer.step()
+            engine.adam(min(1.0, config.clip / (grad_norm + 1e-6)))  # clip_grad_norm_'s factor, folded into Adam
             step += 1
             if save_every and on_snapshot is not None and step % save_every == 0:
                 on_snapshot(snapshot(step))
@@ -347,7 +344,22 @@ def train_mask(
     masks = {n: binarize(t.detach()).cpu() for n, t in logits.items()}
     metric_full = evaluate_task(module, task, device=device, batch_size=config.eval_batch_size)
     metric_masked = evaluate_task(module, task, masked_weights(module, masks), device=device, batch_size=config.eval_batch_size)
-    return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed)
+    result = MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed)
+    result.engine = {"backend": engine.backend, "noise": NOISE}
+    return result
+
+
+def _seed_bytes(seed: int) -> Tensor:
+    return torch.tensor(list((seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")), dtype=torch.uint8)
+
+
+def _sample_grads(loss: Tensor, samples: list[dict[str, Tensor]]) -> list[dict[str, Tensor | None]]:
+    """``dloss / d(gated weight)`` per sample and name (None where the loss does not use it)."""
+    leaves = [t for s in samples for t in s.values()]
+    if not loss.requires_grad:
+        return [dict.fromkeys(s) for s in samples]
+    grads = iter(torch.autograd.grad(loss, leaves, allow_unused=True))
+    return [{n: next(grads) for n in s} for s in samples]
 
 
 def _versions() -> dict[str, Any]:
