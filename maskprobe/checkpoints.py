@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PluginError
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80
@@ -110,7 +110,7 @@ def _torch_load(path: Path, trust: bool) -> Any:
                 "refusing (pass --trust-checkpoint only if you trust its author)"
             ) from None
         raise CheckpointError(f"{path} could not be unpickled ({exc})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ModuleNotFoundError, ImportError) as exc:
+    except Exception as exc:  # a damaged pickle can raise anything (KeyError, TypeError, struct.error ...)
         raise CheckpointError(f"{path} is damaged or not a torch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
@@ -227,6 +227,8 @@ def _build(architecture: Callable[[], Any] | None, path: Path) -> Any:
         )
     try:
         model = architecture()
+    except PluginError:  # a task's build_model() failed: the plugin is broken (exit 3), not the checkpoint
+        raise
     except Exception as exc:
         raise CheckpointError(f"building the model failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):

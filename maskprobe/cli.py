@@ -222,6 +222,7 @@ def demo(
     beta: Annotated[float, typer.Option(help="Regulariser strength for the masks.")] = 1e-3,
     seed: Annotated[int, typer.Option()] = 0,
     device: DeviceOpt = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier demo's files in --out.")] = False,
     json_out: Json = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -147,7 +147,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda if available else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        from .errors import BadInputError
+
+        raise BadInputError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         from .errors import BadInputError
 

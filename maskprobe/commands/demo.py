@@ -12,7 +12,21 @@ from __future__ import annotations
 import time
 
 
-def run_demo(*, out, hidden, base_steps, steps, beta, seed, device, json_out, quiet) -> None:
+def _check_outputs(out, hidden: str, force: bool) -> None:
+    """Refuse before any work: malformed --hidden, --out that is a file, an earlier demo's files without --force."""
+    from ..errors import BadInputError
+
+    parts = [h.strip() for h in hidden.split(",")]
+    if not parts or not all(h.isdigit() and int(h) > 0 for h in parts):
+        raise BadInputError(f"--hidden must be comma-separated positive sizes like 256,256, got {hidden!r}")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} exists and is not a folder")
+    existing = [p for p in (out / "addmul.pt", out / "arith-add.safetensors", out / "arith-mul.safetensors") if p.exists()]
+    if existing and not force:
+        raise BadInputError(f"{existing[0]} exists; pass --force to overwrite the earlier demo or choose another --out")
+
+
+def run_demo(*, out, hidden, base_steps, steps, beta, seed, device, json_out, quiet, force=False) -> None:
     import torch
 
     from sample_tasks.arithmetic import train_base
@@ -31,6 +45,7 @@ def run_demo(*, out, hidden, base_steps, steps, beta, seed, device, json_out, qu
     err = _stderr()
     say = status_line(err, quiet)
     dev = resolve_device(device)
+    _check_outputs(out, hidden, force)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     args = {"hidden": hidden}
