@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest_reliability import HIDDEN, make_checkpoint, train_argv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maskprobe.cli import run
 from maskprobe.errors import CheckpointError
 
-HIDDEN = "16,16"
 BAD, PLUGIN = 2, 3
 
 PLUGINS = {
@@ -95,14 +95,10 @@ class Evil:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from sample_tasks.arithmetic import AddMulTask, train_base
-
     root = tmp_path_factory.mktemp("bad")
-    model = train_base(AddMulTask(hidden=HIDDEN, eval_size=64), steps=10, seed=0)
-    torch.save(model.state_dict(), root / "c.pt")
-    torch.save({k: v + 1 for k, v in model.state_dict().items()}, root / "other.pt")  # same shapes, other hash
-    small = train_base(AddMulTask(hidden="8,8", eval_size=64), steps=1, seed=0)  # same names, other shapes
-    torch.save(small.state_dict(), root / "small.pt")
+    make_checkpoint(root / "c.pt", steps=10)
+    make_checkpoint(root / "other.pt", steps=10, shift=1.0)  # same shapes, another hash
+    make_checkpoint(root / "small.pt", hidden="8,8", steps=1)  # same names, other shapes
     for name, text in PLUGINS.items():
         (root / name).write_text(text)
     (root / "empty.pt").write_bytes(b"")
@@ -115,48 +111,23 @@ def env(tmp_path_factory):
     (root / "huge-header.safetensors").write_bytes(struct.pack("<Q", 2**60) + b"{}")
     torch.save({"w": Evil(root / "PWNED")}, root / "evil.pt")
 
-    def train(out, *extra, ckpt="c.pt"):
-        argv = [
-            "train",
-            str(root / ckpt),
-            "--task",
-            "arith-add",
-            "--task-arg",
-            f"hidden={HIDDEN}",
-            "--task-arg",
-            "eval_size=64",
-            "--out",
-            str(out),
-            "--steps",
-            "3",
-            "--batch-size",
-            "8",
-            "--device",
-            "cpu",
-            "--quiet",
-        ]
-        assert run([*argv, *extra]) == 0
+    def train(out, *extra, ckpt="c.pt", hidden=HIDDEN):
+        assert run(train_argv(root / ckpt, out, *extra, hidden=hidden)) == 0
 
     masks = root / "masks"
     train(masks / "a.safetensors")
     train(masks / "b.safetensors", "--task-arg", "hidden=16,16")
     train(masks / "excl.safetensors", "--exclude", "4.weight")
     train(masks / "other-ckpt.safetensors", ckpt="other.pt")
-    # a mask of another architecture
-    assert run(["train", str(root / "small.pt"), "--task", "arith-add", "--task-arg", "hidden=8,8", "--task-arg", "eval_size=64",
-                "--out", str(masks / "small.safetensors"), "--steps", "2", "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    train(masks / "small.safetensors", ckpt="small.pt", hidden="8,8")  # a mask of another architecture
     from maskprobe.maskfile import load_masks, save_masks
 
     save_masks(masks / "notask.safetensors", load_masks(masks / "a.safetensors").masks, {})
     return root
 
 
-def sub(root: Path, argv: list[str]) -> list[str]:
-    return [a.replace("{R}", str(root)) for a in argv]
-
-
-TRAIN = ["train", "{R}/c.pt", "--task", "arith-add", "--task-arg", f"hidden={HIDDEN}", "--out", "{OUT}/m.safetensors",
-         "--steps", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+TRAIN = train_argv("{R}/c.pt", "{OUT}/m.safetensors", steps=2)
+OUT_AT = TRAIN.index("--out") + 1
 
 
 def train_with(*replace: tuple[int, str], extra: tuple[str, ...] = ()) -> list[str]:
@@ -186,9 +157,9 @@ CASES = {
     "include-nothing": (train_with(extra=("--include", "nothing.*")), BAD, "masks no parameter"),
     "model-arg-bad": (train_with(extra=("--model", "no_such_module_xyz:f")), BAD, "no_such_module_xyz"),
     "several-tasks-one-file": (train_with(extra=("--task", "arith-mul")), BAD, "folder"),
-    "out-is-folder": (train_with((7, "{R}/dir.safetensors")), BAD, "exists"),
-    "out-is-folder-force": (train_with((7, "{R}/dir.safetensors"), extra=("--force",)), BAD, "is a folder"),
-    "out-under-a-file": (train_with((7, "{R}/c.pt/sub/m.safetensors")), BAD, "not a folder"),
+    "out-is-folder": (train_with((OUT_AT, "{R}/dir.safetensors")), BAD, "exists"),
+    "out-is-folder-force": (train_with((OUT_AT, "{R}/dir.safetensors"), extra=("--force",)), BAD, "is a folder"),
+    "out-under-a-file": (train_with((OUT_AT, "{R}/c.pt/sub/m.safetensors")), BAD, "not a folder"),
     # ---- checkpoints ------------------------------------------------------------------------------------
     "ckpt-missing": (train_with((1, "{R}/nope.pt")), BAD, "not found"),
     "ckpt-empty": (train_with((1, "{R}/empty.pt")), BAD, "empty"),

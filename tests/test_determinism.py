@@ -10,35 +10,28 @@ import json
 
 import pytest
 import torch
+from conftest_reliability import HIDDEN, make_checkpoint, train_argv
 from safetensors.torch import load_file
 
 from maskprobe.cli import run
 from maskprobe.maskfile import load_masks
 from maskprobe.training import TrainConfig, TrainState, train_mask
 
-HIDDEN = "16,16"
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from sample_tasks.arithmetic import AddMulTask, train_base
-
-    model = train_base(AddMulTask(hidden=HIDDEN, eval_size=64), steps=30, seed=0)
-    path = tmp_path_factory.mktemp("det") / "c.pt"
-    torch.save(model.state_dict(), path)
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp("det") / "c.pt", steps=30)
 
 
-def train_argv(ckpt, out, seed=7, *extra):
-    return ["train", str(ckpt), "--task", "arith-mul", "--task-arg", f"hidden={HIDDEN}", "--task-arg", "eval_size=64",
-            "--out", str(out), "--steps", "40", "--batch-size", "8", "--seed", str(seed), "--beta", "0.001", "--init", "0.05",
-            "--device", "cpu", "--quiet", *extra]  # fmt: skip
+def train_args(ckpt, out, seed=7):
+    extra = ("--seed", str(seed), "--beta", "0.001", "--init", "0.05")
+    return train_argv(ckpt, out, *extra, task="arith-mul", steps=40)
 
 
 @pytest.fixture(scope="module")
 def first(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("first") / "m.safetensors"
-    assert run(train_argv(ckpt, out)) == 0
+    assert run(train_args(ckpt, out)) == 0
     return out
 
 
@@ -49,12 +42,12 @@ def tensors_equal(a, b) -> bool:
 
 def test_same_seed_same_mask_other_seed_other_mask(ckpt, first, tmp_path):
     again = tmp_path / "again.safetensors"
-    assert run(train_argv(ckpt, again)) == 0
+    assert run(train_args(ckpt, again)) == 0
     assert tensors_equal(first, again)
     ma, mb = load_masks(first).metadata, load_masks(again).metadata
     assert {k: v for k, v in ma.items() if k != "created"} == {k: v for k, v in mb.items() if k != "created"}
     other = tmp_path / "other.safetensors"
-    assert run(train_argv(ckpt, other, 8)) == 0
+    assert run(train_args(ckpt, other, 8)) == 0
     assert not tensors_equal(first, other)
 
 

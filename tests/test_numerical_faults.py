@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest_reliability import make_checkpoint, train_argv
 
 from maskprobe import analysis
 from maskprobe.cli import run
@@ -54,32 +55,14 @@ class NanMetric(AddTask):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from sample_tasks.arithmetic import AddMulTask, train_base
-
     root = tmp_path_factory.mktemp("nan")
-    model = train_base(AddMulTask(hidden="16,16", eval_size=64), steps=20, seed=0)
-    torch.save(model.state_dict(), root / "c.pt")
+    make_checkpoint(root / "c.pt")
     (root / "faulty.py").write_text(PLUGIN)
     return root
 
 
-def train(setup, out, *extra):
-    return [
-        "train",
-        str(setup / "c.pt"),
-        "--task",
-        f"{setup / 'faulty.py'}:Faulty",
-        "--out",
-        str(out),
-        "--steps",
-        "50",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    ]
+def train(setup, out, *extra, task="Faulty", steps=50):
+    return train_argv(setup / "c.pt", out, *extra, task=f"{setup / 'faulty.py'}:{task}", steps=steps)
 
 
 @pytest.mark.parametrize(("mode", "what"), [("loss", "loss is nan at step 6"), ("grad", "gradient of the logits of")])
@@ -114,26 +97,7 @@ def test_settings_that_must_produce_nan_are_refused(setup, tmp_path, capsys, fla
 
 def test_nan_task_metric_is_reported_not_averaged(setup, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
-    code = run(
-        [
-            "train",
-            str(setup / "c.pt"),
-            "--task",
-            f"{setup / 'faulty.py'}:NanMetric",
-            "--task-arg",
-            "hidden=16,16",
-            "--out",
-            str(out),
-            "--steps",
-            "3",
-            "--batch-size",
-            "8",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--json",
-        ]
-    )
+    code = run(train(setup, out, "--json", task="NanMetric", steps=3))
     assert code == 0
     import json
 

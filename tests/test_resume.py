@@ -19,52 +19,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest_reliability import make_checkpoint, train_argv
 from safetensors.torch import load_file
 
 from maskprobe.maskfile import load_masks
 
 STEPS = 400
 SAVE_EVERY = 5
-HIDDEN = "16,16"
 ENV = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from sample_tasks.arithmetic import AddMulTask, train_base
-
-    model = train_base(AddMulTask(hidden=HIDDEN, eval_size=64), steps=50, seed=0)
-    path = tmp_path_factory.mktemp("resume") / "c.pt"
-    torch.save(model.state_dict(), path)
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp("resume") / "c.pt", steps=50)
 
 
 def train_cmd(ckpt: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "maskprobe",
-        "train",
-        str(ckpt),
-        "--task",
-        "arith-add",
-        "--task-arg",
-        f"hidden={HIDDEN}",
-        "--task-arg",
-        "eval_size=64",
-        "--out",
-        str(out),
-        "--steps",
-        str(STEPS),
-        "--batch-size",
-        "8",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    ]
+    return [sys.executable, "-m", "maskprobe", *train_argv(ckpt, out, "--seed", "3", *extra, steps=STEPS)]
 
 
 def run_cmd(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -87,12 +58,16 @@ def start_and_wait_for_snapshot(cmd: list[str], state: Path, min_step: int = SAV
     """Start ``cmd`` and return once its periodic snapshot shows at least ``min_step`` steps."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 60
+    seen = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"train ended (rc {proc.returncode}) before its snapshot: {proc.stderr.read()}")
-        if state.exists() and state_step(state) >= min_step:  # atomic writes: an existing file is whole
-            return proc
-        time.sleep(0.01)
+        stamp = state.stat().st_mtime_ns if state.exists() else None
+        if stamp is not None and stamp != seen:  # load only a new snapshot: polling must not starve the run
+            seen = stamp
+            if state_step(state) >= min_step:  # atomic writes: an existing file is whole
+                return proc
+        time.sleep(0.02)
     proc.kill()
     pytest.fail("no snapshot within 60 s")
 
