@@ -10,10 +10,11 @@ logits + gradients    ``8 n`` bytes (float32 logits and their ``.grad``)
 Adam state            ``8 n`` bytes (``exp_avg`` and ``exp_avg_sq``, float32)
 mask samples          ``K n (4 + w)`` bytes: per sample the uniform draw kept for backward (float32) and
                       the gated weight ``w * m`` the layer keeps (``w`` bytes per element)
-backward temporaries  ``16 x`` the largest masked tensor's element count (float32 scratch of the gate)
-activations           ``2 a B``: ``a`` = bytes of every leaf module's outputs per example, measured by one
-                      forward pass of a single example without gradients; doubled for what autograd keeps
-                      and the gradients flowing back
+backward temporaries  ``24 x`` the largest masked tensor's element count (six float32 temporaries of the
+                      gate's backward pass)
+activations           ``3 a B``: ``a`` = bytes of every leaf module's outputs per example, measured by one
+                      forward pass of a single example without gradients; tripled for what autograd keeps,
+                      the gradients flowing back and the allocator's slack
 ====================  ==================================================================================
 
 It is an estimate, not a bound (allocator fragmentation, a task's own temporaries and fused kernels move
@@ -48,6 +49,9 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
+
+
+ACT_FACTOR = 3  # activations kept for backward + their gradients + slack; measured in docs/reliability.md
 
 
 def parse_size(text: str) -> int | None:
@@ -158,8 +162,8 @@ def estimate(
         logits=8 * n,
         optimizer=8 * n,
         samples=int(k * n * (4 + wbytes)),
-        backward=16 * largest,
-        activations=2 * act_per_example * batch_size,
+        backward=24 * largest,
+        activations=ACT_FACTOR * act_per_example * batch_size,
         activation_per_example=act_per_example,
         batch_size=batch_size,
         num_samples=k,
@@ -192,10 +196,10 @@ def suggestions(est: MemoryEstimate, budget: int) -> list[str]:
     out = []
     per_sample = est.samples // est.num_samples if est.num_samples else 0
     room = budget - est.fixed
-    two_a = 2 * est.activation_per_example
+    per_example = ACT_FACTOR * est.activation_per_example
     # largest batch with the same samples (at least one example per sample)
-    if two_a and room - est.samples > 0:
-        b = (room - est.samples) // two_a
+    if per_example and room - est.samples > 0:
+        b = (room - est.samples) // per_example
         if est.num_samples <= b < est.batch_size:
             out.append(f"--batch-size {int(b)}")
     # fewest samples with the same batch
@@ -203,8 +207,8 @@ def suggestions(est: MemoryEstimate, budget: int) -> list[str]:
         if est.fixed + k * per_sample + est.activations <= budget:
             out.append(f"--samples {k}")
             break
-    if not out and est.fixed + per_sample + two_a <= budget:
-        b = (room - per_sample) // two_a if two_a else est.batch_size
+    if not out and est.fixed + per_sample + per_example <= budget:
+        b = (room - per_sample) // per_example if per_example else est.batch_size
         out.append(f"--samples 1 --batch-size {int(max(1, min(b, est.batch_size)))}")
     return out
 
