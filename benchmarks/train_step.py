@@ -138,7 +138,7 @@ def mask_step(model: nn.Module, batch, loss_fn, k: int, backend: str) -> tuple[C
                 gated = engine.sample(t, j)
                 samples.append(gated)
                 total = total + loss_fn(MaskedModel(model, gated), chunk) / k
-            float(total)  # train_mask reads the loss every step (NaN check, progress)
+            float(total.detach())  # train_mask reads the loss every step (NaN check, progress)
             norm = engine.gradient(t, _sample_grads(total, samples), 1e-4 / bsz)
             engine.adam(min(1.0, 1.0 / (norm + 1e-6)))
         counter[0] += 1

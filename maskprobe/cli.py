@@ -93,12 +93,21 @@ def train(
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps per mask (paper: 20000).")] = 5000,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size B, split into K chunks.")] = 128,
     lr: Annotated[float, typer.Option(help="Adam learning rate on the logits.")] = 1e-2,
-    beta: Annotated[float, typer.Option(help="Regulariser strength: loss += beta/B * sum(logits).")] = 1e-4,
+    beta: Annotated[
+        str,
+        typer.Option(help="Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each."),
+    ] = "1e-4",
     samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Mask samples K per step.")] = 4,
     init: Annotated[float, typer.Option(help="Initial logit (keep probability sigmoid(init)).")] = 2.0,
     tau: Annotated[float, typer.Option(help="Gumbel-sigmoid temperature (gradient only).")] = 1.0,
     clip: Annotated[float, typer.Option(help="Gradient-norm clip over the logits.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for data order and mask noise.")] = 0,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Comma list of seeds (0,1,2): one mask per seed in this run; replaces --seed.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="Mask-step kernels: auto (numba on the CPU when installed), numba or torch.")
+    ] = "auto",
     device: DeviceOpt = "auto",
     include: Annotated[
         list[str], typer.Option("--include", help="Glob(s) of parameter names to mask (replaces the default rule).")

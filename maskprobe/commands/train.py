@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,24 @@ def _load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ..
     if bad:
         raise BadInputError(f"cannot resume from {path}: its logits do not fit the masked parameters (first: {bad[0]!r})")
     return state
+
+
+def _parse_list(text: str, kind: type, flag: str) -> list:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (``kind`` each); a one-line error for anything else or a repeat."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise BadInputError(f"{flag} takes a comma-separated list of numbers, got {text!r}") from None
+    if not values:
+        raise BadInputError(f"{flag} is empty")
+    if len(set(values)) != len(values):
+        raise BadInputError(f"{flag} repeats a value: {text!r}")
+    return values
+
+
+def _job_name(task: str, seed: int, beta: float, by_seed: bool, by_beta: bool) -> str:
+    """File stem of one mask: the task, plus the seed and/or beta where several are trained."""
+    return task + (f".seed{seed}" if by_seed else "") + (f".beta{beta:g}" if by_beta else "")
 
 
 def _check_hparams(**values: float) -> None:
@@ -122,6 +141,8 @@ def run_train(
     quiet,
     save_every=0,
     memory_limit="auto",
+    seeds=None,
+    backend="auto",
 ) -> None:
     from ..cli import _Signals, _stderr, _stdout
     from ..maskfile import save_masks
@@ -134,7 +155,12 @@ def run_train(
     err = _stderr()
     say = status_line(err, quiet)
     tasks = resolve_tasks(task, task_arg)
-    plans = output_paths(out, [t.name for t, _ in tasks])
+    betas = _parse_list(str(beta), float, "--beta")
+    seed_list = _parse_list(seeds, int, "--seeds") if seeds is not None else [seed]
+    # one mask per (task, seed, beta); they share the loaded checkpoint, the process and the compiled kernels
+    jobs = [(t, ref, s, b) for t, ref in tasks for s in seed_list for b in betas]
+    names = [_job_name(t.name, s, b, len(seed_list) > 1, len(betas) > 1) for t, _, s, b in jobs]
+    plans = output_paths(out, names)
     if not (force or resume):
         existing = [str(p.mask) for p in plans if p.mask.exists()]
         if existing:
@@ -148,7 +174,9 @@ def run_train(
         check_writable(p.mask)
     if save_every < 0:
         raise BadInputError(f"--save-every must be >= 0, got {save_every}")
-    _check_hparams(lr=lr, beta=beta, init=init, tau=tau, clip=clip)
+    for b in betas:
+        _check_hparams(beta=b)
+    _check_hparams(lr=lr, init=init, tau=tau, clip=clip)
     from ..memory import parse_size
 
     budget_flag = None if memory_limit in (None, "auto") else parse_size(memory_limit)
@@ -158,13 +186,14 @@ def run_train(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
-        beta=beta,
+        beta=betas[0],
         samples=samples,
         init=init,
         tau=tau,
         clip=clip,
-        seed=seed,
+        seed=seed_list[0],
         device=str(dev),
+        backend=backend,
         selection=selection,
     )
     ckpt = open_checkpoint(checkpoint, [t for t, _ in tasks], model, model_arg, trust_checkpoint)
@@ -176,11 +205,12 @@ def run_train(
     stdout = _stdout()
     summaries = []
     with _Signals() as signals:
-        for (t, ref), plan in zip(tasks, plans, strict=True):
+        for (t, ref, job_seed, job_beta), plan in zip(jobs, plans, strict=True):
+            cfg = dataclasses.replace(config, seed=job_seed, beta=job_beta)
             if resume and plan.mask.exists() and not plan.state.exists():
                 say(f"{t.name}: {plan.mask} already complete, skipped")
                 continue
-            key = _state_key(config, ref, ckpt)
+            key = _state_key(cfg, ref, ckpt)
             masked_shapes = {r.name: tuple(r.shape) for r in rows if r.masked}
             state = _load_state(plan.state, key, masked_shapes) if resume and plan.state.exists() else None
             if state is not None:
@@ -191,7 +221,7 @@ def run_train(
                         ckpt.model,
                         t,
                         ref,
-                        config,
+                        cfg,
                         callback=cb,
                         should_stop=signals,
                         resume=state,
@@ -233,6 +263,8 @@ def run_train(
                         {
                             "path": str(p.mask),
                             "task": r.task.name,
+                            "seed": r.config.seed,
+                            "beta": r.config.beta,
                             "steps": r.steps_run,
                             "final_loss": r.final_loss,
                             "density": r.density()["total"],
