@@ -93,6 +93,7 @@ class MaskLogits:
         self.adam_step = 0
         self.logit_sum = float(self.flat_logits.sum())
         self._gated: list[list[Tensor]] = []  # reusable output buffers, one set per sample index
+        self.sample_offset = 0  # global index of local sample 0 (data-parallel runs)
 
     # -- views ------------------------------------------------------------------------------------------
 
@@ -134,7 +135,12 @@ class MaskLogits:
     # -- the step -------------------------------------------------------------------------------------
 
     def key(self, step: int, sample: int, j: int) -> tuple[int, int]:
-        return kernels.noise_key(self.seed, step, sample, j)
+        # sample_offset: under torchrun rank r runs global samples offset.. (distributed.py), same noise as one process
+        return kernels.noise_key(self.seed, step, sample + self.sample_offset, j)
+
+    def gradient_buffer(self) -> Tensor:
+        """The flat ``dL/dlogits`` (float32, ``(numel,)``), valid between :meth:`gradient` and :meth:`adam`."""
+        return self._buf
 
     def sample(self, step: int, k: int) -> dict[str, Tensor]:
         """Sample ``k`` of step ``step``: name -> ``w * m`` (a leaf requiring grad, the weight's shape).
