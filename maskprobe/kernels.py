@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -168,9 +169,10 @@ if _numba is not None:
             s += x[i] * x[i]
         return s
 
-    @_numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_gate_forward(w, p, k1, k2, out):
-        for i in _numba.prange(w.size):
+    @_numba.njit(cache=True, nogil=True)
+    def _nb_gate_forward(w, p, k1, k2, out, lo, hi):
+        # unsigned indices: numba then skips negative-index wrap-around and LLVM vectorises the loop
+        for i in range(_U64(lo), _U64(hi)):
             u = _uniform(i, k1, k2)
             out[i] = w[i] if u > _f32(1.0) - p[i] else _f32(0.0)
 
@@ -180,17 +182,14 @@ if _numba is not None:
         s = a / (a + (_f32(1.0) - pi) * (_f32(1.0) - u))
         return s * (_f32(1.0) - s)
 
-    @_numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_gate_backward(w, p, grads, k1s, k2s, reg, out):
-        n = w.size
-        nblocks = (n + _BLOCK - 1) // _BLOCK
-        partial = np.zeros(nblocks, dtype=np.float64)
-        for b in _numba.prange(nblocks):
-            # unsigned indices: numba then skips negative-index wrap-around and LLVM vectorises the loops
-            lo = _U64(b * _BLOCK)
-            hi = _U64(min(b * _BLOCK + _BLOCK, n))
+    @_numba.njit(cache=True, nogil=True)
+    def _nb_gate_backward(w, p, grads, k1s, k2s, reg, out, start, stop):
+        total = 0.0
+        pb = np.empty(_BLOCK, dtype=np.float32)
+        for b0 in range(start, stop, _BLOCK):
+            lo = _U64(b0)
+            hi = _U64(min(b0 + _BLOCK, stop))
             # ``out`` may be ``p`` itself (the step's work buffer): keep this block's p aside first
-            pb = np.empty(hi - lo, dtype=np.float32)
             for i in range(lo, hi):
                 pb[i - lo] = p[i]
             g = grads[0]
@@ -206,12 +205,12 @@ if _numba is not None:
                     out[i] = out[i] + (g[i] * w[i]) * _ds(pb[i - lo], _uniform(i, k1, k2))
             for i in range(lo, hi):
                 out[i] = out[i] + reg
-            partial[b] = _sumsq(out, lo, hi)
-        return partial.sum()
+            total += _sumsq(out, lo, hi)
+        return total
 
-    @_numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_adam(logits, grad, m, v, step_size, bc2, c1, c2, b2, eps, scale):
-        for i in _numba.prange(logits.size):
+    @_numba.njit(cache=True, nogil=True)
+    def _nb_adam(logits, grad, m, v, step_size, bc2, c1, c2, b2, eps, scale, lo, hi):
+        for i in range(_U64(lo), _U64(hi)):
             g = grad[i] * scale
             mi = m[i] + c1 * (g - m[i])
             vi = v[i] * b2 + c2 * (g * g)
@@ -220,13 +219,47 @@ if _numba is not None:
             logits[i] = logits[i] - step_size * (mi / (math.sqrt(vi) / bc2 + eps))
 
 
+# Threads. numba's own parallel loops run on a second OpenMP runtime beside torch's; on a machine with few
+# cores the two pools' spinning workers starve each other (measured: 10x slower steps on 2 cores). So the
+# kernels are serial, release the GIL, and large tensors are split over a plain thread pool whose idle
+# workers sleep instead of spinning.
+_PARALLEL_MIN = 1 << 18  # elements; below this one thread is faster than handing work over
+_pool: Any = None
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _ranges(n: int) -> list[tuple[int, int]]:
+    parts = _threads() if n >= _PARALLEL_MIN else 1
+    step = -(-n // parts)
+    step = -(-step // 8192) * 8192  # whole blocks, so every range starts on a block boundary
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
+
+
+def _run(fn: Any, n: int, *args: Any) -> list[Any]:
+    """``fn(*args, lo, hi)`` over ``0..n`` in ranges: all but the first on the pool, the first here."""
+    global _pool
+    ranges = _ranges(n)
+    if len(ranges) == 1:
+        return [fn(*args, 0, n)]
+    if _pool is None or _pool._max_workers < len(ranges) - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="maskprobe-kernel")
+    futures = [_pool.submit(fn, *args, lo, hi) for lo, hi in ranges[1:]]
+    first = fn(*args, *ranges[0])
+    return [first, *(f.result() for f in futures)]
+
+
 def _np(t: Tensor):
     return t.detach().numpy()
 
 
 def gate_forward_numba(w: Tensor, p: Tensor, key: tuple[int, int], out: Tensor) -> Tensor:
     """numba version of :func:`gate_forward_torch` (CPU, contiguous float32, flat)."""
-    _nb_gate_forward(_np(w), _np(p), np.uint32(key[0]), np.uint32(key[1]), _np(out))
+    _run(_nb_gate_forward, w.numel(), _np(w), _np(p), np.uint32(key[0]), np.uint32(key[1]), _np(out))
     return out
 
 
@@ -247,7 +280,7 @@ def gate_backward_numba(
     arrays = tuple(_np(g.reshape(-1)) for g, _ in used)
     k1s = np.array([k[0] for _, k in used], dtype=np.uint32)
     k2s = np.array([k[1] for _, k in used], dtype=np.uint32)
-    return float(_nb_gate_backward(_np(w), _np(p), arrays, k1s, k2s, np.float32(reg), _np(out)))
+    return float(sum(_run(_nb_gate_backward, w.numel(), _np(w), _np(p), arrays, k1s, k2s, np.float32(reg), _np(out))))
 
 
 def adam_numba(
@@ -255,18 +288,7 @@ def adam_numba(
 ) -> float:
     """numba version of :func:`adam_torch`."""
     f = np.float32
-    _nb_adam(
-        _np(logits),
-        _np(grad),
-        _np(m),
-        _np(v),
-        f(lr / (1.0 - b1**t)),
-        f(math.sqrt(1.0 - b2**t)),
-        f(1.0 - b1),
-        f(1.0 - b2),
-        f(b2),
-        f(eps),
-        f(scale),
-    )
+    consts = (f(lr / (1.0 - b1**t)), f(math.sqrt(1.0 - b2**t)), f(1.0 - b1), f(1.0 - b2), f(b2), f(eps), f(scale))
+    _run(_nb_adam, logits.numel(), _np(logits), _np(grad), _np(m), _np(v), *consts)
     torch.sigmoid(logits, out=grad)
     return float(logits.sum())
