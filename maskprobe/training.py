@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from . import __version__, distributed
 from .batching import batch_size_of, split_batch, to_device
 from .errors import NumericalError, PluginError
 from .gates import binarize
@@ -261,6 +261,7 @@ def train_mask(
     # logits, Adam state and the fused gate/update live in one engine (maskstep.py); the noise of sample k
     # at step t is a hash of (seed, t, k), so it needs no RNG state and a resumed run draws the same noise
     engine = MaskLogits(weights, init=config.init, lr=config.lr, tau=config.tau, seed=config.seed, backend=config.backend)
+    world = distributed.current()
     logits = engine.logits()
     data_gen = torch.Generator().manual_seed(config.seed)
     history: list[list[float]] = []
@@ -294,39 +295,58 @@ def train_mask(
     completed = True
     with frozen(module):
         while step < config.steps:
-            if should_stop is not None and should_stop():
+            stop = should_stop is not None and should_stop()
+            if stop and not world.distributed:
                 completed = False
                 break
+            # under torchrun every rank draws the same global batch and runs its share of the K chunks
+            # (distributed.py); any failure is held until every rank has reported (agree_step)
+            error, local_loss, grads, bsz = None, float("nan"), [], 1
             try:
-                batch = to_device(next(batches), device)
-            except StopIteration:
-                raise PluginError(
-                    f"task {task.name!r}: the 'train' batch stream ended at step {step}; it must be endless"
-                ) from None
-            bsz = batch_size_of(batch)
-            k = max(1, min(config.samples, bsz))
-            task_loss = torch.zeros((), device=device)
-            samples = []
-            for j, chunk in enumerate(split_batch(batch, k)):
-                gated = engine.sample(step, j)
-                samples.append(gated)
-                task_loss = task_loss + _scalar_loss(task, _task_loss(task, MaskedModel(module, gated), chunk, step)) / k
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise PluginError(
+                        f"task {task.name!r}: the 'train' batch stream ended at step {step}; it must be endless"
+                    ) from None
+                bsz = batch_size_of(batch)
+                k = max(1, min(config.samples, bsz))
+                share = distributed.sample_share(k, world)
+                engine.sample_offset = share.start
+                chunks = split_batch(batch, k)
+                task_loss = torch.zeros((), device=device)
+                samples = []
+                for i, j in enumerate(share):
+                    gated = engine.sample(step, i)
+                    samples.append(gated)
+                    chunk = to_device(chunks[j], device)
+                    task_loss = task_loss + _scalar_loss(task, _task_loss(task, MaskedModel(module, gated), chunk, step)) / k
+                local_loss = float(task_loss.detach())
+                grads = _sample_grads(task_loss, samples)
+            except Exception as exc:  # noqa: BLE001 - re-raised by agree_step, on every rank
+                error = exc
+            summed_loss, stop = distributed.agree_step(world, local_loss, error, stop)
+            if stop:
+                completed = False
+                break
             reg_grad = config.beta / bsz  # d/dl of the regulariser (beta / B) * sum(logits)
-            last_loss = float(task_loss.detach()) + reg_grad * engine.logit_sum
+            last_loss = summed_loss + reg_grad * engine.logit_sum
             if not math.isfinite(last_loss):
                 err = NumericalError(
                     f"task {task.name!r}: loss is {last_loss} at step {step + 1} "
-                    f"(task loss {float(task_loss.detach())}); kept the last good state"
+                    f"(task loss {summed_loss})"
                 )
                 good = all(bool(torch.isfinite(t).all()) for t in flat)
                 err.state = snapshot(step) if good else None  # type: ignore[attr-defined]
                 raise err
-            grad_norm = engine.gradient(step, _sample_grads(task_loss, samples), reg_grad)
+            grad_norm = engine.gradient(step, grads, reg_grad if world.is_main else 0.0)  # the regulariser counted once
+            if world.distributed:
+                grad_norm = distributed.reduce_gradient(engine.gradient_buffer(), world)
             if not math.isfinite(grad_norm):  # checked before the update, so the logits stay good
                 bad = engine.nonfinite_gradient() or "?"
                 err = NumericalError(
                     f"task {task.name!r}: the gradient of the logits of {bad!r} is non-finite at step {step + 1} "
-                    f"(loss {last_loss}); kept the last good state"
+                    f"(loss {last_loss:.4g})"
                 )
                 err.state = snapshot(step)  # type: ignore[attr-defined]
                 raise err

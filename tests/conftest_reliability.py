@@ -3,11 +3,26 @@ add/mul checkpoint made on the fly and the ``maskprobe train`` argument list tha
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 HIDDEN = "16,16"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the module (import this fixture into a test module to use it).
+
+    The tiny models here gain nothing from threads, and on a shared 2-core machine two OpenMP threads that
+    spin-wait for each other made the same test take 2.6 s or 27 s from run to run.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def make_checkpoint(path: Path, hidden: str = HIDDEN, steps: int = 20, shift: float = 0.0) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_reliability import HIDDEN, make_checkpoint, train_argv
+from conftest_reliability import HIDDEN, make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

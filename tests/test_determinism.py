@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest_reliability import HIDDEN, make_checkpoint, train_argv
+from conftest_reliability import HIDDEN, make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import load_file
 
 from maskprobe.cli import run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest_reliability import make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
 from torch import nn
 
 from maskprobe.cli import run
@@ -83,8 +84,6 @@ def test_refusal_when_even_the_logits_do_not_fit_names_the_other_ways():
 
 
 def test_cli_refuses_before_training_and_off_skips(tmp_path, capsys):
-    from conftest_reliability import make_checkpoint, train_argv
-
     ckpt = make_checkpoint(tmp_path / "c.pt", steps=1)
     out = tmp_path / "out" / "m.safetensors"
     assert run(train_argv(ckpt, out, "--memory-limit", "60KiB")) == 2

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest_reliability import make_checkpoint, train_argv
+from conftest_reliability import make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
 
 from maskprobe import analysis
 from maskprobe.cli import run

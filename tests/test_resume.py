@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_reliability import make_checkpoint, train_argv
+from conftest_reliability import make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import load_file
 
 from maskprobe.maskfile import load_masks

@@ -24,10 +24,11 @@ def _state_key(config: Any, task_ref: Any, ckpt: Any) -> dict[str, str]:
 def _save_state(path: Path, state: Any, key: dict[str, str]) -> None:
     import torch
 
+    from .. import distributed
     from ..atomic import atomic_write
 
     payload = {"format": "maskprobe.state/1", **key, **state.to_dict()}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    distributed.on_main(distributed.current(), lambda: atomic_write(path, lambda tmp: torch.save(payload, tmp)))
 
 
 def _load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> Any:
@@ -56,6 +57,36 @@ def _load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ..
     if bad:
         raise BadInputError(f"cannot resume from {path}: its logits do not fit the masked parameters (first: {bad[0]!r})")
     return state
+
+
+def _memory_plan_table(plan: dict[str, Any]) -> Any:
+    """``--dry-run``: one column per mode, one row per part of the estimate (distributed.memory_plan)."""
+    from rich.table import Table
+
+    from ..memory import human
+
+    modes = plan["modes"]
+    table = Table(
+        title=f"Estimated memory per process on {plan['device']}: {plan['masked']:,} masked weights, "
+        f"batch {plan['batch_size']}, {plan['samples']} samples (nothing was trained)"
+    )
+    table.add_column("part")
+    for m in modes:
+        table.add_column(f"{m['processes']} proc" + ("" if m["processes"] == 1 else f"\n{m['samples_per_process']} samples each"),
+                         justify="right")  # fmt: skip
+    for part in modes[0]["parts"]:
+        table.add_row(part, *(human(m["parts"][part]) for m in modes))
+    table.add_row("total", *(human(m["total"]) for m in modes))
+    return table
+
+
+def _write_mask(plan: Any, result: Any, ckpt: Any) -> None:
+    """Save the mask, then drop the run's state file (rank 0 only under torchrun)."""
+    from ..maskfile import save_masks
+
+    save_masks(plan.mask, result.masks, result.metadata(ckpt.to_dict()))
+    if plan.state.exists():
+        plan.state.unlink()
 
 
 def _parse_list(text: str, kind: type, flag: str) -> list:
@@ -91,12 +122,7 @@ def _check_hparams(**values: float) -> None:
 
 def _check_memory(module: Any, task: Any, config: Any, names: list[str], flag: str | None, budget: int | None) -> None:
     """Refuse before the first step when the estimate exceeds ``--memory-limit`` (default: the device's free memory)."""
-    import torch
-
-    from ..batching import batch_size_of, split_batch
-    from ..masked import MaskedModel, frozen
-    from ..memory import activation_bytes_per_example, available_bytes, check_fits, estimate
-    from ..training import _task_loss
+    from ..memory import available_bytes, check_fits
 
     if flag not in (None, "auto") and budget is None:  # --memory-limit off
         return
@@ -104,13 +130,25 @@ def _check_memory(module: Any, task: Any, config: Any, names: list[str], flag: s
         budget = available_bytes(config.device)
         if budget is None:
             return
+    check_fits(_estimate_memory(module, task, config, names), budget)
+
+
+def _estimate_memory(module: Any, task: Any, config: Any, names: list[str]) -> Any:
+    """memory.estimate for this run; ``config.samples`` is what one process runs."""
+    import torch
+
+    from ..batching import batch_size_of, split_batch
+    from ..masked import MaskedModel, frozen
+    from ..memory import activation_bytes_per_example, estimate
+    from ..training import _task_loss
+
     batch = next(iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed))))
     size = batch_size_of(batch)
     one = split_batch(batch, max(1, size))[0]  # a single example: cheap even for a large model
     with frozen(module):
         act = activation_bytes_per_example(module, lambda: _task_loss(task, MaskedModel(module, {}), one, 0), 1)
-    est = estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples, act_per_example=act)
-    check_fits(est, budget)
+    size, k = config.batch_size, config.samples
+    return estimate(module, names, device=config.device, batch_size=size, samples=k, act_per_example=act)
 
 
 def run_train(
@@ -143,15 +181,17 @@ def run_train(
     memory_limit="auto",
     seeds=None,
     backend="auto",
+    dry_run=False,
 ) -> None:
+    from .. import distributed
     from ..cli import _Signals, _stderr, _stdout
-    from ..maskfile import save_masks
     from ..progress import TrainProgress, status_line
     from ..render import dumps, metric_table, selection_table, train_result_table
     from ..selection import Selection, describe_selection, parse_globs
     from ..session import open_checkpoint, output_paths, resolve_tasks
     from ..training import TrainConfig, resolve_device, train_mask
 
+    quiet = quiet or not distributed.detect().is_main  # under torchrun only rank 0 prints
     err = _stderr()
     say = status_line(err, quiet)
     tasks = resolve_tasks(task, task_arg)
@@ -161,7 +201,7 @@ def run_train(
     jobs = [(t, ref, s, b) for t, ref in tasks for s in seed_list for b in betas]
     names = [_job_name(t.name, s, b, len(seed_list) > 1, len(betas) > 1) for t, _, s, b in jobs]
     plans = output_paths(out, names)
-    if not (force or resume):
+    if not (force or resume or dry_run):
         existing = [str(p.mask) for p in plans if p.mask.exists()]
         if existing:
             raise BadInputError(f"{existing[0]} exists; pass --force to overwrite or --resume to continue")
@@ -180,7 +220,8 @@ def run_train(
     from ..memory import parse_size
 
     budget_flag = None if memory_limit in (None, "auto") else parse_size(memory_limit)
-    dev = resolve_device(device)
+    world, dev = distributed.setup(resolve_device(device))
+    distributed.sample_share(max(1, min(samples, batch_size)), world)  # refuse a K that does not split, up front
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases)
     config = TrainConfig(
         steps=steps,
@@ -201,7 +242,14 @@ def run_train(
     if not quiet:
         err.print(selection_table(rows, title=f"{checkpoint} ({ckpt.format}); parameters to mask"))
     shapes = {r.name: r.shape for r in rows}
-    _check_memory(ckpt.model, tasks[0][0], config, [r.name for r in rows if r.masked], memory_limit, budget_flag)
+    masked = [r.name for r in rows if r.masked]
+    per_process = dataclasses.replace(config, samples=max(1, min(samples, batch_size)) // world.size)  # K/R samples each
+    if dry_run:
+        plan = distributed.memory_plan(_estimate_memory(ckpt.model, tasks[0][0], config, masked), world.size)
+        if world.is_main:
+            _stdout().out(dumps(plan)) if json_out else _stdout().print(_memory_plan_table(plan))
+        return
+    _check_memory(ckpt.model, tasks[0][0], per_process, masked, memory_limit, budget_flag)
     stdout = _stdout()
     summaries = []
     with _Signals() as signals:
@@ -232,7 +280,11 @@ def run_train(
                 good = getattr(exc, "state", None)
                 if good is not None:
                     _save_state(plan.state, good, key)
-                where = f"last good state in {plan.state}" if plan.state.exists() else "no state was saved"
+                where = (
+                    f"the last good state is in {plan.state} (--resume continues from it)"
+                    if plan.state.exists()
+                    else "no state was saved"
+                )
                 raise NumericalError(f"{exc}; {where}") from None
             if not result.completed:
                 _save_state(plan.state, result.state, key)
@@ -245,15 +297,13 @@ def run_train(
                     f"{plan.state}; continue with: {cmd} --resume",
                     signals.signum or 2,
                 )
-            save_masks(plan.mask, result.masks, result.metadata(ckpt.to_dict()))
-            if plan.state.exists():
-                plan.state.unlink()
+            distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt))
             say(f"{t.name}: saved {plan.mask}")
             summaries.append((result, plan))
-            if not json_out:
+            if not json_out and world.is_main:
                 stdout.print(train_result_table(result, shapes))
                 stdout.print(metric_table(f"{t.name}: metrics", [(t.name, result.metric_full, result.metric_masked)]))
-    if json_out:
+    if json_out and world.is_main:
         stdout.out(
             dumps(
                 {
