@@ -124,10 +124,15 @@ def train(
         str,
         typer.Option("--memory-limit", help="Refuse to start above this estimated need, e.g. 8GiB; auto: free memory; off."),
     ] = "auto",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the memory estimate per process (1, 2, 4, 8 processes) and exit.")
+    ] = False,
     json_out: Json = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Learn one binary mask per task on the frozen checkpoint and save them as safetensors."""
+    """Learn one binary mask per task on the frozen checkpoint and save them as safetensors.
+
+    Data-parallel on several GPUs or nodes: torchrun --nproc-per-node N -m maskprobe train ... (docs/distributed.md)."""
     params = dict(locals())
     from .commands.train import run_train
 
@@ -259,8 +264,27 @@ def _root(
     pass
 
 
+def _leave_group() -> None:
+    """Leave torch.distributed's group if ``train`` joined one (no torch import otherwise)."""
+    dist = sys.modules.get("maskprobe.distributed")
+    if dist is not None:
+        dist.shutdown()
+
+
+def _silent_rank(error: BaseException) -> bool:
+    """Under torchrun, ranks other than 0 stay silent about errors rank 0 reports too (distributed.py)."""
+    return os.environ.get("RANK", "0") != "0" and (type(error).__name__ == "RankFailed" or hasattr(error, "reported_by_rank0"))
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code (never raises for expected errors)."""
+    try:
+        return _run(argv)
+    finally:
+        _leave_group()
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, prog_name="maskprobe", standalone_mode=False)
         return int(code) if isinstance(code, int) else 0
@@ -276,7 +300,9 @@ def run(argv: list[str] | None = None) -> int:
         print(f"maskprobe: {e}", file=sys.stderr)
         return e.exit_code
     except MaskprobeError as e:
-        print(f"maskprobe: error: {e}", file=sys.stderr)
+        if not _silent_rank(e):
+            rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else None
+            print(f"maskprobe{f' [rank {rank}]' if rank not in (None, '0') else ''}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("maskprobe: interrupted", file=sys.stderr)

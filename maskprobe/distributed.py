@@ -193,7 +193,7 @@ def agree_step(world: World, loss: float, error: BaseException | None, stop: boo
         messages: list[Any] = [None] * world.size
         _collective(dist.all_gather_object, messages, f"{type(error).__name__}: {error}" if error else "")
         if error is not None:
-            raise error
+            _raise_reported(error, world)
         first = failed[0]
         raise RankFailed(f"rank {first} failed: {messages[first]}", int(rows[first][1]))
     total = math.fsum(float(row[0]) for row in rows)
@@ -222,10 +222,56 @@ def on_main(world: World, fn: Callable[[], T]) -> T | None:
     box: list[Any] = [None if error is None else (_exit_code(error), f"{type(error).__name__}: {error}")]
     _collective(dist.broadcast_object_list, box, src=0)
     if error is not None:
-        raise error
+        _raise_reported(error, world)
     if box[0] is not None:
         raise RankFailed(f"rank 0 failed: {box[0][1]}", int(box[0][0]))
     return value
+
+
+def memory_plan(est: Any, processes: int = 1) -> dict[str, Any]:
+    """Per-process memory of one run in each mode, from a one-process :class:`maskprobe.memory.MemoryEstimate`.
+
+    Data-parallel with ``R`` processes: each process holds the whole model, all logits, their gradient and
+    Adam's moments (``16 n`` bytes, not sharded), but only ``K/R`` mask samples and the activations of
+    ``B/R`` examples. Shown for ``processes`` (under torchrun) or for 2, 4 and 8 (otherwise).
+
+    Returns:
+        a JSON-able dict (``schema`` ``maskprobe.memory/1``): ``masked`` weights, ``state_bytes`` (``16 n``),
+        and ``modes``: one entry per process count with ``parts`` (bytes by part) and ``total``.
+    """
+    counts = [1, processes] if processes > 1 else [1, 2, 4, 8]
+    modes = []
+    for r in counts:
+        k_each = -(-est.num_samples // r)  # --samples must be a multiple of r: rounded up
+        parts = est.parts()
+        parts["mask samples"] = est.samples // est.num_samples * k_each if est.num_samples else 0
+        parts["activations"] = est.activations // r
+        modes.append(
+            {
+                "mode": "one process" if r == 1 else "data-parallel",
+                "processes": r,
+                "samples_per_process": k_each,
+                "parts": parts,
+                "total": sum(parts.values()),
+            }
+        )
+    return {
+        "schema": "maskprobe.memory/1",
+        "device": est.device,
+        "masked": est.masked,
+        "state_bytes": est.logits + est.optimizer,
+        "batch_size": est.batch_size,
+        "samples": est.num_samples,
+        "activation_per_example": est.activation_per_example,
+        "modes": modes,
+    }
+
+
+def _raise_reported(error: BaseException, world: World) -> None:
+    """Re-raise this rank's own error; the CLI keeps quiet about it on ranks other than 0, which report it."""
+    if not world.is_main:
+        error.reported_by_rank0 = True  # type: ignore[attr-defined]
+    raise error
 
 
 def _exit_code(error: BaseException) -> int:
