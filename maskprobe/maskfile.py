@@ -35,8 +35,12 @@ JSON_KEYS = frozenset(
         "seed",
         "final_loss",
         "history",
+        "packed",
     }
 )
+# packed-bit files (``save_masks(..., pack_bits=True)``): each tensor is uint8 holding ceil(numel/8) bytes of
+# np.packbits(mask.reshape(-1), bitorder="little"); the shapes live in the "packed" metadata key
+PACKED_BITORDER = "little"
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -62,19 +66,38 @@ def decode_metadata(raw: Mapping[str, str] | None) -> dict[str, Any]:
     return out
 
 
-def save_masks(path: str | os.PathLike[str], masks: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+def save_masks(
+    path: str | os.PathLike[str],
+    masks: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    pack_bits: bool = False,
+) -> Path:
     """Write ``masks`` (name -> bool tensor) with ``metadata`` atomically; returns the path.
 
     Non-bool tensors are converted with ``!= 0``. Values of :data:`JSON_KEYS` are JSON-encoded.
+    ``pack_bits=True`` stores 8 weights per byte (docs/mask-format.md, "Packed bits"); every maskprobe
+    reader unpacks such files transparently.
     """
+    import numpy as np
     import torch
     from safetensors.torch import save_file
 
     tensors = {}
+    shapes: dict[str, list[int]] = {}
     for name, t in masks.items():
         t = torch.as_tensor(t)
-        tensors[name] = (t if t.dtype == torch.bool else t != 0).detach().to("cpu").contiguous()
-    meta = encode_metadata(metadata or {})
+        t = (t if t.dtype == torch.bool else t != 0).detach().to("cpu").contiguous()
+        if pack_bits:
+            shapes[name] = list(t.shape)
+            t = torch.from_numpy(np.packbits(t.numpy().reshape(-1), bitorder=PACKED_BITORDER))
+        tensors[name] = t
+    meta_in = dict(metadata or {})
+    if pack_bits:
+        meta_in["packed"] = {"bitorder": PACKED_BITORDER, "shapes": shapes}
+    else:
+        meta_in.pop("packed", None)
+    meta = encode_metadata(meta_in)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return Path(path)
 
@@ -133,8 +156,34 @@ def _check_format(path: Path, raw: Mapping[str, str] | None) -> None:
         raise MaskFileError(f"{path} is not a maskprobe mask file ({found}; expected {FORMAT!r})")
 
 
+def packed_shapes(path: Path, metadata: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """The logical shapes of a packed-bit file (None for a plain bool file)."""
+    packed = metadata.get("packed")
+    if packed is None:
+        return None
+    if not isinstance(packed, dict) or packed.get("bitorder") != PACKED_BITORDER or not isinstance(packed.get("shapes"), dict):
+        raise MaskFileError(f"{path}: malformed 'packed' metadata (expected bitorder {PACKED_BITORDER!r} and shapes)")
+    try:
+        return {k: tuple(int(d) for d in v) for k, v in packed["shapes"].items()}
+    except (TypeError, ValueError):
+        raise MaskFileError(f"{path}: malformed shapes in the 'packed' metadata") from None
+
+
+def unpack_bits(path: Path, name: str, packed: Any, shape: tuple[int, ...]):
+    """numpy uint8 bytes -> bool array of ``shape``; refuses a wrong length or set padding bits."""
+    import numpy as np
+
+    numel = int(np.prod(shape, dtype=np.int64))
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != (numel + 7) // 8:
+        raise MaskFileError(f"{path}: packed tensor {name!r} is not {(numel + 7) // 8} uint8 bytes for shape {list(shape)}")
+    out = np.unpackbits(packed, count=numel, bitorder=PACKED_BITORDER)
+    if numel % 8 and int(packed[-1]) >> (numel % 8):
+        raise MaskFileError(f"{path}: packed tensor {name!r} has padding bits set; the file is damaged")
+    return out.view(bool).reshape(shape)
+
+
 def load_masks(path: str | os.PathLike[str]) -> MaskSet:
-    """Read a whole mask file into memory.
+    """Read a whole mask file into memory (packed-bit files are unpacked to bool).
 
     Raises:
         MaskFileError: missing, corrupt, not a maskprobe mask, or holding non-bool tensors.
@@ -146,9 +195,15 @@ def load_masks(path: str | os.PathLike[str]) -> MaskSet:
         raw = f.metadata()
         _check_format(path, raw)
         masks = {}
+        shapes = packed_shapes(path, decode_metadata(raw))
         try:
             for name in f.keys():
                 t = f.get_tensor(name)
+                if shapes is not None:
+                    if name not in shapes:
+                        raise MaskFileError(f"{path}: packed tensor {name!r} has no shape in the metadata")
+                    masks[name] = torch.from_numpy(unpack_bits(path, name, t.numpy(), shapes[name]).copy())
+                    continue
                 if t.dtype != torch.bool:
                     raise MaskFileError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected bool")
                 if t.numel() and int(t.view(torch.uint8).max()) > 1:
@@ -172,15 +227,29 @@ class MaskReader:
         _check_format(self.path, raw)
         self.metadata = decode_metadata(raw)
         self.names: list[str] = list(self._f.keys())
+        self.packed_shapes = packed_shapes(self.path, self.metadata)
+        if self.packed_shapes is not None and set(self.packed_shapes) != set(self.names):
+            raise MaskFileError(f"{self.path}: the 'packed' metadata does not list the file's tensors")
+
+    @property
+    def packed(self) -> bool:
+        """True for a packed-bit file (8 weights per byte)."""
+        return self.packed_shapes is not None
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The mask's logical shape (the parameter's), for plain and packed files alike."""
+        if self.packed_shapes is not None:
+            return self.packed_shapes[name]
         return tuple(self._f.get_slice(name).get_shape())
 
     def get(self, name: str):
+        """The mask of one tensor as a numpy bool array of the parameter's shape (packed files unpacked)."""
         try:
             arr = self._f.get_tensor(name)
         except Exception as exc:
             raise MaskFileError(f"{self.path} is corrupt at {name!r} ({type(exc).__name__}: {exc})") from None
+        if self.packed_shapes is not None:
+            return unpack_bits(self.path, name, arr, self.packed_shapes[name])
         if arr.dtype != bool:
             raise MaskFileError(f"{self.path}: tensor {name!r} has dtype {arr.dtype}, expected bool")
         if arr.size and int(arr.view("uint8").max()) > 1:
