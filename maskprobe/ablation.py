@@ -64,10 +64,12 @@ class Ablation:
 
 
 def io_tensors(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
-    """The first and last masked weight tensors (ndim >= 2) in model order: the input and output layers."""
+    """The masked tensors of the input and output layers: the modules of the first and last masked weight
+    with two or more dimensions, in model order (:func:`maskprobe.analysis.layer_roles`)."""
     chosen = set(names)
-    ordered = [n for n, p in module.named_parameters() if n in chosen and p.dim() >= 2]
-    return tuple(dict.fromkeys([ordered[0], ordered[-1]])) if ordered else ()
+    params = [(n, tuple(p.shape)) for n, p in module.named_parameters() if n in chosen]
+    roles = analysis.layer_roles([n for n, _ in params], dict(params))
+    return tuple(n for n, _ in params if roles[n] != "hidden")
 
 
 def _random_like_counts(remove: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
@@ -90,6 +92,7 @@ def ablate(
     seed: int = 0,
     batch_size: int = 1024,
     keep_io: bool = False,
+    io: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Ablation:
     """Evaluate every task under every removal of every mask (``masks[i]`` belongs to ``tasks[i]``).
@@ -97,12 +100,13 @@ def ablate(
     Args:
         keep_io: the paper's "first full mask" variant: never remove weights of the input and output
             layers (see :func:`io_tensors`), since trivially unshared I/O weights can dominate.
+        io: with ``keep_io``, the tensor names kept whole (default: :func:`io_tensors`).
         seed: for the random-removal controls.
     """
     module.to(device)
     n = len(masks)
     names = list(masks[0])
-    io = io_tensors(module, names) if keep_io else ()
+    io = (tuple(io) if io is not None else io_tensors(module, names)) if keep_io else ()
 
     def run(task: Task, keep: dict[str, Tensor] | None) -> float:
         overrides = masked_weights(module, keep) if keep is not None else None

@@ -160,13 +160,31 @@ def compare(
     allow_mismatch: Annotated[
         bool, typer.Option("--allow-mismatch", help="Compare masks recorded from different checkpoints.")
     ] = False,
-    min_specialize: Annotated[float | None, typer.Option(help="Fail (exit 1) if P_specialize is below this.")] = None,
-    max_reuse: Annotated[float | None, typer.Option(help="Fail (exit 1) if P_reuse is above this.")] = None,
-    max_iou: Annotated[float | None, typer.Option(help="Fail (exit 1) if any pair's total IoU is above this.")] = None,
-    json_out: Json = False,
+    io_layer: Annotated[
+        list[str], typer.Option("--io-layer", help="Glob naming the input/output layers' tensors (default: first and last weight).")
+    ] = [],
+    min_specialize: Annotated[
+        list[str], typer.Option("--min-specialize", help="Exit 1 if P_specialize < X; TASK=X: that task's S_i.")
+    ] = [],
+    max_reuse: Annotated[list[str], typer.Option("--max-reuse", help="Exit 1 if P_reuse > X; A:B=X: R[A->B].")] = [],
+    max_iou: Annotated[list[str], typer.Option("--max-iou", help="Exit 1 if any pair's total IoU > X; A:B=X: that pair.")] = [],
+    max_iomin: Annotated[list[str], typer.Option("--max-iomin", help="Exit 1 if any pair's total IoMin > X; A:B=X.")] = [],
+    min_density: Annotated[list[str], typer.Option("--min-density", help="Exit 1 if a mask's density < X; TASK=X.")] = [],
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="A previous compare JSON: report what moved and by how much.")
+    ] = None,
+    max_regression: Annotated[
+        float | None, typer.Option("--max-regression", help="With --baseline: exit 1 if P_specialize fell or P_reuse rose by more.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (needs maskprobe[plot]).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, json or markdown (CI job summaries).")] = "table",
+    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Per-layer overlap of masks; with --checkpoint, ablations and specialization/reuse scores."""
+    """Per-layer overlap of masks against chance; with --checkpoint, ablations and specialization/reuse scores.
+
+    Exit codes: 0 all checks hold, 1 a check failed (one FAIL line each on stderr), 2 bad input.
+    """
     params = dict(locals())
     from .commands.compare import run_compare
 

@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-COMPARE_SCHEMA = "maskprobe.compare/1"
+from .checks import SCHEMA as COMPARE_SCHEMA
 
 
 def num(x: float | None, digits: int = 3) -> str:
@@ -96,41 +96,72 @@ def metric_table(title: str, rows: Sequence[tuple[str, dict[str, float], dict[st
 
 def _pair_cells(c: Any, i: int, j: int) -> list[str]:
     if c.empty(i, j):
-        return ["empty", "empty"]
-    return [num(c.iou(i, j)), num(c.iomin(i, j))]
+        return ["empty"] * 5
+    return [num(c.iou(i, j)), num(c.chance_iou(i, j)), num(c.iomin(i, j)), num(c.chance_iomin(i, j)), signed(c.excess_iou(i, j))]
+
+
+def signed(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:+.3f}"
+
+
+OVERLAP_COLUMNS = (
+    "layer",
+    "role",
+    "shape",
+    "|A|",
+    "|B|",
+    "|A∩B|",
+    "IoU",
+    "chance",
+    "IoMin",
+    "chance",
+    "IoU-chance",
+    "shared A→B",
+)
+
+
+def overlap_rows(ov: Any, i: int = 0, j: int = 1) -> list[list[str] | None]:
+    """Rows of the per-layer table (None = a section break): input layer, hidden layers, output layer, then
+    the hidden-layer total and the total, so trivially disjoint I/O layers cannot hide in the total."""
+    rows: list[list[str] | None] = []
+    layers = sorted(ov.layers, key=lambda c: {"input": 0, "hidden": 1, "output": 2}.get(c.role, 1))
+    last_role = None
+    for c in [*layers, None, *([ov.hidden] if ov.hidden is not None else []), ov.total]:
+        if c is None or (last_role is not None and c.role != last_role and c.role in ("hidden", "output")):
+            rows.append(None)
+        if c is None:
+            continue
+        last_role = c.role
+        rows.append(
+            [
+                c.name,
+                "" if c.role in ("total",) else c.role,
+                shape_str(c.shape),
+                f"{c.counts[i]:,} ({pct(c.density(i))})",
+                f"{c.counts[j]:,} ({pct(c.density(j))})",
+                f"{c.intersection[i][j]:,}",
+                *_pair_cells(c, i, j),
+                num(c.shared(i, j)) if c.counts[i] else "empty",
+            ]
+        )
+    return rows
 
 
 def overlap_table(ov: Any, i: int = 0, j: int = 1) -> Table:
     a, b = ov.tasks[i], ov.tasks[j]
     t = Table(
-        title=escape(f"Weight overlap per layer: A = {a} ({ov.paths[i].name}), B = {b} ({ov.paths[j].name})"),
+        title=escape(f"Weight overlap per layer: A = {a} ({ov.paths[i].name}), B = {b} ({ov.paths[j].name}); "
+                     "chance = independent random masks of the same per-layer densities"),
         title_justify="left",
-    )
-    for col in ("layer", "shape", "|A|", "|B|", "|A∩B|", "IoU", "IoMin", "IoU chance", "shared A→B"):
-        t.add_column(col, justify="left" if col == "layer" else "right")
-    rows = [*ov.layers, None, ov.total]
-    for c in rows:
-        if c is None:
+    )  # fmt: skip
+    for col in OVERLAP_COLUMNS:
+        t.add_column(col, justify="left" if col in ("layer", "role") else "right")
+    for row in overlap_rows(ov, i, j):
+        if row is None:
             t.add_section()
-            continue
-        _add(
-            t,
-            c.name,
-            shape_str(c.shape),
-            f"{c.counts[i]:,} ({pct(c.density(i))})",
-            f"{c.counts[j]:,} ({pct(c.density(j))})",
-            f"{c.intersection[i][j]:,}",
-            *_pair_cells(c, i, j),
-            num(_chance(c, i, j)),
-            num(c.shared(i, j)) if c.counts[i] else "empty",
-        )
+        else:
+            _add(t, *row)
     return t
-
-
-def _chance(c: Any, i: int, j: int) -> float:
-    from .analysis import chance_iou
-
-    return chance_iou(c.density(i), c.density(j))
 
 
 def matrix_table(
@@ -214,19 +245,37 @@ def scores_table(ab: Any) -> Table:
     return t
 
 
-def compare_json(ov: Any, ab: Any | None, checks: Sequence[dict] | None = None) -> dict[str, Any]:
+def baseline_table(base: dict[str, Any], limit: int = 15) -> Table:
+    t = Table(title=escape(f"Against the baseline {base.get('path', '')}: the largest moves"), title_justify="left")
+    for col in ("number", "baseline", "now", "change"):
+        t.add_column(col, justify="left" if col == "number" else "right")
+    for m in base["moves"][:limit]:
+        _add(t, m["key"], num(m["old"]), num(m["new"]), signed(m["delta"]))
+    return t
+
+
+def compare_json(
+    ov: Any, ab: Any | None, checks: Sequence[dict] | None = None, baseline: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The documented JSON report (docs/compare.md; schema :data:`COMPARE_SCHEMA`)."""
     out: dict[str, Any] = {
         "schema": COMPARE_SCHEMA,
         "masks": [
-            {"path": str(p), "task": t, "density": ov.total.density(k), "kept": ov.total.counts[k], "numel": ov.total.numel}
+            {"path": str(p), "task": t, "density": ov.total.density(k), "kept": ov.total.counts[k], "numel": ov.total.numel,
+             "packed": bool((ov.metadata[k] or {}).get("packed"))}
             for k, (p, t) in enumerate(zip(ov.paths, ov.tasks, strict=True))
         ],
         "layers": [c.to_dict() for c in ov.layers],
         "total": ov.total.to_dict(),
-    }
+        "hidden": ov.hidden.to_dict() if ov.hidden is not None else None,
+        "summary": ov.summary(),
+    }  # fmt: skip
     if ab is not None:
         out["ablation"] = ab.to_dict()
         out["scores"] = ab.scores()
     if checks is not None:
         out["checks"] = list(checks)
+        out["passed"] = all(c["passed"] for c in checks)
+    if baseline is not None:
+        out["baseline"] = baseline
     return jsonable(out)

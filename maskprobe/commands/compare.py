@@ -1,37 +1,12 @@
-"""``maskprobe compare``: structural overlap, and with a checkpoint the functional ablation."""
+"""``maskprobe compare``: structural overlap, with a checkpoint the functional ablation; thresholds for CI
+(exit 1 with one line per violation), a baseline to measure moves, markdown/JSON output and plots."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ..errors import BadInputError, CheckFailed, MaskFileError
-
-
-def check_thresholds(
-    ov: Any, ab: Any | None, *, min_specialize: float | None, max_reuse: float | None, max_iou: float | None
-) -> list[dict[str, Any]]:
-    """One record per requested check: name, value, threshold, passed."""
-    checks = []
-    scores = ab.scores() if ab is not None else None
-    for name, limit, kind in (("p_specialize", min_specialize, "min"), ("p_reuse", max_reuse, "max")):
-        if limit is None:
-            continue
-        if scores is None:
-            raise BadInputError(
-                f"--{'min-specialize' if kind == 'min' else 'max-reuse'} needs --checkpoint (it is a functional score)"
-            )
-        value = scores[name]
-        ok = value == value and (value >= limit if kind == "min" else value <= limit)
-        checks.append({"check": f"{kind}:{name}", "value": value, "threshold": limit, "passed": bool(ok)})
-    if max_iou is not None:
-        n = ov.total.n
-        for i in range(n):
-            for j in range(i + 1, n):
-                v = ov.total.iou(i, j)
-                checks.append(
-                    {"check": f"max:iou[{ov.tasks[i]},{ov.tasks[j]}]", "value": v, "threshold": max_iou, "passed": v <= max_iou}
-                )
-    return checks
 
 
 def run_compare(
@@ -44,50 +19,99 @@ def run_compare(
     model_arg,
     trust_checkpoint,
     keep_io,
+    io_layer=(),
     seed,
     device,
     allow_mismatch,
-    min_specialize,
-    max_reuse,
-    max_iou,
-    json_out,
+    min_specialize=(),
+    max_reuse=(),
+    max_iou=(),
+    max_iomin=(),
+    min_density=(),
+    baseline=None,
+    max_regression=None,
+    plot=None,
+    output_format="table",
+    json_out=False,
     quiet,
 ) -> None:
     from ..analysis import overlap
+    from ..checks import compare_baseline, evaluate_thresholds, load_baseline
     from ..cli import _stderr, _stdout
     from ..progress import status_line
-    from ..render import ablation_tables, compare_json, dumps, overlap_table, pairwise_tables, scores_table
+    from ..render import compare_json, dumps
 
+    fmt = "json" if json_out else output_format
+    if fmt not in ("table", "json", "markdown"):
+        raise BadInputError(f"--format must be table, json or markdown, got {output_format!r}")
     if len(masks) < 2:
         raise BadInputError("compare needs at least two mask files")
-    say = status_line(_stderr(), quiet or json_out)
-    ov = overlap(masks, allow_mismatch=allow_mismatch)
+    if max_regression is not None and baseline is None:
+        raise BadInputError("--max-regression needs --baseline OLD.json")
+    old = load_baseline(baseline) if baseline is not None else None  # bad input before any long work
+    if plot is not None:
+        from ..plots import require_matplotlib
+
+        require_matplotlib()
+    say = status_line(_stderr(), quiet or fmt != "table")
+    ov = overlap(masks, allow_mismatch=allow_mismatch, io=io_layer)
     ab = None
     if checkpoint is not None:
         ab, ov = _ablate(
-            ov, masks, checkpoint, task, task_arg, model, model_arg, trust_checkpoint, keep_io, seed, device, allow_mismatch, say
-        )
-    checks = check_thresholds(ov, ab, min_specialize=min_specialize, max_reuse=max_reuse, max_iou=max_iou)
+            ov, masks, checkpoint, task, task_arg, model, model_arg, trust_checkpoint, keep_io, io_layer, seed, device,
+            allow_mismatch, say,
+        )  # fmt: skip
+    elif keep_io:
+        raise BadInputError("--keep-io changes the ablation: it needs --checkpoint")
+    checks = evaluate_thresholds(
+        ov, ab, min_specialize=min_specialize, max_reuse=max_reuse, max_iou=max_iou, max_iomin=max_iomin, min_density=min_density
+    )
+    report = compare_json(ov, ab, checks)
+    if old is not None:
+        moved = compare_baseline(old, report, max_regression)
+        moved["path"] = str(baseline)
+        checks = [*checks, *moved.pop("checks")]
+        report = compare_json(ov, ab, checks, moved)
+    if plot is not None:
+        from ..plots import plot_compare
+
+        for path in plot_compare(report, plot, masks=masks if len(masks) <= 4 else None):
+            say(f"wrote {path}")
     out = _stdout()
-    if json_out:
-        out.out(dumps(compare_json(ov, ab, checks)))
+    if fmt == "json":
+        out.out(dumps(report))
+    elif fmt == "markdown":
+        from ..markdown import compare_markdown
+
+        sys.stdout.write(compare_markdown(report))
+        sys.stdout.flush()
     else:
-        out.print(overlap_table(ov, 0, 1))
-        if len(masks) > 2:
-            for t in pairwise_tables(ov):
-                out.print(t)
-        if ab is not None:
-            for t in ablation_tables(ab):
-                out.print(t)
-            out.print(scores_table(ab))
-        for c in checks:
-            out.print(f"{'PASS' if c['passed'] else 'FAIL'} {c['check']} = {c['value']:.4f} (threshold {c['threshold']})")
+        _print_tables(out, ov, ab, report)
     failed = [c for c in checks if not c["passed"]]
+    for c in failed:  # one line per violation, where a CI log shows it
+        print(f"FAIL {c['reason']}", file=sys.stderr)
     if failed:
-        raise CheckFailed("; ".join(f"{c['check']} = {c['value']:.4f} violates {c['threshold']}" for c in failed))
+        raise CheckFailed(f"{len(failed)} of {len(checks)} checks failed")
 
 
-def _ablate(ov, masks, checkpoint, task, task_arg, model, model_arg, trust, keep_io, seed, device, allow_mismatch, say):
+def _print_tables(out: Any, ov: Any, ab: Any, report: dict[str, Any]) -> None:
+    from ..render import ablation_tables, baseline_table, overlap_table, pairwise_tables, scores_table
+
+    out.print(overlap_table(ov, 0, 1))
+    if len(ov.paths) > 2:
+        for t in pairwise_tables(ov):
+            out.print(t)
+    if ab is not None:
+        for t in ablation_tables(ab):
+            out.print(t)
+        out.print(scores_table(ab))
+    if report.get("baseline"):
+        out.print(baseline_table(report["baseline"]))
+    for c in report.get("checks", []):
+        out.print(f"{'PASS' if c['passed'] else 'FAIL'} {c['reason']}", markup=False)
+
+
+def _ablate(ov, masks, checkpoint, task, task_arg, model, model_arg, trust, keep_io, io_layer, seed, device, allow_mismatch, say):
     from ..ablation import ablate
     from ..analysis import overlap
     from ..maskfile import load_masks
@@ -103,7 +127,7 @@ def _ablate(ov, masks, checkpoint, task, task_arg, model, model_arg, trust, keep
     ckpt = open_checkpoint(checkpoint, [t for t, _ in tasks], model, model_arg, trust)
     verify_masks_fit(ckpt, ov.paths, ov.metadata, allow_mismatch)
     order = [n for n, _ in ckpt.model.named_parameters()]
-    ov = overlap(masks, allow_mismatch=allow_mismatch, order=order)  # re-read in model order for the tables
+    ov = overlap(masks, allow_mismatch=allow_mismatch, order=order, io=io_layer)  # model order for the I/O layers
     say(f"ablating {len(masks)} masks on {checkpoint} ...")
     ab = ablate(
         ckpt.model,
@@ -112,6 +136,7 @@ def _ablate(ov, masks, checkpoint, task, task_arg, model, model_arg, trust, keep
         device=resolve_device(device),
         seed=seed,
         keep_io=keep_io,
+        io=[c.name for c in ov.layers if c.role != "hidden"] if keep_io else None,
         progress=say,
     )
     return ab, ov

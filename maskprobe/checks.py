@@ -1,0 +1,197 @@
+"""CI checks for ``compare``: thresholds on scores and overlaps, and moves against a baseline JSON.
+
+Every check is a plain dict ``{check, value, threshold, passed, reason}``; ``reason`` is the one line the CLI
+prints for a violation. Thresholds are written ``VALUE`` (the total: every pair, every mask, or the mean
+score) or ``TASK=VALUE`` / ``TASK:TASK=VALUE`` (one task, one ordered pair). docs/compare.md lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+SCHEMA = "maskprobe.compare/1"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One parsed threshold: ``target`` is () for the total, (task,) or (task_a, task_b)."""
+
+    flag: str
+    target: tuple[str, ...]
+    value: float
+
+
+def parse_thresholds(flag: str, specs: Sequence[str], tasks: Sequence[str], arity: int) -> list[Threshold]:
+    """Parse ``VALUE`` / ``TASK=VALUE`` / ``A:B=VALUE`` (``arity`` 1 or 2 says which form a target takes).
+
+    Raises:
+        BadInputError: not a number, an unknown task, or a target of the wrong form.
+    """
+    out = []
+    for spec in specs:
+        target_text, sep, value_text = spec.rpartition("=")
+        try:
+            value = float(value_text)
+        except ValueError:
+            raise BadInputError(f"{flag} {spec!r}: expected VALUE or TASK=VALUE, and VALUE a number") from None
+        if not math.isfinite(value):
+            raise BadInputError(f"{flag} {spec!r}: the threshold must be finite")
+        target: tuple[str, ...] = tuple(t.strip() for t in target_text.split(":")) if sep else ()
+        if target and len(target) != arity:
+            form = "TASK=VALUE" if arity == 1 else "TASK_A:TASK_B=VALUE"
+            raise BadInputError(f"{flag} {spec!r}: a target here is written {form}")
+        unknown = [t for t in target if t not in tasks]
+        if unknown:
+            raise BadInputError(f"{flag} {spec!r}: no mask has task {unknown[0]!r} (tasks: {', '.join(tasks)})")
+        out.append(Threshold(flag, target, value))
+    return out
+
+
+def _check(name: str, value: float, limit: float, kind: str, flag: str) -> dict[str, Any]:
+    ok = value == value and (value >= limit if kind == "min" else value <= limit)
+    sign = ">=" if kind == "min" else "<="
+    shown = "n/a" if value != value else f"{value:.4f}"
+    reason = f"{name} = {shown}, needs {sign} {limit:g} ({flag})"
+    return {"check": name, "value": value, "threshold": limit, "kind": kind, "passed": bool(ok), "reason": reason}
+
+
+def _pairs(tasks: Sequence[str], t: Threshold, ordered: bool) -> list[tuple[int, int]]:
+    n = len(tasks)
+    if not t.target:
+        return [(i, j) for i in range(n) for j in range(n) if i != j and (ordered or i < j)]
+    a, b = t.target
+    return [(i, j) for i in range(n) for j in range(n) if i != j and tasks[i] == a and tasks[j] == b]
+
+
+def evaluate_thresholds(
+    ov: Any,
+    ab: Any | None,
+    *,
+    min_specialize: Sequence[str] = (),
+    max_reuse: Sequence[str] = (),
+    max_iou: Sequence[str] = (),
+    max_iomin: Sequence[str] = (),
+    min_density: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Every requested check, in the order given.
+
+    Raises:
+        BadInputError: malformed thresholds, or a functional threshold without an ablation.
+    """
+    tasks = list(ov.tasks)
+    scores = ab.scores() if ab is not None else None
+    checks: list[dict[str, Any]] = []
+    for flag, specs in (("--min-specialize", min_specialize), ("--max-reuse", max_reuse)):
+        if specs and scores is None:
+            raise BadInputError(f"{flag} needs --checkpoint (it is a functional score)")
+    for t in parse_thresholds("--min-specialize", min_specialize, tasks, 1):
+        if not t.target:
+            checks.append(_check("p_specialize", scores["p_specialize"], t.value, "min", t.flag))  # type: ignore[index]
+        for i, name in enumerate(tasks):
+            if t.target == (name,):
+                checks.append(_check(f"specialization[{name}]", scores["specialization"][i], t.value, "min", t.flag))  # type: ignore[index]
+    for t in parse_thresholds("--max-reuse", max_reuse, tasks, 2):
+        if not t.target:
+            checks.append(_check("p_reuse", scores["p_reuse"], t.value, "max", t.flag))  # type: ignore[index]
+        else:
+            for i, j in _pairs(tasks, t, ordered=True):
+                checks.append(_check(f"reuse[{tasks[i]}->{tasks[j]}]", scores["reuse"][i][j], t.value, "max", t.flag))  # type: ignore[index]
+    for flag, specs, fn in (("--max-iou", max_iou, "iou"), ("--max-iomin", max_iomin, "iomin")):
+        for t in parse_thresholds(flag, specs, tasks, 2):
+            for i, j in _pairs(tasks, t, ordered=False):
+                checks.append(_check(f"{fn}[{tasks[i]},{tasks[j]}]", getattr(ov.total, fn)(i, j), t.value, "max", flag))
+    for t in parse_thresholds("--min-density", min_density, tasks, 1):
+        for i, name in enumerate(tasks):
+            if not t.target or t.target == (name,):
+                label = f"density[{name}]" if tasks.count(name) == 1 else f"density[{name}#{i}]"
+                checks.append(_check(label, ov.total.density(i), t.value, "min", t.flag))
+    return checks
+
+
+# ---- baseline --------------------------------------------------------------------------------------------
+
+
+def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A previous ``compare --format json`` output.
+
+    Raises:
+        BadInputError: missing, not JSON, or another schema.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"baseline not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"baseline {path} is not a compare JSON ({type(exc).__name__}: {exc})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(schema, str) or schema.rpartition("/")[0] != SCHEMA.rpartition("/")[0]:
+        raise BadInputError(
+            f"baseline {path} has schema {schema!r}, expected {SCHEMA!r} (a 'maskprobe compare --format json' output)"
+        )
+    return data
+
+
+def _flat(report: dict[str, Any]) -> dict[str, float]:
+    """The numbers worth tracking, keyed by task names (not positions) so reordered masks still match."""
+    tasks = [m["task"] for m in report.get("masks", [])]
+    out: dict[str, float] = {}
+    for i, m in enumerate(report.get("masks", [])):
+        out[f"density[{m['task']}]"] = m.get("density")
+    n = len(tasks)
+    for section, label in (("total", "total"), ("hidden", "hidden")):
+        c = report.get(section)
+        if not c:
+            continue
+        for key in ("iou", "iomin", "excess_iou"):
+            for i in range(n):
+                for j in range(i + 1, n):
+                    out[f"{label}.{key}[{tasks[i]},{tasks[j]}]"] = c[key][i][j]
+    for layer in report.get("layers", []):
+        for i in range(n):
+            for j in range(i + 1, n):
+                out[f"layer.iou[{layer['name']}][{tasks[i]},{tasks[j]}]"] = layer["iou"][i][j]
+    s = report.get("scores")
+    if s:
+        out["p_specialize"] = s.get("p_specialize")
+        out["p_reuse"] = s.get("p_reuse")
+        for i, t in enumerate(tasks):
+            if s.get("specialization") and i < len(s["specialization"]):
+                out[f"specialization[{t}]"] = s["specialization"][i]
+    return {k: v for k, v in out.items() if isinstance(v, int | float)}
+
+
+# scores where a move in this direction is a regression of modularity
+WORSE_WHEN = {"p_specialize": "down", "p_reuse": "up"}
+
+
+def compare_baseline(old: dict[str, Any], new: dict[str, Any], max_regression: float | None = None) -> dict[str, Any]:
+    """What moved between two compare reports, largest moves first, and the regression checks.
+
+    Returns:
+        ``{"path", "moves": [{key, old, new, delta}], "checks": [...]}``; a regression check per score of
+        :data:`WORSE_WHEN` present in both when ``max_regression`` is given.
+    """
+    a, b = _flat(old), _flat(new)
+    moves = [{"key": k, "old": a[k], "new": b[k], "delta": b[k] - a[k]} for k in b if k in a]
+    moves.sort(key=lambda m: -abs(m["delta"]))
+    checks = []
+    if max_regression is not None:
+        for key, worse in WORSE_WHEN.items():
+            if key not in a or key not in b:
+                continue
+            loss = (a[key] - b[key]) if worse == "down" else (b[key] - a[key])
+            c = _check(f"regression:{key}", loss, max_regression, "max", "--max-regression")
+            c["reason"] = (
+                f"{key} moved {b[key] - a[key]:+.4f} ({a[key]:.4f} -> {b[key]:.4f}), allowed {max_regression:g} (--max-regression)"
+            )
+            checks.append(c)
+    return {"moves": moves, "checks": checks, "only_in_baseline": sorted(set(a) - set(b)), "only_here": sorted(set(b) - set(a))}

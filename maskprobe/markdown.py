@@ -1,0 +1,105 @@
+"""``compare --format markdown``: the JSON report as GitHub-flavoured markdown, e.g. for a CI job summary
+(``maskprobe compare ... --format markdown >> "$GITHUB_STEP_SUMMARY"``). Built from the same dict as the JSON,
+so the two never disagree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _n(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _sign(x: Any) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int = 1) -> str:
+    align = ["---" if k < right_from else "---:" for k in range(len(header))]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _layer_row(c: dict[str, Any], i: int, j: int) -> list[str]:
+    empty = not c["counts"][i] or not c["counts"][j]
+    pair = (
+        ["empty"] * 5
+        if empty
+        else [_n(c["iou"][i][j]), _n(c["chance_iou"][i][j]), _n(c["iomin"][i][j]), _n(c["chance_iomin"][i][j]),
+              _sign(c["excess_iou"][i][j])]
+    )  # fmt: skip
+    return [
+        c["name"],
+        "" if c.get("role") == "total" else c.get("role", ""),
+        f"{_pct(c['density'][i])}",
+        f"{_pct(c['density'][j])}",
+        *pair,
+    ]
+
+
+def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -> str:
+    """Markdown for a ``compare`` report (the dict of :func:`maskprobe.render.compare_json`)."""
+    masks = report["masks"]
+    tasks = [m["task"] for m in masks]
+    out = [f"## {title}"]
+    checks = report.get("checks") or []
+    if checks:
+        failed = [c for c in checks if not c["passed"]]
+        out.append(f"**{'FAILED' if failed else 'PASSED'}**: {len(checks) - len(failed)} of {len(checks)} checks hold.")
+        out.append(table(["", "check", "value", "threshold"], [
+            ["✅" if c["passed"] else "❌", c["check"], _n(c["value"], 4), f"{'≥' if c['kind'] == 'min' else '≤'} {c['threshold']:g}"]
+            for c in checks], right_from=2))  # fmt: skip
+    out.append(table(["mask", "task", "kept", "density"], [
+        [m["path"].rsplit("/", 1)[-1], m["task"], f"{m['kept']:,} / {m['numel']:,}", _pct(m["density"])] for m in masks],
+        right_from=2))  # fmt: skip
+    n = len(tasks)
+    header = ["layer", "role", "density A", "density B", "IoU", "chance", "IoMin", "chance", "IoU − chance"]
+    for i in range(n):
+        for j in range(i + 1, n):
+            rows = [_layer_row(c, i, j) for c in report["layers"]]
+            for key, label in (("hidden", "**hidden layers**"), ("total", "**total**")):
+                if report.get(key):
+                    rows.append([label, *_layer_row(report[key], i, j)[1:]])
+            out.append(f"### Overlap per layer: A = {tasks[i]}, B = {tasks[j]}")
+            out.append(table(header, rows, right_from=2))
+    if n > 2:
+        out.append("### Each mask against the union of the others")
+        t = report["total"]
+        out.append(table(["task", "density", "share in others' union"],
+                         [[tasks[k], _pct(t["density"][k]), _pct(t["share_of_others"][k])] for k in range(n)]))  # fmt: skip
+        out.append(table(["k", "weights kept by exactly k masks"], [[k, f"{v:,}"] for k, v in enumerate(t["by_k"])]))
+    if report.get("ablation"):
+        ab, s = report["ablation"], report["scores"]
+        out.append("### Relative drops D (rows: whose weights are removed; columns: task evaluated)")
+        for kind, label in (("exclusive", "exclusive weights removed"), ("control_exclusive", "random, as many (control)"),
+                            ("inverted", "whole mask removed"), ("control", "random, as many (control)")):  # fmt: skip
+            out.append(f"*{label}*")
+            out.append(
+                table(["removed \\ task", *tasks], [[tasks[i], *[_n(v) for v in row]] for i, row in enumerate(ab["drops"][kind])])
+            )
+        rows = [[f"S[{t}]", _n(s["specialization"][k])] for k, t in enumerate(tasks)]
+        rows += [["P_specialize", _n(s["p_specialize"])], ["P_specialize, control", _n(s["p_specialize_control"])],
+                 ["P_reuse", _n(s["p_reuse"])]]  # fmt: skip
+        out.append(table(["score", "value"], rows))
+    base = report.get("baseline")
+    if base:
+        out.append(f"### Against the baseline {base.get('path', '')}")
+        moves = base["moves"][:15]
+        out.append(
+            table(
+                ["number", "baseline", "now", "change"],
+                [[m["key"], _n(m["old"]), _n(m["new"]), _sign(m["delta"])] for m in moves],
+            )
+        )
+    return "\n\n".join(out) + "\n"
