@@ -12,9 +12,11 @@ mask samples          ``K n (4 + w)`` bytes: per sample the uniform draw kept fo
                       the gated weight ``w * m`` the layer keeps (``w`` bytes per element)
 backward temporaries  ``24 x`` the largest masked tensor's element count (six float32 temporaries of the
                       gate's backward pass)
-activations           ``3 a B``: ``a`` = bytes of every leaf module's outputs per example, measured by one
-                      forward pass of a single example without gradients; tripled for what autograd keeps,
-                      the gradients flowing back and the allocator's slack
+end of the run         ``n (4 + w)``: the final state's copy of the logits and the masked weights the
+                      evaluation of the mask builds, while the training buffers still exist
+activations           ``2 a B``: ``a`` = bytes of every leaf module's outputs per example, measured by one
+                      forward pass of a single example without gradients; doubled for what autograd keeps
+                      and the gradients flowing back
 ====================  ==================================================================================
 
 It is an estimate, not a bound (allocator fragmentation, a task's own temporaries and fused kernels move
@@ -51,7 +53,7 @@ _UNITS = {
 }
 
 
-ACT_FACTOR = 3  # activations kept for backward + their gradients + slack; measured in docs/reliability.md
+ACT_FACTOR = 2  # activations kept for backward + their gradients + slack; measured in docs/reliability.md
 
 
 def parse_size(text: str) -> int | None:
@@ -89,6 +91,7 @@ class MemoryEstimate:
     optimizer: int
     samples: int
     backward: int
+    finish: int
     activations: int
     activation_per_example: int
     batch_size: int
@@ -97,7 +100,7 @@ class MemoryEstimate:
     @property
     def fixed(self) -> int:
         """What does not shrink with the batch size or the number of samples."""
-        return self.weights + self.logits + self.optimizer + self.backward
+        return self.weights + self.logits + self.optimizer + self.backward + self.finish
 
     @property
     def total(self) -> int:
@@ -110,6 +113,7 @@ class MemoryEstimate:
             "adam": self.optimizer,
             "mask samples": self.samples,
             "backward scratch": self.backward,
+            "end of run": self.finish,
             "activations": self.activations,
         }
 
@@ -163,6 +167,7 @@ def estimate(
         optimizer=8 * n,
         samples=int(k * n * (4 + wbytes)),
         backward=24 * largest,
+        finish=int(n * (4 + wbytes)),
         activations=ACT_FACTOR * act_per_example * batch_size,
         activation_per_example=act_per_example,
         batch_size=batch_size,

@@ -47,9 +47,10 @@ def test_estimate_follows_the_documented_formulas():
     assert est.logits == 8 * 48 and est.optimizer == 8 * 48
     assert est.samples == 4 * 48 * (4 + 4)
     assert est.backward == 24 * 32
-    assert est.activations == 3 * 72 * 16
+    assert est.finish == 48 * (4 + 4)
+    assert est.activations == 2 * 72 * 16
     assert est.weights == 0  # already resident on the CPU
-    assert est.total == est.logits + est.optimizer + est.samples + est.backward + est.activations
+    assert est.total == est.logits + est.optimizer + est.samples + est.backward + est.finish + est.activations
     on_gpu = estimate(model, names, device="cuda", batch_size=16, samples=4, act_per_example=72)
     params = sum(p.numel() for p in model.parameters()) * 4
     assert on_gpu.weights == params and on_gpu.total == est.total + params
