@@ -144,7 +144,7 @@ def _flat(report: dict[str, Any]) -> dict[str, float]:
     """The numbers worth tracking, keyed by task names (not positions) so reordered masks still match."""
     tasks = [m["task"] for m in report.get("masks", [])]
     out: dict[str, float] = {}
-    for i, m in enumerate(report.get("masks", [])):
+    for m in report.get("masks", []):
         out[f"density[{m['task']}]"] = m.get("density")
     n = len(tasks)
     for section, label in (("total", "total"), ("hidden", "hidden")):
@@ -190,8 +190,7 @@ def compare_baseline(old: dict[str, Any], new: dict[str, Any], max_regression: f
                 continue
             loss = (a[key] - b[key]) if worse == "down" else (b[key] - a[key])
             c = _check(f"regression:{key}", loss, max_regression, "max", "--max-regression")
-            c["reason"] = (
-                f"{key} moved {b[key] - a[key]:+.4f} ({a[key]:.4f} -> {b[key]:.4f}), allowed {max_regression:g} (--max-regression)"
-            )
+            moved = f"{b[key] - a[key]:+.4f} ({a[key]:.4f} -> {b[key]:.4f})"
+            c["reason"] = f"{key} moved {moved}, allowed {max_regression:g} (--max-regression)"
             checks.append(c)
     return {"moves": moves, "checks": checks, "only_in_baseline": sorted(set(a) - set(b)), "only_here": sorted(set(b) - set(a))}

@@ -57,9 +57,10 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
     if checks:
         failed = [c for c in checks if not c["passed"]]
         out.append(f"**{'FAILED' if failed else 'PASSED'}**: {len(checks) - len(failed)} of {len(checks)} checks hold.")
-        out.append(table(["", "check", "value", "threshold"], [
-            ["✅" if c["passed"] else "❌", c["check"], _n(c["value"], 4), f"{'≥' if c['kind'] == 'min' else '≤'} {c['threshold']:g}"]
-            for c in checks], right_from=2))  # fmt: skip
+        bound = {"min": "≥", "max": "≤"}
+        mark = {True: "✅", False: "❌"}
+        rows = [[mark[c["passed"]], c["check"], _n(c["value"], 4), f"{bound[c['kind']]} {c['threshold']:g}"] for c in checks]
+        out.append(table(["", "check", "value", "threshold"], rows, right_from=2))
     out.append(table(["mask", "task", "kept", "density"], [
         [m["path"].rsplit("/", 1)[-1], m["task"], f"{m['kept']:,} / {m['numel']:,}", _pct(m["density"])] for m in masks],
         right_from=2))  # fmt: skip
