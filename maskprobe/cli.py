@@ -127,6 +127,9 @@ def train(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the memory estimate per process (1, 2, 4, 8 processes) and exit.")
     ] = False,
+    shard: Annotated[
+        bool, typer.Option("--shard", help="Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).")
+    ] = False,
     json_out: Json = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -80,6 +80,32 @@ def _memory_plan_table(plan: dict[str, Any]) -> Any:
     return table
 
 
+def _meta_checkpoint(path: Any, tasks: list, model: Any, model_arg: Any, world: Any, stateful: Any) -> Any:
+    """``--shard``: the architecture on the meta device (names and shapes, no memory) and the file's identity."""
+    import torch
+
+    from ..checkpoints import Checkpoint, detect_format, sha256_of
+    from ..session import architecture
+
+    if not world.distributed:
+        raise BadInputError("--shard runs under torchrun with 2 or more processes (docs/distributed.md)")
+    if stateful:
+        raise BadInputError("--shard keeps no resumable state yet: drop --resume/--save-every")
+    build = architecture(tasks, model, model_arg)
+
+    def build_checked() -> Any:
+        module = build() if build else None
+        if module is None:
+            raise BadInputError(f"{path} holds only weights and no task defines build_model(); give --model pkg.module:factory")
+        return module
+
+    with torch.device("meta"):
+        module = build_checked()
+    ckpt = Checkpoint(model=module, path=Path(path), format=detect_format(path), sha256=sha256_of(path))
+    ckpt.build = build_checked  # type: ignore[attr-defined]  # train_mask_sharded builds its own, sharded copy
+    return ckpt
+
+
 def _write_mask(plan: Any, result: Any, ckpt: Any) -> None:
     """Save the mask, then drop the run's state file (rank 0 only under torchrun)."""
     from ..maskfile import save_masks
@@ -182,6 +208,7 @@ def run_train(
     seeds=None,
     backend="auto",
     dry_run=False,
+    shard=False,
 ) -> None:
     from .. import distributed
     from ..cli import _Signals, _stderr, _stdout
@@ -237,7 +264,11 @@ def run_train(
         backend=backend,
         selection=selection,
     )
-    ckpt = open_checkpoint(checkpoint, [t for t, _ in tasks], model, model_arg, trust_checkpoint)
+    shard = shard and not dry_run  # --dry-run estimates every mode from the loaded model
+    if shard:
+        ckpt = _meta_checkpoint(checkpoint, [t for t, _ in tasks], model, model_arg, world, resume or save_every)
+    else:
+        ckpt = open_checkpoint(checkpoint, [t for t, _ in tasks], model, model_arg, trust_checkpoint)
     rows = describe_selection(ckpt.model, selection)
     if not quiet:
         err.print(selection_table(rows, title=f"{checkpoint} ({ckpt.format}); parameters to mask"))
@@ -249,7 +280,8 @@ def run_train(
         if world.is_main:
             _stdout().out(dumps(plan)) if json_out else _stdout().print(_memory_plan_table(plan))
         return
-    _check_memory(ckpt.model, tasks[0][0], per_process, masked, memory_limit, budget_flag)
+    if not shard:  # a meta-device model has no activations to measure
+        _check_memory(ckpt.model, tasks[0][0], per_process, masked, memory_limit, budget_flag)
     stdout = _stdout()
     summaries = []
     with _Signals() as signals:
@@ -265,17 +297,22 @@ def run_train(
                 say(f"{t.name}: resuming at step {state.step} from {plan.state}")
             try:
                 with TrainProgress(err, t.name, steps, start=state.step if state else 0, quiet=quiet) as cb:
-                    result = train_mask(
-                        ckpt.model,
-                        t,
-                        ref,
-                        cfg,
-                        callback=cb,
-                        should_stop=signals,
-                        resume=state,
-                        save_every=save_every,
-                        on_snapshot=lambda s, path=plan.state, key=key: _save_state(path, s, key),
-                    )
+                    if shard:
+                        from ..sharded import train_mask_sharded
+
+                        result = train_mask_sharded(ckpt.build, checkpoint, t, ref, cfg, callback=cb)
+                    else:
+                        result = train_mask(
+                            ckpt.model,
+                            t,
+                            ref,
+                            cfg,
+                            callback=cb,
+                            should_stop=signals,
+                            resume=state,
+                            save_every=save_every,
+                            on_snapshot=lambda s, path=plan.state, key=key: _save_state(path, s, key),
+                        )
             except NumericalError as exc:
                 good = getattr(exc, "state", None)
                 if good is not None:
