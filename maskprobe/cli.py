@@ -238,8 +238,15 @@ def inspect(
 
 
 @app.command()
-def tasks(json_out: Json = False) -> None:
-    """List the task plugins found (entry-point group maskprobe.tasks)."""
+def tasks(
+    check: Annotated[
+        str | None,
+        typer.Option("--check", help="Run this task (name, module:Class or file.py:Class) through the contract checks."),
+    ] = None,
+    task_arg: TaskArgOpt = [],
+    json_out: Json = False,
+) -> None:
+    """List the task plugins found (entry-point group maskprobe.tasks), or check one with --check NAME (exit 3 if broken)."""
     params = dict(locals())
     from .commands.tasks import run_tasks
 

@@ -91,11 +91,45 @@ class TaskInfo:
     error: str | None = None
 
 
+REQUIRED_METHODS = ("batches", "loss", "evaluate")
+
+
 def _describe_origin(obj: Any) -> str:
-    try:
-        return inspect.getsourcefile(obj) or "?"
-    except TypeError:
-        return "?"
+    for candidate in (obj, type(obj)):
+        try:
+            return inspect.getsourcefile(candidate) or "?"
+        except TypeError:
+            continue
+    return "?"
+
+
+def describe_task(task: Any) -> str:
+    """``task plugin 'name' (path/to/file.py)``: how every error about a task starts (task or class)."""
+    cls = task if inspect.isclass(task) else type(task)
+    name = getattr(task, "name", "") or cls.__name__
+    return f"task plugin {name!r} ({_describe_origin(cls)})"
+
+
+def contract_problems(cls: type) -> list[str]:
+    """What a task class gets wrong before it runs: missing methods, a bad name/metric/range declaration."""
+    problems = []
+    for meth in REQUIRED_METHODS:
+        if getattr(cls, meth, None) is getattr(Task, meth):
+            problems.append(f"does not implement {meth}() (required: {', '.join(m + '()' for m in REQUIRED_METHODS)})")
+    if not isinstance(getattr(cls, "metric", None), str) or not cls.metric:
+        problems.append(f"metric must be a non-empty string naming a key of evaluate()'s result, got {cls.metric!r}")
+    if not isinstance(getattr(cls, "higher_is_better", None), bool):
+        problems.append(f"higher_is_better must be True or False, got {cls.higher_is_better!r}")
+    rng = getattr(cls, "metric_range", None)
+    if rng is not None:
+        try:
+            lo, hi = (float(x) for x in rng)
+            bad = not lo <= hi
+        except (TypeError, ValueError):
+            bad = True
+        if bad:
+            problems.append(f"metric_range must be None or (low, high) with low <= high, got {rng!r}")
+    return problems
 
 
 def _import_file(path: Path) -> Any:
@@ -154,6 +188,9 @@ def task_class(ref: str) -> type:
             raise PluginError(f"task plugin {ref!r} ({eps[ref].value}) failed to load: {type(exc).__name__}: {exc}") from exc
     if not (inspect.isclass(obj) and issubclass(obj, Task)):
         raise PluginError(f"task plugin {ref!r} ({_describe_origin(obj)}) is not a subclass of maskprobe.Task")
+    problems = contract_problems(obj)
+    if problems:
+        raise PluginError(f"task plugin {ref!r} ({_describe_origin(obj)}) {'; '.join(problems)}")
     return obj
 
 

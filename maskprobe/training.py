@@ -24,7 +24,7 @@ from .gates import binarize
 from .masked import MaskedModel, frozen, masked_weights
 from .maskstep import NOISE, MaskLogits
 from .selection import Selection, select_parameters
-from .tasks import Task, TaskRef
+from .tasks import Task, TaskRef, describe_task
 
 EVAL_SEED = 1234  # eval batches are drawn from a fixed seed so that every run scores on the same data
 
@@ -163,19 +163,20 @@ def resolve_device(name: str) -> torch.device:
 def _check_metrics(task: Task, metrics: Any) -> dict[str, float]:
     if not isinstance(metrics, dict) or task.metric not in metrics:
         raise PluginError(
-            f"task {task.name!r} ({type(task).__module__}): evaluate() must return a dict with "
-            f"key {task.metric!r}, got {metrics!r:.200}"
+            f"{describe_task(task)}: evaluate() must return a dict with key {task.metric!r}, got {str(metrics)[:200]}"
         )
     out = {}
     for k, v in metrics.items():
         try:
             out[str(k)] = float(v)
         except (TypeError, ValueError):
-            raise PluginError(f"task {task.name!r}: metric {k!r} is not a number ({v!r:.80})") from None
+            raise PluginError(f"{describe_task(task)}: metric {k!r} is not a number ({str(v)[:80]})") from None
     value = out[task.metric]
     lo_hi = task.metric_range
     if lo_hi is not None and not math.isnan(value) and not (lo_hi[0] <= value <= lo_hi[1]):
-        raise PluginError(f"task {task.name!r}: metric {task.metric}={value} is outside its range {lo_hi}")
+        raise PluginError(
+            f"{describe_task(task)}: metric {task.metric}={value} is outside its range {tuple(lo_hi)} (metric_range)"
+        )
     return out
 
 
@@ -197,7 +198,7 @@ def evaluate_task(
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"task {task.name!r}: evaluate() failed: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"{describe_task(task)}: evaluate() failed: {_plugin_failure(exc)}") from exc
     return _check_metrics(task, metrics)
 
 
@@ -208,16 +209,30 @@ def _task_loss(task: Task, model: Any, chunk: Any, step: int) -> Any:
     except PluginError:
         raise
     except Exception as exc:
-        raise PluginError(
-            f"task {task.name!r}: loss() failed at step {step + 1}: {type(exc).__name__}: {str(exc)[:300]} "
-            "(does the task's data fit this model?)"
-        ) from exc
+        hint = "" if _is_device_mix(exc) else " (does the task's data fit this model?)"
+        raise PluginError(f"{describe_task(task)}: loss() failed at step {step + 1}: {_plugin_failure(exc)}{hint}") from exc
+
+
+def _is_device_mix(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("expected device" in text or "same device" in text)
+
+
+def _plugin_failure(exc: BaseException) -> str:
+    """One line about a plugin's exception; tensors on two devices get the contract's remedy."""
+    text = " ".join(str(exc).split())[:300]
+    if _is_device_mix(exc):
+        return (
+            f"wrong device: {text} (a task must make its tensors on the batch's device, "
+            "e.g. torch.zeros(n, device=x.device), never a fixed one)"
+        )
+    return f"{type(exc).__name__}: {text}"
 
 
 def _scalar_loss(task: Task, value: Any) -> Tensor:
     if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
         raise PluginError(
-            f"task {task.name!r}: loss() must return a scalar float tensor, got "
+            f"{describe_task(task)}: loss() must return a scalar float tensor, got "
             f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}"
         )
     return value.reshape(())
@@ -307,8 +322,12 @@ def train_mask(
                     batch = next(batches)
                 except StopIteration:
                     raise PluginError(
-                        f"task {task.name!r}: the 'train' batch stream ended at step {step}; it must be endless"
+                        f"{describe_task(task)}: the 'train' batch stream ended at step {step}; it must be endless"
                     ) from None
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"{describe_task(task)}: batches('train') failed: {_plugin_failure(exc)}") from exc
                 bsz = batch_size_of(batch)
                 k = max(1, min(config.samples, bsz))
                 share = distributed.sample_share(k, world)
