@@ -20,6 +20,7 @@ sample of DESIGN §2, ``P(keep) = p`` up to the 2^-23 grid.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,12 @@ MASK32 = 0xFFFFFFFF
 _C1 = 0x85EBCA6B
 _C2 = 0xC2B2AE35
 _GRID = 2.0**-23
+
+# numba's parallel loops run on a second OpenMP runtime beside torch's; with more than one thread its idle
+# workers spin and, on a machine with few cores, starve torch's (measured: 5-10x slower steps on 2 cores).
+# So numba gets one thread and the kernels are spread over a thread pool that sleeps when idle (``_run``).
+# Set before numba's first import; a program that imported numba earlier keeps its own setting.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 try:  # the fast CPU path is optional; everything works (slower) without it
     import numba as _numba
@@ -169,11 +176,13 @@ if _numba is not None:
             s += x[i] * x[i]
         return s
 
-    @_numba.njit(cache=True, nogil=True)
-    def _nb_gate_forward(w, p, k1, k2, out, lo, hi):
-        # unsigned indices: numba then skips negative-index wrap-around and LLVM vectorises the loop
-        for i in range(_U64(lo), _U64(hi)):
-            u = _uniform(i, k1, k2)
+    # The kernels are prange loops over whole (sliced) arrays: that is the form numba compiles to vectorised
+    # code (a serial loop over lo..hi was measured 5x slower); they run with one numba thread each (see _run).
+
+    @_numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_gate_forward(w, p, k1, k2, out, base):
+        for i in _numba.prange(w.size):
+            u = _uniform(i + base, k1, k2)
             out[i] = w[i] if u > _f32(1.0) - p[i] else _f32(0.0)
 
     @_numba.njit(inline="always")
@@ -182,35 +191,38 @@ if _numba is not None:
         s = a / (a + (_f32(1.0) - pi) * (_f32(1.0) - u))
         return s * (_f32(1.0) - s)
 
-    @_numba.njit(cache=True, nogil=True)
-    def _nb_gate_backward(w, p, grads, k1s, k2s, reg, out, start, stop):
-        total = 0.0
-        pb = np.empty(_BLOCK, dtype=np.float32)
-        for b0 in range(start, stop, _BLOCK):
-            lo = _U64(b0)
-            hi = _U64(min(b0 + _BLOCK, stop))
+    @_numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_gate_backward(w, p, grads, k1s, k2s, reg, out, base):
+        n = w.size
+        nblocks = (n + _BLOCK - 1) // _BLOCK
+        partial = np.zeros(nblocks, dtype=np.float64)
+        for b in _numba.prange(nblocks):
+            # unsigned indices: numba then skips negative-index wrap-around and LLVM vectorises the loops
+            lo = _U64(b * _BLOCK)
+            hi = _U64(min(b * _BLOCK + _BLOCK, n))
             # ``out`` may be ``p`` itself (the step's work buffer): keep this block's p aside first
+            pb = np.empty(hi - lo, dtype=np.float32)
             for i in range(lo, hi):
                 pb[i - lo] = p[i]
             g = grads[0]
             k1 = k1s[0]
             k2 = k2s[0]
             for i in range(lo, hi):
-                out[i] = (g[i] * w[i]) * _ds(pb[i - lo], _uniform(i, k1, k2))
+                out[i] = (g[i] * w[i]) * _ds(pb[i - lo], _uniform(i + base, k1, k2))
             for k in range(1, len(grads)):
                 g = grads[k]
                 k1 = k1s[k]
                 k2 = k2s[k]
                 for i in range(lo, hi):
-                    out[i] = out[i] + (g[i] * w[i]) * _ds(pb[i - lo], _uniform(i, k1, k2))
+                    out[i] = out[i] + (g[i] * w[i]) * _ds(pb[i - lo], _uniform(i + base, k1, k2))
             for i in range(lo, hi):
                 out[i] = out[i] + reg
-            total += _sumsq(out, lo, hi)
-        return total
+            partial[b] = _sumsq(out, lo, hi)
+        return partial.sum()
 
-    @_numba.njit(cache=True, nogil=True)
-    def _nb_adam(logits, grad, m, v, step_size, bc2, c1, c2, b2, eps, scale, lo, hi):
-        for i in range(_U64(lo), _U64(hi)):
+    @_numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_adam(logits, grad, m, v, step_size, bc2, c1, c2, b2, eps, scale):
+        for i in _numba.prange(logits.size):
             g = grad[i] * scale
             mi = m[i] + c1 * (g - m[i])
             vi = v[i] * b2 + c2 * (g * g)
@@ -219,37 +231,38 @@ if _numba is not None:
             logits[i] = logits[i] - step_size * (mi / (math.sqrt(vi) / bc2 + eps))
 
 
-# Threads. numba's own parallel loops run on a second OpenMP runtime beside torch's; on a machine with few
-# cores the two pools' spinning workers starve each other (measured: 10x slower steps on 2 cores). So the
-# kernels are serial, release the GIL, and large tensors are split over a plain thread pool whose idle
-# workers sleep instead of spinning.
+# Threads: each kernel call runs with one numba thread (see the NUMBA_NUM_THREADS note at the top); large
+# tensors are split over a plain thread pool whose idle workers sleep instead of spinning.
 _PARALLEL_MIN = 1 << 18  # elements; below this one thread is faster than handing work over
 _pool: Any = None
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
 def _ranges(n: int) -> list[tuple[int, int]]:
-    parts = _threads() if n >= _PARALLEL_MIN else 1
+    parts = max(1, torch.get_num_threads()) if n >= _PARALLEL_MIN else 1
     step = -(-n // parts)
-    step = -(-step // 8192) * 8192  # whole blocks, so every range starts on a block boundary
+    step = -(-step // 8192) * 8192  # whole blocks
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
 
 
-def _run(fn: Any, n: int, *args: Any) -> list[Any]:
-    """``fn(*args, lo, hi)`` over ``0..n`` in ranges: all but the first on the pool, the first here."""
+def _single(call: Any, lo: int, hi: int) -> Any:
+    before = _numba.get_num_threads()
+    _numba.set_num_threads(1)  # thread-local in numba: only this call's thread
+    try:
+        return call(lo, hi)
+    finally:
+        _numba.set_num_threads(before)
+
+
+def _run(call: Any, n: int) -> list[Any]:
+    """``call(lo, hi)`` over ``0..n`` in ranges: all but the first on the pool, the first here."""
     global _pool
     ranges = _ranges(n)
-    if len(ranges) == 1:
-        return [fn(*args, 0, n)]
-    if _pool is None or _pool._max_workers < len(ranges) - 1:
+    if len(ranges) > 1 and (_pool is None or _pool._max_workers < len(ranges) - 1):
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="maskprobe-kernel")
-    futures = [_pool.submit(fn, *args, lo, hi) for lo, hi in ranges[1:]]
-    first = fn(*args, *ranges[0])
+    futures = [_pool.submit(_single, call, lo, hi) for lo, hi in ranges[1:]]
+    first = _single(call, *ranges[0])
     return [first, *(f.result() for f in futures)]
 
 
@@ -259,7 +272,9 @@ def _np(t: Tensor):
 
 def gate_forward_numba(w: Tensor, p: Tensor, key: tuple[int, int], out: Tensor) -> Tensor:
     """numba version of :func:`gate_forward_torch` (CPU, contiguous float32, flat)."""
-    _run(_nb_gate_forward, w.numel(), _np(w), _np(p), np.uint32(key[0]), np.uint32(key[1]), _np(out))
+    W, P, out_ = _np(w), _np(p), _np(out)
+    k1, k2 = np.uint32(key[0]), np.uint32(key[1])
+    _run(lambda lo, hi: _nb_gate_forward(W[lo:hi], P[lo:hi], k1, k2, out_[lo:hi], np.uint64(lo)), w.numel())
     return out
 
 
@@ -277,10 +292,15 @@ def gate_backward_numba(
     used = [(g, k) for g, k in zip(grads, keys, strict=True) if g is not None]
     if tau != 1.0 or not used:
         return gate_backward_torch(w, p, logits, grads, keys, tau, reg, out)
-    arrays = tuple(_np(g.reshape(-1)) for g, _ in used)
+    G = [_np(g.reshape(-1)) for g, _ in used]
     k1s = np.array([k[0] for _, k in used], dtype=np.uint32)
     k2s = np.array([k[1] for _, k in used], dtype=np.uint32)
-    return float(sum(_run(_nb_gate_backward, w.numel(), _np(w), _np(p), arrays, k1s, k2s, np.float32(reg), _np(out))))
+    W, P, out_, r = _np(w), _np(p), _np(out), np.float32(reg)
+
+    def call(lo: int, hi: int) -> float:
+        return _nb_gate_backward(W[lo:hi], P[lo:hi], tuple(g[lo:hi] for g in G), k1s, k2s, r, out_[lo:hi], np.uint64(lo))
+
+    return float(sum(_run(call, w.numel())))
 
 
 def adam_numba(
@@ -289,6 +309,7 @@ def adam_numba(
     """numba version of :func:`adam_torch`."""
     f = np.float32
     consts = (f(lr / (1.0 - b1**t)), f(math.sqrt(1.0 - b2**t)), f(1.0 - b1), f(1.0 - b2), f(b2), f(eps), f(scale))
-    _run(_nb_adam, logits.numel(), _np(logits), _np(grad), _np(m), _np(v), *consts)
+    L, G, M, V = _np(logits), _np(grad), _np(m), _np(v)
+    _run(lambda lo, hi: _nb_adam(L[lo:hi], G[lo:hi], M[lo:hi], V[lo:hi], *consts), logits.numel())
     torch.sigmoid(logits, out=grad)
     return float(logits.sum())
