@@ -233,7 +233,10 @@ def memory_plan(est: Any, processes: int = 1) -> dict[str, Any]:
 
     Data-parallel with ``R`` processes: each process holds the whole model, all logits, their gradient and
     Adam's moments (``16 n`` bytes, not sharded), but only ``K/R`` mask samples and the activations of
-    ``B/R`` examples. Shown for ``processes`` (under torchrun) or for 2, 4 and 8 (otherwise).
+    ``B/R`` examples. Sharded (``--shard``, FSDP2): each process holds ``1/R`` of the weights and of the
+    ``16 n`` bytes, plus what one chunk's forward and backward keep whole: the noise and gated weight of one
+    sample (``n (4 + w)``), two gathered FSDP units (``2 x`` the largest masked tensor) and the activations
+    of ``B/K`` examples. Shown for ``processes`` (under torchrun) or for 2, 4 and 8 (otherwise).
 
     Returns:
         a JSON-able dict (``schema`` ``maskprobe.memory/1``): ``masked`` weights, ``state_bytes`` (``16 n``),
@@ -246,15 +249,22 @@ def memory_plan(est: Any, processes: int = 1) -> dict[str, Any]:
         parts = est.parts()
         parts["mask samples"] = est.samples // est.num_samples * k_each if est.num_samples else 0
         parts["activations"] = est.activations // r
-        modes.append(
+        modes.append(_mode("one process" if r == 1 else "data-parallel", r, k_each, parts))
+    k = max(1, est.num_samples)
+    largest = est.backward // 24  # memory.estimate: backward scratch = 24 x the largest masked tensor's elements
+    wbytes = est.samples / (k * est.masked) - 4 if est.masked else 4  # per-element bytes of a masked weight
+    for r in counts[1:]:
+        parts = est.parts()  # parts not named here (e.g. end-of-run evaluation) are counted unchanged
+        parts.update(
             {
-                "mode": "one process" if r == 1 else "data-parallel",
-                "processes": r,
-                "samples_per_process": k_each,
-                "parts": parts,
-                "total": sum(parts.values()),
+                "weights": est.weights // r + int(2 * largest * wbytes),
+                "logits+grad": est.logits // r,
+                "adam": est.optimizer // r,
+                "mask samples": est.samples // k,  # one sample in flight: a chunk's backward runs before the next
+                "activations": est.activations // k,
             }
         )
+        modes.append(_mode("sharded", r, -(-est.num_samples // r), parts))
     return {
         "schema": "maskprobe.memory/1",
         "device": est.device,
@@ -272,6 +282,10 @@ def _raise_reported(error: BaseException, world: World) -> None:
     if not world.is_main:
         error.reported_by_rank0 = True  # type: ignore[attr-defined]
     raise error
+
+
+def _mode(name: str, processes: int, samples: int, parts: dict[str, int]) -> dict[str, Any]:
+    return {"mode": name, "processes": processes, "samples_per_process": samples, "parts": parts, "total": sum(parts.values())}
 
 
 def _exit_code(error: BaseException) -> int:

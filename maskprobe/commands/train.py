@@ -72,8 +72,8 @@ def _memory_plan_table(plan: dict[str, Any]) -> Any:
     )
     table.add_column("part")
     for m in modes:
-        table.add_column(f"{m['processes']} proc" + ("" if m["processes"] == 1 else f"\n{m['samples_per_process']} samples each"),
-                         justify="right")  # fmt: skip
+        head = f"{m['mode']}\n{m['processes']} proc" + ("" if m["processes"] == 1 else f", K/R={m['samples_per_process']}")
+        table.add_column(head, justify="right")
     for part in modes[0]["parts"]:
         table.add_row(part, *(human(m["parts"][part]) for m in modes))
     table.add_row("total", *(human(m["total"]) for m in modes))
