@@ -19,6 +19,7 @@ Run: ``torchrun --nproc-per-node N -m maskprobe train CKPT --task T --out DIR --
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -62,22 +63,28 @@ class LogitGate(nn.Module):
 
 
 def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
-    """A checkpoint's tensors, memory-mapped: safetensors (one file) or a ``torch.save`` state dict.
+    """A checkpoint's tensors, memory-mapped: safetensors (a file, a sharded ``*.index.json`` set, or the
+    weights of a Hugging Face folder) or a ``torch.save`` state dict.
 
     Raises:
-        CheckpointError: another format (sharded safetensors, Hugging Face folders and TorchScript are
-            not supported by ``--shard`` yet) or an unreadable file.
+        CheckpointError: another format (TorchScript, pickled modules, ``.bin`` folders) or an unreadable file.
     """
     from .checkpoints import detect_format, unwrap_state_dict
 
     path = Path(path)
     fmt = detect_format(path)
     try:
-        if fmt == "safetensors":
+        if fmt in ("safetensors", "safetensors-sharded", "hf-folder"):
+            files = _safetensors_files(path)
+            if not files:
+                raise CheckpointError(f"{path} holds no *.safetensors weights (--shard does not read .bin folders)")
             from safetensors import safe_open
 
-            with safe_open(str(path), "pt") as f:  # get_tensor reads from the mapped file
-                return {k: f.get_tensor(k) for k in f.keys()}
+            state: dict[str, Tensor] = {}
+            for file in files:
+                with safe_open(str(file), "pt") as f:  # the file is memory-mapped; get_tensor reads from it
+                    state.update({k: f.get_tensor(k) for k in f.keys()})
+            return state
         if fmt == "torch-zip":
             return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
     except CheckpointError:
@@ -85,6 +92,57 @@ def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
     except Exception as exc:
         raise CheckpointError(f"{path} could not be read memory-mapped ({type(exc).__name__}: {exc})") from None
     raise CheckpointError(f"--shard reads single-file safetensors or torch.save state dicts; {path} is {fmt}")
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    if path.is_file() and not path.name.endswith(".index.json"):
+        return [path]
+    folder = path if path.is_dir() else path.parent
+    index = [path] if path.is_file() else sorted(folder.glob("*.safetensors.index.json"))
+    if index:
+        import json
+
+        return [folder / f for f in sorted(set(json.loads(index[0].read_text())["weight_map"].values()))]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def hf_architecture(path: str | Path) -> Callable[[], nn.Module]:
+    """The architecture of a Hugging Face folder from its ``config.json`` (weights not loaded; needs ``transformers``).
+
+    Raises:
+        CheckpointError: transformers is not installed.
+    """
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointError(f"{path} is a Hugging Face folder; install the extra: pip install 'maskprobe[hf]'") from None
+
+    def build() -> nn.Module:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        archs = getattr(config, "architectures", None) or []
+        cls = (getattr(transformers, archs[0], None) if archs else None) or transformers.AutoModel
+        return cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
+
+    return build
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build a module with its parameters on ``meta`` and its buffers real: buffers that are not saved in
+    checkpoints (rotary frequencies, masks) are computed in ``__init__`` and must survive; a parameter
+    exists for real only while its own module's ``__init__`` runs."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(self, name, param)
+        if param is not None:
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
 def build_sharded(
@@ -105,8 +163,10 @@ def build_sharded(
     from torch.distributed.fsdp import fully_shard
     from torch.nn.utils import parametrize
 
-    with torch.device("meta"):
+    with _parameters_on_meta():
         model = build()
+    kept = {n: b.detach().clone() for n, b in model.named_buffers() if b.device.type != "meta"}
+    with torch.device("meta"):
         names = names_of(model)
         if not names:
             raise BadInputError("no parameters to mask")
@@ -124,6 +184,10 @@ def build_sharded(
         fully_shard(owner)
     fully_shard(model)
     model.to_empty(device=device)
+    with torch.no_grad():  # to_empty left every buffer uninitialised: put back what __init__ computed
+        buffers = dict(model.named_buffers())
+        for n, value in kept.items():
+            buffers[n].copy_(value)
     renamed = {_parametrized_name(k, gates): v for k, v in state.items()}
     expected = {k for k in model.state_dict() if not k.endswith(".logit")}
     missing, unexpected = sorted(expected - set(renamed)), sorted(set(renamed) - expected)

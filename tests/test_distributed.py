@@ -210,3 +210,44 @@ def test_shard_needs_torchrun(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "m.pt", hidden=HIDDEN)
     assert run(train_argv(ckpt, tmp_path / "o.safetensors", "--shard", hidden=HIDDEN)) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+class _WithRotary(torch.nn.Module):
+    """A layer with a buffer computed in ``__init__`` and never saved (like a rotary embedding's inv_freq)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+        self.register_buffer("freq", torch.arange(3, dtype=torch.float32) + 0.5, persistent=False)
+
+    def forward(self, x):
+        return self.lin(x) * self.freq
+
+
+def test_build_sharded_keeps_computed_buffers_and_reads_a_sharded_safetensors_set(tmp_path):
+    """One-process gloo group: meta build, fully_shard, weights from a two-file safetensors index."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from maskprobe.sharded import build_sharded, read_state_mmap
+
+    src = _WithRotary()
+    save_file({"lin.weight": src.lin.weight.detach().clone()}, tmp_path / "a.safetensors")
+    save_file({"lin.bias": src.lin.bias.detach().clone()}, tmp_path / "b.safetensors")
+    index = {"weight_map": {"lin.weight": "a.safetensors", "lin.bias": "b.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        state = read_state_mmap(tmp_path)
+        model, gates = build_sharded(_WithRotary, state, lambda m: ["lin.weight"], device=torch.device("cpu"), init=2.0)
+        assert list(gates) == ["lin.weight"]
+        assert torch.equal(model.freq, src.freq)  # recomputed in __init__, not left uninitialised by to_empty
+        x = torch.randn(5, 4)
+        with torch.no_grad():
+            assert torch.allclose(model(x), src(x))  # gate "off": the loaded weights, unmasked
+            gates["lin.weight"].mode = "mask"  # all logits 2.0 > 0: everything kept
+            assert torch.allclose(model(x), src(x))
+            gates["lin.weight"].logit.fill_(-1.0)
+            assert torch.allclose(model(x), (src.lin.bias * src.freq).expand(5, 3))  # every weight removed
+    finally:
+        dist.destroy_process_group()

@@ -91,7 +91,13 @@ def _meta_checkpoint(path: Any, tasks: list, model: Any, model_arg: Any, world: 
         raise BadInputError("--shard runs under torchrun with 2 or more processes (docs/distributed.md)")
     if stateful:
         raise BadInputError("--shard keeps no resumable state yet: drop --resume/--save-every")
-    build = architecture(tasks, model, model_arg)
+    fmt = detect_format(path)
+    if fmt == "hf-folder" and not model:
+        from ..sharded import hf_architecture
+
+        build = hf_architecture(path)
+    else:
+        build = architecture(tasks, model, model_arg)
 
     def build_checked() -> Any:
         module = build() if build else None
@@ -101,7 +107,7 @@ def _meta_checkpoint(path: Any, tasks: list, model: Any, model_arg: Any, world: 
 
     with torch.device("meta"):
         module = build_checked()
-    ckpt = Checkpoint(model=module, path=Path(path), format=detect_format(path), sha256=sha256_of(path))
+    ckpt = Checkpoint(model=module, path=Path(path), format=fmt, sha256=sha256_of(path))
     ckpt.build = build_checked  # type: ignore[attr-defined]  # train_mask_sharded builds its own, sharded copy
     return ckpt
 
