@@ -1,0 +1,164 @@
+"""``maskprobe compare`` as a CI gate: exit codes 0/1/2, one FAIL line per violation, --format markdown/json,
+the pinned JSON schema, --baseline/--max-regression, packed-bit masks read transparently."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from maskprobe.checkpoints import sha256_of
+from maskprobe.cli import run
+from maskprobe.maskfile import save_masks
+
+ARGS = {"eval_size": 256}
+
+
+@pytest.fixture(scope="module")
+def masks(tiny_addmul, tmp_path_factory):
+    """Random add/mul masks over the tiny checkpoint (densities 0.5 / 0.3), with the metadata train writes."""
+    ckpt, model, hidden = tiny_addmul
+    out = tmp_path_factory.mktemp("cmpmasks")
+    gen = torch.Generator().manual_seed(0)
+    sha = sha256_of(ckpt)
+    paths = []
+    for task, density in (("arith-add", 0.5), ("arith-mul", 0.3)):
+        m = {n: torch.rand(p.shape, generator=gen) < density for n, p in model.named_parameters() if n.endswith("weight")}
+        meta = {"task": {"name": task, "ref": task, "args": {"hidden": hidden, **ARGS}}, "checkpoint": {"sha256": sha}}
+        paths.append(save_masks(out / f"{task}.safetensors", m, meta))
+        save_masks(out / f"{task}-packed.safetensors", m, meta, pack_bits=True)
+    return ckpt, paths, out
+
+
+def _run(capsys, *argv):
+    capsys.readouterr()
+    code = run([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_thresholds_that_hold_exit_0_and_violations_exit_1_one_line_each(masks, capsys):
+    _, (a, b), _ = masks
+    code, out, err = _run(capsys, "compare", a, b, "--max-iou", "0.9", "--min-density", "0.2", "--format", "json")
+    assert code == 0 and "FAIL" not in err
+    assert json.loads(out)["passed"] is True
+    code, out, err = _run(
+        capsys, "compare", a, b, "--max-iou", "0.01", "--min-density", "0.4", "--max-iomin", "arith-add:arith-mul=0.99"
+    )
+    assert code == 1
+    fails = [line for line in err.splitlines() if line.startswith("FAIL ")]
+    assert len(fails) == 2  # iou of the pair, density of the mul mask (0.3 < 0.4); iomin holds
+    assert any("iou[arith-add,arith-mul]" in f and "<= 0.01" in f for f in fails)
+    assert any("density[arith-mul]" in f and ">= 0.4" in f for f in fails)
+    assert "2 of 4 checks failed" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-iou", "lots"], "a number"),
+        (["--max-iou", "arith-add:nope=0.5"], "no mask has task 'nope'"),
+        (["--max-iou", "arith-add=0.5"], "TASK_A:TASK_B=VALUE"),
+        (["--min-specialize", "0.5"], "needs --checkpoint"),
+        (["--format", "yaml"], "--format"),
+        (["--max-regression", "0.1"], "needs --baseline"),
+        (["--baseline", "{tmp}/missing.json"], "baseline not found"),
+        (["--baseline", "{tmp}/not-json.json"], "not a compare JSON"),
+        (["--keep-io"], "needs --checkpoint"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(masks, capsys, argv, message):
+    _, (a, b), out_dir = masks
+    (out_dir / "not-json.json").write_text("{")
+    argv = [x.replace("{tmp}", str(out_dir)) for x in argv]
+    code, _, err = _run(capsys, "compare", a, b, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_markdown_is_a_job_summary(masks, capsys):
+    _, (a, b), _ = masks
+    code, out, _ = _run(capsys, "compare", a, b, "--format", "markdown", "--max-iou", "0.01")
+    assert code == 1
+    assert out.startswith("## maskprobe compare")
+    assert "**FAILED**: 0 of 1 checks hold." in out
+    assert "| ❌ | iou[arith-add,arith-mul] |" in out
+    assert "| layer | role | density A | density B | IoU | chance | IoMin | chance | IoU − chance |" in out
+    assert "| **hidden layers** |" in out and "| **total** |" in out
+
+
+# the documented schema (docs/compare.md): changing these is a breaking change -> bump the schema version
+TOP_KEYS = {"schema", "masks", "layers", "total", "hidden", "summary", "ablation", "scores", "checks", "passed"}
+MASK_KEYS = {"path", "task", "density", "kept", "numel", "packed"}
+COUNT_KEYS = {"name", "role", "shape", "numel", "counts", "density", "intersection", "union", "iou", "iomin", "shared",
+              "chance_iou", "chance_iomin", "excess_iou", "excess_iomin", "share_of_others", "by_k"}  # fmt: skip
+ABLATION_KEYS = {"tasks", "metrics", "full", "kept", "inverted", "exclusive", "control", "control_exclusive", "drops",
+                 "keep_io", "io_tensors"}  # fmt: skip
+SCORE_KEYS = {"specialization", "p_specialize", "p_specialize_control", "reuse", "p_reuse"}
+CHECK_KEYS = {"check", "value", "threshold", "kind", "passed", "reason"}
+
+
+def test_json_schema_is_pinned(masks, capsys):
+    ckpt, (a, b), _ = masks
+    code, out, _ = _run(capsys, "compare", a, b, "--checkpoint", ckpt, "--device", "cpu", "--json", "--min-density", "0")
+    assert code == 0
+    data = json.loads(out)
+    assert data["schema"] == "maskprobe.compare/1"
+    assert set(data) == TOP_KEYS
+    assert all(set(m) == MASK_KEYS for m in data["masks"])
+    assert all(set(c) == COUNT_KEYS for c in data["layers"])
+    assert set(data["total"]) == COUNT_KEYS and set(data["hidden"]) == COUNT_KEYS
+    assert set(data["ablation"]) == ABLATION_KEYS and set(data["scores"]) == SCORE_KEYS
+    assert set(data["ablation"]["drops"]) == {"kept", "inverted", "exclusive", "control", "control_exclusive"}
+    assert all(set(c) == CHECK_KEYS for c in data["checks"])
+    assert set(data["summary"]) == {"all", "hidden"} and set(data["summary"]["all"]) == {"pooled", "layer_mean"}
+    assert [c["role"] for c in data["layers"]] == ["input", "hidden", "output"]
+    n = 2
+    for m in ("kept", "inverted", "exclusive", "control"):
+        assert np.array(data["ablation"][m]).shape == (n, n)
+
+
+def test_baseline_reports_moves_and_gates_regressions(masks, capsys, tmp_path):
+    ckpt, (a, b), _ = masks
+    base = tmp_path / "base.json"
+    common = ["compare", a, b, "--checkpoint", ckpt, "--device", "cpu", "--quiet"]
+    code, out, _ = _run(capsys, *common, "--json")
+    assert code == 0
+    base.write_text(out)
+    code, out, _ = _run(capsys, *common, "--json", "--baseline", base, "--max-regression", "0.0")
+    data = json.loads(out)
+    assert code == 0 and all(m["delta"] == 0 for m in data["baseline"]["moves"])
+    assert {c["check"] for c in data["checks"]} == {"regression:p_specialize", "regression:p_reuse"}
+    # a baseline that was more specialised and shared less: this run regressed by 0.3 in P_specialize
+    old = json.loads(base.read_text())
+    old["scores"]["p_specialize"] += 0.3
+    old["total"]["iou"][0][1] -= 0.05
+    base.write_text(json.dumps(old))
+    code, out, err = _run(capsys, *common, "--baseline", base, "--max-regression", "0.1")
+    assert code == 1
+    fails = [line for line in err.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and fails[0].startswith("FAIL p_specialize moved -0.3") and "allowed 0.1" in fails[0]
+    assert "total.iou[arith-add,arith-mul]" in out and "+0.050" in out
+
+
+def test_packed_masks_compare_like_plain_ones(masks, capsys):
+    _, (a, b), out_dir = masks
+    code, plain, _ = _run(capsys, "compare", a, b, "--json")
+    code2, packed, _ = _run(
+        capsys, "compare", out_dir / "arith-add-packed.safetensors", out_dir / "arith-mul-packed.safetensors", "--json"
+    )
+    assert code == code2 == 0
+    p, q = json.loads(plain), json.loads(packed)
+    assert p["layers"] == q["layers"] and p["total"] == q["total"]
+    assert [m["packed"] for m in q["masks"]] == [True, True]
+
+
+def test_plot_without_matplotlib_is_bad_input(masks, capsys, monkeypatch, tmp_path):
+    import sys
+
+    _, (a, b), _ = masks
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    code, _, err = _run(capsys, "compare", a, b, "--plot", tmp_path / "figs")
+    assert code == 2 and "pip install 'maskprobe[plot]'" in err
