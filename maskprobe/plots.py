@@ -222,7 +222,7 @@ def plot_kept(name: str, arrays: Sequence[np.ndarray], tasks: Sequence[str], pat
             rgb = np.clip(1.0 - frac * (1.0 - np.array(to_rgb(color))), 0, 1)
             ax.imshow(rgb, interpolation="nearest", aspect=_aspect(rgb.shape))
             ax.set_title(task, fontsize=9)
-        fig.subplots_adjust(left=0.06, right=0.98, top=0.85, bottom=0.12, wspace=0.25)
+        fig.subplots_adjust(left=0.1, right=0.98, top=0.85, bottom=0.12, wspace=0.3)
     for ax in axes:
         ax.grid(False)
         ax.set_xlabel("input")
