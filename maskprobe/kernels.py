@@ -20,7 +20,6 @@ sample of DESIGN §2, ``P(keep) = p`` up to the 2^-23 grid.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,12 +30,6 @@ MASK32 = 0xFFFFFFFF
 _C1 = 0x85EBCA6B
 _C2 = 0xC2B2AE35
 _GRID = 2.0**-23
-
-# numba's parallel loops run on a second OpenMP runtime beside torch's; with more than one thread its idle
-# workers spin and, on a machine with few cores, starve torch's (measured: 5-10x slower steps on 2 cores).
-# So numba gets one thread and the kernels are spread over a thread pool that sleeps when idle (``_run``).
-# Set before numba's first import; a program that imported numba earlier keeps its own setting.
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 try:  # the fast CPU path is optional; everything works (slower) without it
     import numba as _numba
@@ -176,12 +169,13 @@ if _numba is not None:
             s += x[i] * x[i]
         return s
 
-    # The kernels are prange loops over whole (sliced) arrays: that is the form numba compiles to vectorised
-    # code (a serial loop over lo..hi was measured 5x slower); they run with one numba thread each (see _run).
+    # Serial loops over whole (sliced) arrays, threads come from ``_run``. error_model="numpy" drops the
+    # division-by-zero branches of Python semantics, which otherwise keep LLVM from vectorising (5x slower).
+    _jit = _numba.njit(cache=True, nogil=True, error_model="numpy")
 
-    @_numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit
     def _nb_gate_forward(w, p, k1, k2, out, base):
-        for i in _numba.prange(w.size):
+        for i in range(w.size):
             u = _uniform(i + base, k1, k2)
             out[i] = w[i] if u > _f32(1.0) - p[i] else _f32(0.0)
 
@@ -191,17 +185,17 @@ if _numba is not None:
         s = a / (a + (_f32(1.0) - pi) * (_f32(1.0) - u))
         return s * (_f32(1.0) - s)
 
-    @_numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit
     def _nb_gate_backward(w, p, grads, k1s, k2s, reg, out, base):
         n = w.size
         nblocks = (n + _BLOCK - 1) // _BLOCK
-        partial = np.zeros(nblocks, dtype=np.float64)
-        for b in _numba.prange(nblocks):
+        total = 0.0
+        pb = np.empty(_BLOCK, dtype=np.float32)
+        for b in range(nblocks):
             # unsigned indices: numba then skips negative-index wrap-around and LLVM vectorises the loops
             lo = _U64(b * _BLOCK)
             hi = _U64(min(b * _BLOCK + _BLOCK, n))
             # ``out`` may be ``p`` itself (the step's work buffer): keep this block's p aside first
-            pb = np.empty(hi - lo, dtype=np.float32)
             for i in range(lo, hi):
                 pb[i - lo] = p[i]
             g = grads[0]
@@ -217,12 +211,12 @@ if _numba is not None:
                     out[i] = out[i] + (g[i] * w[i]) * _ds(pb[i - lo], _uniform(i + base, k1, k2))
             for i in range(lo, hi):
                 out[i] = out[i] + reg
-            partial[b] = _sumsq(out, lo, hi)
-        return partial.sum()
+            total += _sumsq(out, lo, hi)
+        return total
 
-    @_numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit
     def _nb_adam(logits, grad, m, v, step_size, bc2, c1, c2, b2, eps, scale):
-        for i in _numba.prange(logits.size):
+        for i in range(logits.size):
             g = grad[i] * scale
             mi = m[i] + c1 * (g - m[i])
             vi = v[i] * b2 + c2 * (g * g)
@@ -231,8 +225,10 @@ if _numba is not None:
             logits[i] = logits[i] - step_size * (mi / (math.sqrt(vi) / bc2 + eps))
 
 
-# Threads: each kernel call runs with one numba thread (see the NUMBA_NUM_THREADS note at the top); large
-# tensors are split over a plain thread pool whose idle workers sleep instead of spinning.
+# Threads. numba's own parallel loops would run on a second OpenMP runtime beside torch's, and on a machine
+# with few cores the two pools' spinning workers starve each other (measured: 5-10x slower steps on 2
+# cores). So the kernels are serial, release the GIL, and large tensors are split over a plain thread pool
+# (torch.get_num_threads() ranges) whose idle workers sleep instead of spinning.
 _PARALLEL_MIN = 1 << 18  # elements; below this one thread is faster than handing work over
 _pool: Any = None
 
@@ -244,15 +240,6 @@ def _ranges(n: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
 
 
-def _single(call: Any, lo: int, hi: int) -> Any:
-    before = _numba.get_num_threads()
-    _numba.set_num_threads(1)  # thread-local in numba: only this call's thread
-    try:
-        return call(lo, hi)
-    finally:
-        _numba.set_num_threads(before)
-
-
 def _run(call: Any, n: int) -> list[Any]:
     """``call(lo, hi)`` over ``0..n`` in ranges: all but the first on the pool, the first here."""
     global _pool
@@ -261,8 +248,8 @@ def _run(call: Any, n: int) -> list[Any]:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="maskprobe-kernel")
-    futures = [_pool.submit(_single, call, lo, hi) for lo, hi in ranges[1:]]
-    first = _single(call, *ranges[0])
+    futures = [_pool.submit(call, lo, hi) for lo, hi in ranges[1:]]
+    first = call(*ranges[0])
     return [first, *(f.result() for f in futures)]
 
 
