@@ -229,11 +229,16 @@ def _plugin_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _scalar_loss(task: Task, value: Any) -> Tensor:
+def _scalar_loss(task: Task, value: Any, device: torch.device | None = None) -> Tensor:
     if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
         raise PluginError(
             f"{describe_task(task)}: loss() must return a scalar float tensor, got "
             f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}"
+        )
+    if device is not None and value.device.type != device.type:
+        raise PluginError(
+            f"{describe_task(task)}: wrong device: loss() returned a tensor on {value.device}, the batch and model are on "
+            f"{device} (a task must make its tensors on the batch's device, e.g. device=x.device)"
         )
     return value.reshape(())
 
@@ -339,7 +344,8 @@ def train_mask(
                     gated = engine.sample(step, i)
                     samples.append(gated)
                     chunk = to_device(chunks[j], device)
-                    task_loss = task_loss + _scalar_loss(task, _task_loss(task, MaskedModel(module, gated), chunk, step)) / k
+                    chunk_loss = _task_loss(task, MaskedModel(module, gated), chunk, step)
+                    task_loss = task_loss + _scalar_loss(task, chunk_loss, device) / k
                 local_loss = float(task_loss.detach())
                 grads = _sample_grads(task_loss, samples)
             except Exception as exc:  # noqa: BLE001 - re-raised by agree_step, on every rank
