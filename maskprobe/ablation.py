@@ -72,6 +72,19 @@ def io_tensors(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n, _ in params if roles[n] != "hidden")
 
 
+def exclusive_masks(masks: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """``E_i = M_i minus the union of every other mask``, per tensor (bool tensors of the parameters' shapes)."""
+    names = list(masks[0])
+    out = []
+    for i, m in enumerate(masks):
+        others = {k: torch.zeros_like(m[k]) for k in names}
+        for j, o in enumerate(masks):
+            if j != i:
+                others = {k: others[k] | o[k] for k in names}
+        out.append({k: m[k] & ~others[k] for k in names})
+    return out
+
+
 def _random_like_counts(remove: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
     out = {}
     for name, r in remove.items():
@@ -104,7 +117,6 @@ def ablate(
         seed: for the random-removal controls.
     """
     module.to(device)
-    n = len(masks)
     names = list(masks[0])
     io = (tuple(io) if io is not None else io_tensors(module, names)) if keep_io else ()
 
@@ -116,14 +128,7 @@ def ablate(
         return {k: (~r if k not in io else torch.ones_like(r)) for k, r in remove.items()}
 
     gen = torch.Generator().manual_seed(seed)
-    union_others = []
-    for i in range(n):
-        u = {k: torch.zeros_like(masks[i][k]) for k in names}
-        for j in range(n):
-            if j != i:
-                u = {k: u[k] | masks[j][k] for k in names}
-        union_others.append(u)
-    exclusive = [{k: masks[i][k] & ~union_others[i][k] for k in names} for i in range(n)]
+    exclusive = exclusive_masks(masks)
     removals = {
         "kept": [{k: m[k].clone() for k in names} for m in masks],
         "inverted": [without(m) for m in masks],
