@@ -226,7 +226,6 @@ def machine() -> dict:
         import numba
 
         info["numba"] = numba.__version__
-        info["numba_threading_layer_default"] = numba.config.THREADING_LAYER
     except ImportError:
         info["numba"] = None
     try:
