@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 from . import distributed
 from .batching import batch_size_of, split_batch, to_device
-from .errors import BadInputError, CheckpointError, NumericalError
+from .errors import BadInputError, CheckpointError, Interrupted, NumericalError
 from .gates import binarize, gate, uniform_noise
+from .masked import MaskedModel
 from .selection import select_parameters
 from .tasks import Task, TaskRef
 
@@ -218,6 +219,7 @@ def train_mask_sharded(
     config: Any,
     *,
     callback: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Any:
     """Learn one mask with FSDP2 across the torchrun group (every rank calls it).
 
@@ -226,12 +228,15 @@ def train_mask_sharded(
         checkpoint: single-file safetensors or ``torch.save`` state dict.
         config: a :class:`maskprobe.training.TrainConfig`; ``samples`` must be a multiple of the process count.
         callback: gets a :class:`maskprobe.training.StepEvent` every ``config.log_every`` steps (rank 0 only).
+        should_stop: polled every step on every rank; when any rank says stop, all raise ``Interrupted``
+            at the same step (a sharded run keeps no resumable state yet).
 
     Returns:
         a :class:`maskprobe.training.MaskResult`; its masks are complete on every rank.
 
     Raises:
         NumericalError: NaN/inf loss or gradient norm (every rank, same step).
+        Interrupted: ``should_stop`` returned True on some rank.
         BadInputError, CheckpointError, PluginError: as for one process.
     """
     from .training import MaskResult, StepEvent, TrainState, _scalar_loss, _seed_bytes, _task_loss, evaluate_task
@@ -265,10 +270,12 @@ def train_mask_sharded(
             local = 0.0
             for j in distributed.sample_share(k, world):
                 # FSDP averages gradients over ranks; scale by R so that the sum over ranks is mean_k loss_k
-                loss = _scalar_loss(task, _task_loss(task, model, to_device(chunks[j], device), step)) / k
+                loss = _scalar_loss(task, _task_loss(task, MaskedModel(model, {}), to_device(chunks[j], device), step)) / k
                 (loss * world.size).backward()
                 local += float(loss.detach())
-            summed, _ = distributed.agree_step(world, local, None, False)
+            summed, stop = distributed.agree_step(world, local, None, should_stop is not None and should_stop())
+            if stop:
+                raise Interrupted(f"interrupted at step {step}/{config.steps} of {task.name}; --shard keeps no state to resume")
             reg = config.beta / bsz
             with torch.no_grad():
                 for p in logits:

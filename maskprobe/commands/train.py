@@ -306,7 +306,7 @@ def run_train(
                     if shard:
                         from ..sharded import train_mask_sharded
 
-                        result = train_mask_sharded(ckpt.build, checkpoint, t, ref, cfg, callback=cb)
+                        result = train_mask_sharded(ckpt.build, checkpoint, t, ref, cfg, callback=cb, should_stop=signals)
                     else:
                         result = train_mask(
                             ckpt.model,
