@@ -72,8 +72,7 @@ def _pairs(tasks: Sequence[str], t: Threshold, ordered: bool) -> list[tuple[int,
 
 
 def evaluate_thresholds(
-    ov: Any,
-    ab: Any | None,
+    report: dict[str, Any],
     *,
     min_specialize: Sequence[str] = (),
     max_reuse: Sequence[str] = (),
@@ -81,38 +80,43 @@ def evaluate_thresholds(
     max_iomin: Sequence[str] = (),
     min_density: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Every requested check, in the order given.
+    """Every requested check on a compare report (:func:`maskprobe.render.compare_json`, or the mean report of
+    a ``--group`` run), in the order given.
 
     Raises:
         BadInputError: malformed thresholds, or a functional threshold without an ablation.
     """
-    tasks = list(ov.tasks)
-    scores = ab.scores() if ab is not None else None
+    tasks = [m["task"] for m in report["masks"]]
+    scores = report.get("scores")
+    nan = float("nan")
+    val = lambda x: nan if x is None else x  # noqa: E731  (JSON null = NaN: a failed metric never passes)
     checks: list[dict[str, Any]] = []
     for flag, specs in (("--min-specialize", min_specialize), ("--max-reuse", max_reuse)):
-        if specs and scores is None:
+        if specs and not scores:
             raise BadInputError(f"{flag} needs --checkpoint (it is a functional score)")
     for t in parse_thresholds("--min-specialize", min_specialize, tasks, 1):
         if not t.target:
-            checks.append(_check("p_specialize", scores["p_specialize"], t.value, "min", t.flag))  # type: ignore[index]
+            checks.append(_check("p_specialize", val(scores["p_specialize"]), t.value, "min", t.flag))  # type: ignore[index]
         for i, name in enumerate(tasks):
             if t.target == (name,):
-                checks.append(_check(f"specialization[{name}]", scores["specialization"][i], t.value, "min", t.flag))  # type: ignore[index]
+                s_i = val(scores["specialization"][i])  # type: ignore[index]
+                checks.append(_check(f"specialization[{name}]", s_i, t.value, "min", t.flag))
     for t in parse_thresholds("--max-reuse", max_reuse, tasks, 2):
         if not t.target:
-            checks.append(_check("p_reuse", scores["p_reuse"], t.value, "max", t.flag))  # type: ignore[index]
+            checks.append(_check("p_reuse", val(scores["p_reuse"]), t.value, "max", t.flag))  # type: ignore[index]
         else:
             for i, j in _pairs(tasks, t, ordered=True):
-                checks.append(_check(f"reuse[{tasks[i]}->{tasks[j]}]", scores["reuse"][i][j], t.value, "max", t.flag))  # type: ignore[index]
-    for flag, specs, fn in (("--max-iou", max_iou, "iou"), ("--max-iomin", max_iomin, "iomin")):
+                r_ij = val(scores["reuse"][i][j])  # type: ignore[index]
+                checks.append(_check(f"reuse[{tasks[i]}->{tasks[j]}]", r_ij, t.value, "max", t.flag))
+    for flag, specs, key in (("--max-iou", max_iou, "iou"), ("--max-iomin", max_iomin, "iomin")):
         for t in parse_thresholds(flag, specs, tasks, 2):
             for i, j in _pairs(tasks, t, ordered=False):
-                checks.append(_check(f"{fn}[{tasks[i]},{tasks[j]}]", getattr(ov.total, fn)(i, j), t.value, "max", flag))
+                checks.append(_check(f"{key}[{tasks[i]},{tasks[j]}]", val(report["total"][key][i][j]), t.value, "max", flag))
     for t in parse_thresholds("--min-density", min_density, tasks, 1):
         for i, name in enumerate(tasks):
             if not t.target or t.target == (name,):
                 label = f"density[{name}]" if tasks.count(name) == 1 else f"density[{name}#{i}]"
-                checks.append(_check(label, ov.total.density(i), t.value, "min", t.flag))
+                checks.append(_check(label, val(report["masks"][i]["density"]), t.value, "min", t.flag))
     return checks
 
 

@@ -144,7 +144,9 @@ def train(
 
 @app.command()
 def compare(
-    masks: Annotated[list[Path], typer.Argument(metavar="MASK...", help="Two or more mask files over the same checkpoint.")],
+    masks: Annotated[
+        list[Path] | None, typer.Argument(metavar="MASK...", help="Two or more mask files over the same checkpoint.")
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", "-c", help="Run the functional ablation on this checkpoint.")
     ] = None,
@@ -164,7 +166,11 @@ def compare(
         bool, typer.Option("--allow-mismatch", help="Compare masks recorded from different checkpoints.")
     ] = False,
     io_layer: Annotated[
-        list[str], typer.Option("--io-layer", help="Glob naming the input/output layers' tensors (default: first and last weight).")
+        list[str], typer.Option("--io-layer", help="Glob of the input/output layers' tensors (default: first and last weight).")
+    ] = [],
+    group: Annotated[
+        list[str],
+        typer.Option("--group", help="'task': several files per task, mean ± std over runs; or NAME=GLOB per task (no MASK)."),
     ] = [],
     min_specialize: Annotated[
         list[str], typer.Option("--min-specialize", help="Exit 1 if P_specialize < X; TASK=X: that task's S_i.")
@@ -177,9 +183,9 @@ def compare(
         Path | None, typer.Option("--baseline", help="A previous compare JSON: report what moved and by how much.")
     ] = None,
     max_regression: Annotated[
-        float | None, typer.Option("--max-regression", help="With --baseline: exit 1 if P_specialize fell or P_reuse rose by more.")
+        float | None, typer.Option("--max-regression", help="With --baseline: exit 1 if P_specialize fell or P_reuse rose more.")
     ] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (needs maskprobe[plot]).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (maskprobe[plot]).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, json or markdown (CI job summaries).")] = "table",
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     quiet: QuietOpt = False,
@@ -189,6 +195,7 @@ def compare(
     Exit codes: 0 all checks hold, 1 a check failed (one FAIL line each on stderr), 2 bad input.
     """
     params = dict(locals())
+    params["masks"] = masks or []
     from .commands.compare import run_compare
 
     run_compare(**params)

@@ -31,21 +31,50 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int 
     return "\n".join(lines)
 
 
-def _layer_row(c: dict[str, Any], i: int, j: int) -> list[str]:
+def _pm(x: Any, sd: Any, fmt: Any = None) -> str:
+    """``mean ± std`` when a std is known (a ``--group`` report), else the value alone."""
+    fmt = fmt or _n
+    return fmt(x) if sd is None else f"{fmt(x)} ± {fmt(sd)}"
+
+
+def _at(sd: Any, *path: Any) -> Any:
+    for key in path:
+        if sd is None:
+            return None
+        sd = sd[key]
+    return sd
+
+
+def layer_row(c: dict[str, Any], i: int, j: int, sd: dict[str, Any] | None = None) -> list[str]:
+    """One row of the per-layer table for the pair (i, j); ``sd`` the matching std entry of a group report."""
     empty = not c["counts"][i] or not c["counts"][j]
     pair = (
         ["empty"] * 5
         if empty
-        else [_n(c["iou"][i][j]), _n(c["chance_iou"][i][j]), _n(c["iomin"][i][j]), _n(c["chance_iomin"][i][j]),
-              _sign(c["excess_iou"][i][j])]
+        else [_pm(c["iou"][i][j], _at(sd, "iou", i, j)), _n(c["chance_iou"][i][j]),
+              _pm(c["iomin"][i][j], _at(sd, "iomin", i, j)), _n(c["chance_iomin"][i][j]),
+              _pm(c["excess_iou"][i][j], _at(sd, "excess_iou", i, j), _sign)]
     )  # fmt: skip
     return [
         c["name"],
         "" if c.get("role") == "total" else c.get("role", ""),
-        f"{_pct(c['density'][i])}",
-        f"{_pct(c['density'][j])}",
+        _pm(c["density"][i], _at(sd, "density", i), _pct),
+        _pm(c["density"][j], _at(sd, "density", j), _pct),
         *pair,
     ]
+
+
+LAYER_HEADER = ["layer", "role", "density A", "density B", "IoU", "chance", "IoMin", "chance", "IoU − chance"]
+
+
+def layer_rows(report: dict[str, Any], i: int, j: int) -> list[list[str]]:
+    """Per-layer rows, then the hidden-layer and overall totals (bold)."""
+    std = report.get("std")
+    rows = [layer_row(c, i, j, _at(std, "layers", k)) for k, c in enumerate(report["layers"])]
+    for key, label in (("hidden", "**hidden layers**"), ("total", "**total**")):
+        if report.get(key):
+            rows.append([label, *layer_row(report[key], i, j, _at(std, key))[1:]])
+    return rows
 
 
 def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -> str:
@@ -65,15 +94,12 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
         [m["path"].rsplit("/", 1)[-1], m["task"], f"{m['kept']:,} / {m['numel']:,}", _pct(m["density"])] for m in masks],
         right_from=2))  # fmt: skip
     n = len(tasks)
-    header = ["layer", "role", "density A", "density B", "IoU", "chance", "IoMin", "chance", "IoU − chance"]
+    if report.get("runs"):
+        out.append(f"Mean ± standard deviation over {len(report['runs'])} runs (one mask file per task each).")
     for i in range(n):
         for j in range(i + 1, n):
-            rows = [_layer_row(c, i, j) for c in report["layers"]]
-            for key, label in (("hidden", "**hidden layers**"), ("total", "**total**")):
-                if report.get(key):
-                    rows.append([label, *_layer_row(report[key], i, j)[1:]])
             out.append(f"### Overlap per layer: A = {tasks[i]}, B = {tasks[j]}")
-            out.append(table(header, rows, right_from=2))
+            out.append(table(LAYER_HEADER, layer_rows(report, i, j), right_from=2))
     if n > 2:
         out.append("### Each mask against the union of the others")
         t = report["total"]
@@ -89,9 +115,10 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
             out.append(
                 table(["removed \\ task", *tasks], [[tasks[i], *[_n(v) for v in row]] for i, row in enumerate(ab["drops"][kind])])
             )
-        rows = [[f"S[{t}]", _n(s["specialization"][k])] for k, t in enumerate(tasks)]
-        rows += [["P_specialize", _n(s["p_specialize"])], ["P_specialize, control", _n(s["p_specialize_control"])],
-                 ["P_reuse", _n(s["p_reuse"])]]  # fmt: skip
+        sd = _at(report.get("std"), "scores")
+        rows = [[f"S[{t}]", _pm(s["specialization"][k], _at(sd, "specialization", k))] for k, t in enumerate(tasks)]
+        labels = {"p_specialize": "P_specialize", "p_specialize_control": "P_specialize, control", "p_reuse": "P_reuse"}
+        rows += [[label, _pm(s[key], _at(sd, key))] for key, label in labels.items()]
         out.append(table(["score", "value"], rows))
     base = report.get("baseline")
     if base:

@@ -108,11 +108,17 @@ def plot_overlap(report: dict[str, Any], i: int, j: int, path: Path) -> Path:
     x = np.arange(len(rows), dtype=float)
     fig, ax = plt.subplots(figsize=FIGSIZE["overlap"])
     width = 0.38
+    std = report.get("std")
+    std_rows = None
+    if std:  # a --group report: error bars of one standard deviation over runs
+        by_name = {c["name"]: s for c, s in zip(report["layers"], std["layers"], strict=True)}
+        std_rows = [by_name[c["name"]] for c in layers] + ([std["hidden"]] if report.get("hidden") else []) + [std["total"]]
     for k, (key, label) in enumerate((("iou", "IoU"), ("iomin", "IoMin"))):
         vals = [c[key][i][j] for c in rows]
         chance = [c[f"chance_{key}"][i][j] for c in rows]
         xs = x + (k - 0.5) * width
-        ax.bar(xs, vals, width * 0.95, color=PALETTE[k], label=label)
+        err = [s[key][i][j] or 0.0 for s in std_rows] if std_rows else None
+        ax.bar(xs, vals, width * 0.95, color=PALETTE[k], label=label, yerr=err, capsize=2 if err else 0)
         ax.hlines(chance, xs - width / 2, xs + width / 2, colors="black", linewidth=1.6, label="chance" if k == 0 else None)
     ax.set_xticks(x, [*_layer_labels(layers), *(["hidden"] if report.get("hidden") else []), "total"], rotation=30, ha="right")
     _separate_io(ax, [*layers, {"role": "total"}, *([{"role": "total"}] if report.get("hidden") else [])])

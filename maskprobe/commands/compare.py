@@ -1,5 +1,6 @@
 """``maskprobe compare``: structural overlap, with a checkpoint the functional ablation; thresholds for CI
-(exit 1 with one line per violation), a baseline to measure moves, markdown/JSON output and plots."""
+(exit 1 with one line per violation), a baseline to measure moves, markdown/JSON output, plots, and
+``--group`` for mean ± std over several mask files per task."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def run_compare(
     trust_checkpoint,
     keep_io,
     io_layer=(),
+    group=(),
     seed,
     device,
     allow_mismatch,
@@ -35,63 +37,103 @@ def run_compare(
     json_out=False,
     quiet,
 ) -> None:
-    from ..analysis import overlap
     from ..checks import compare_baseline, evaluate_thresholds, load_baseline
     from ..cli import _stderr, _stdout
     from ..progress import status_line
-    from ..render import compare_json, dumps
+    from ..render import dumps
 
     fmt = "json" if json_out else output_format
     if fmt not in ("table", "json", "markdown"):
         raise BadInputError(f"--format must be table, json or markdown, got {output_format!r}")
-    if len(masks) < 2:
-        raise BadInputError("compare needs at least two mask files")
     if max_regression is not None and baseline is None:
         raise BadInputError("--max-regression needs --baseline OLD.json")
+    if keep_io and checkpoint is None:
+        raise BadInputError("--keep-io changes the ablation: it needs --checkpoint")
+    if group and task:
+        raise BadInputError("--task gives one task per mask file; with --group the tasks come from the masks' metadata")
     old = load_baseline(baseline) if baseline is not None else None  # bad input before any long work
     if plot is not None:
         from ..plots import require_matplotlib
 
         require_matplotlib()
     say = status_line(_stderr(), quiet or fmt != "table")
-    ov = overlap(masks, allow_mismatch=allow_mismatch, io=io_layer)
-    ab = None
-    if checkpoint is not None:
-        ab, ov = _ablate(
-            ov, masks, checkpoint, task, task_arg, model, model_arg, trust_checkpoint, keep_io, io_layer, seed, device,
-            allow_mismatch, say,
-        )  # fmt: skip
-    elif keep_io:
-        raise BadInputError("--keep-io changes the ablation: it needs --checkpoint")
+    if group:
+        from ..groups import group_files, match_runs
+
+        groups = group_files(masks, group)
+        runs = match_runs(groups)
+    else:
+        if len(masks) < 2:
+            raise BadInputError("compare needs at least two mask files")
+        groups, runs = None, [list(masks)]
+    single = None
+    reports = []
+    for k, run in enumerate(runs):
+        if len(runs) > 1:
+            say(f"run {k + 1}/{len(runs)}: {', '.join(p.name for p in run)}")
+        single = _analyse(run, checkpoint, task, task_arg, model, model_arg, trust_checkpoint, keep_io, io_layer, seed,
+                          device, allow_mismatch, say)  # fmt: skip
+        reports.append(single[2])
+    report = reports[0] if groups is None else _group_report(reports, groups, runs)
     checks = evaluate_thresholds(
-        ov, ab, min_specialize=min_specialize, max_reuse=max_reuse, max_iou=max_iou, max_iomin=max_iomin, min_density=min_density
+        report, min_specialize=min_specialize, max_reuse=max_reuse, max_iou=max_iou, max_iomin=max_iomin, min_density=min_density
     )
-    report = compare_json(ov, ab, checks)
     if old is not None:
         moved = compare_baseline(old, report, max_regression)
-        moved["path"] = str(baseline)
-        checks = [*checks, *moved.pop("checks")]
-        report = compare_json(ov, ab, checks, moved)
+        checks += moved.pop("checks")
+        report["baseline"] = {"path": str(baseline), **moved}
+    report["checks"] = checks
+    report["passed"] = all(c["passed"] for c in checks)
     if plot is not None:
         from ..plots import plot_compare
 
-        for path in plot_compare(report, plot, masks=masks if len(masks) <= 4 else None):
+        files = runs[0] if groups is None and len(runs[0]) <= 4 else None
+        for path in plot_compare(report, plot, masks=files):
             say(f"wrote {path}")
     out = _stdout()
     if fmt == "json":
         out.out(dumps(report))
-    elif fmt == "markdown":
+    elif fmt == "markdown" or groups is not None:
         from ..markdown import compare_markdown
 
         sys.stdout.write(compare_markdown(report))
         sys.stdout.flush()
     else:
-        _print_tables(out, ov, ab, report)
+        _print_tables(out, single[0], single[1], report)  # type: ignore[index]
     failed = [c for c in checks if not c["passed"]]
     for c in failed:  # one line per violation, where a CI log shows it
         print(f"FAIL {c['reason']}", file=sys.stderr)
     if failed:
         raise CheckFailed(f"{len(failed)} of {len(checks)} checks failed")
+
+
+def _analyse(paths, checkpoint, task, task_arg, model, model_arg, trust, keep_io, io_layer, seed, device, allow_mismatch, say):
+    """(overlap, ablation or None, report) for one set of mask files."""
+    from ..analysis import overlap
+    from ..render import compare_json
+
+    ov = overlap(paths, allow_mismatch=allow_mismatch, io=io_layer)
+    ab = None
+    if checkpoint is not None:
+        ab, ov = _ablate(ov, paths, checkpoint, task, task_arg, model, model_arg, trust, keep_io, io_layer, seed, device,
+                         allow_mismatch, say)  # fmt: skip
+    return ov, ab, compare_json(ov, ab)
+
+
+def _group_report(reports: list[dict[str, Any]], groups: dict[str, Any], runs: list[list[Any]]) -> dict[str, Any]:
+    """The mean report over runs, with ``std`` (same shape), ``runs`` and ``groups``."""
+    from ..groups import aggregate
+
+    mean, std = aggregate(reports)
+    for m, name in zip(mean["masks"], groups, strict=True):
+        m["path"] = f"{name} ({len(runs)} files)"
+        m["task"] = name
+    if mean.get("ablation"):
+        mean["ablation"]["tasks"] = list(groups)
+    mean["std"] = std
+    mean["runs"] = [[str(p) for p in run] for run in runs]
+    mean["groups"] = {name: [str(p) for p in files] for name, files in groups.items()}
+    return mean
 
 
 def _print_tables(out: Any, ov: Any, ab: Any, report: dict[str, Any]) -> None:
