@@ -162,3 +162,49 @@ def test_plot_without_matplotlib_is_bad_input(masks, capsys, monkeypatch, tmp_pa
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     code, _, err = _run(capsys, "compare", a, b, "--plot", tmp_path / "figs")
     assert code == 2 and "pip install 'maskprobe[plot]'" in err
+
+
+@pytest.fixture(scope="module")
+def seeds(tiny_addmul, tmp_path_factory):
+    """Masks of two tasks for three seeds each (as `train --seeds 0,1,2` writes them)."""
+    _, model, hidden = tiny_addmul
+    out = tmp_path_factory.mktemp("seeds")
+    shapes = {n: p.shape for n, p in model.named_parameters() if n.endswith("weight")}
+    for seed in (2, 0, 1):  # written out of order: runs are matched by the recorded seed
+        gen = torch.Generator().manual_seed(seed)
+        for task, density in (("arith-add", 0.5), ("arith-mul", 0.2 + 0.1 * seed)):
+            m = {n: torch.rand(s, generator=gen) < density for n, s in shapes.items()}
+            meta = {"task": {"name": task, "ref": task, "args": {"hidden": hidden}}, "seed": seed}
+            save_masks(out / f"{task}-seed{seed}.safetensors", m, meta)
+    return out
+
+
+def test_group_reports_mean_and_std_over_seed_matched_runs(seeds, capsys):
+    files = sorted(seeds.glob("*.safetensors"))
+    code, out, _ = _run(capsys, "compare", *files, "--group", "task", "--json", "--min-density", "0.1")
+    assert code == 0
+    data = json.loads(out)
+    assert [[p.rsplit("/", 1)[-1] for p in run] for run in data["runs"]] == [
+        [f"arith-add-seed{s}.safetensors", f"arith-mul-seed{s}.safetensors"] for s in (0, 1, 2)
+    ]
+    singles = []
+    for files_of_run in data["runs"]:
+        code, one, _ = _run(capsys, "compare", *files_of_run, "--json")
+        singles.append(json.loads(one)["total"]["iou"][0][1])
+    assert data["total"]["iou"][0][1] == pytest.approx(np.mean(singles))
+    assert data["std"]["total"]["iou"][0][1] == pytest.approx(np.std(singles, ddof=1))
+    assert data["masks"][1]["density"] == pytest.approx(0.3, abs=0.02)  # mean of ~0.2, 0.3, 0.4
+    assert data["std"]["masks"][1]["density"] == pytest.approx(0.1, abs=0.02)
+    assert [m["task"] for m in data["masks"]] == ["arith-add", "arith-mul"]
+    code, md, _ = _run(capsys, "compare", *files, "--group", "task", "--format", "markdown")
+    assert code == 0 and "Mean ± standard deviation over 3 runs" in md and " ± " in md
+
+
+def test_group_by_globs_and_unequal_groups(seeds, capsys):
+    add, mul = f"add={seeds}/arith-add-*.safetensors", f"mul={seeds}/arith-mul-seed[01].safetensors"
+    code, _, err = _run(capsys, "compare", "--group", add, "--group", mul)
+    assert code == 2 and "same number of mask files" in err
+    code, out, _ = _run(capsys, "compare", "--group", add, "--group", f"mul={seeds}/arith-mul-*.safetensors", "--json")
+    assert code == 0 and [m["task"] for m in json.loads(out)["masks"]] == ["add", "mul"]
+    code, _, err = _run(capsys, "compare", "--group", f"add={seeds}/nothing-*.safetensors", "--group", mul)
+    assert code == 2 and "matches no file" in err
