@@ -130,6 +130,9 @@ def train(
     shard: Annotated[
         bool, typer.Option("--shard", help="Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).")
     ] = False,
+    pack_bits: Annotated[
+        bool, typer.Option("--pack-bits", help="Store 8 weights per byte (read by every maskprobe command; docs/mask-format.md).")
+    ] = False,
     json_out: Json = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -208,3 +208,22 @@ def test_group_by_globs_and_unequal_groups(seeds, capsys):
     assert code == 0 and [m["task"] for m in json.loads(out)["masks"]] == ["add", "mul"]
     code, _, err = _run(capsys, "compare", "--group", f"add={seeds}/nothing-*.safetensors", "--group", mul)
     assert code == 2 and "matches no file" in err
+
+
+def test_train_pack_bits_is_read_by_every_command(tiny_addmul, tmp_path, capsys):
+    ckpt, _, hidden = tiny_addmul
+    out = tmp_path / "packed"
+    common = ["--task-arg", f"hidden={hidden}", "--task-arg", "eval_size=128", "--device", "cpu"]
+    assert run(["train", str(ckpt), "-t", "arith-add", "-t", "arith-mul", *common, "--out", str(out), "--steps", "3",
+                "--batch-size", "8", "--pack-bits", "--quiet"]) == 0  # fmt: skip
+    a, b = out / "arith-add.safetensors", out / "arith-mul.safetensors"
+    from safetensors.numpy import load_file
+
+    assert {str(t.dtype) for t in load_file(str(a)).values()} == {"uint8"}  # 8 weights per byte on disk
+    code, text, _ = _run(capsys, "compare", a, b, "--checkpoint", ckpt, "--device", "cpu", "--json")
+    assert code == 0 and json.loads(text)["masks"][0]["packed"] is True
+    code, text, _ = _run(capsys, "inspect", a, "--json")
+    layers = json.loads(text)["layers"]
+    assert code == 0 and layers[0]["shape"] == [24, 42]
+    code, text, _ = _run(capsys, "evaluate", ckpt, "-t", "arith-add", *common, "--mask", a, "--json")
+    assert code == 0

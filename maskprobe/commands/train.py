@@ -112,11 +112,11 @@ def _meta_checkpoint(path: Any, tasks: list, model: Any, model_arg: Any, world: 
     return ckpt
 
 
-def _write_mask(plan: Any, result: Any, ckpt: Any) -> None:
+def _write_mask(plan: Any, result: Any, ckpt: Any, pack_bits: bool = False) -> None:
     """Save the mask, then drop the run's state file (rank 0 only under torchrun)."""
     from ..maskfile import save_masks
 
-    save_masks(plan.mask, result.masks, result.metadata(ckpt.to_dict()))
+    save_masks(plan.mask, result.masks, result.metadata(ckpt.to_dict()), pack_bits=pack_bits)
     if plan.state.exists():
         plan.state.unlink()
 
@@ -215,6 +215,7 @@ def run_train(
     backend="auto",
     dry_run=False,
     shard=False,
+    pack_bits=False,
 ) -> None:
     from .. import distributed
     from ..cli import _Signals, _stderr, _stdout
@@ -340,7 +341,7 @@ def run_train(
                     f"{plan.state}; continue with: {cmd} --resume",
                     signals.signum or 2,
                 )
-            distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt))
+            distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, pack_bits))
             say(f"{t.name}: saved {plan.mask}")
             summaries.append((result, plan))
             if not json_out and world.is_main:
