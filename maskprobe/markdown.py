@@ -109,8 +109,13 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
     if report.get("ablation"):
         ab, s = report["ablation"], report["scores"]
         out.append("### Relative drops D (rows: whose weights are removed; columns: task evaluated)")
-        for kind, label in (("exclusive", "exclusive weights E removed"), ("control_exclusive", "random removal of |E| per layer (control)"),
-                            ("inverted", "whole mask M removed"), ("control", "random removal of |M| per layer (control)")):  # fmt: skip
+        removals = {
+            "exclusive": "exclusive weights E removed",
+            "control_exclusive": "random removal of |E| per layer (control)",
+            "inverted": "whole mask M removed",
+            "control": "random removal of |M| per layer (control)",
+        }
+        for kind, label in removals.items():
             out.append(f"*{label}*")
             out.append(
                 table(["removed \\ task", *tasks], [[tasks[i], *[_n(v) for v in row]] for i, row in enumerate(ab["drops"][kind])])
