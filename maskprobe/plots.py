@@ -229,9 +229,13 @@ def plot_kept(name: str, arrays: Sequence[np.ndarray], tasks: Sequence[str], pat
             ax.imshow(rgb, interpolation="nearest", aspect=_aspect(rgb.shape))
             ax.set_title(task, fontsize=9)
         fig.subplots_adjust(left=0.1, right=0.98, top=0.85, bottom=0.12, wspace=0.3)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.grid(False)
         ax.set_xlabel("input")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # weight indices, never 2.5
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("output")
     shape = "x".join(str(s) for s in arrays[0].shape)
     block = "" if _blocks(np.asarray(arrays[0])).shape == arrays[0].shape else " (block averages)"
