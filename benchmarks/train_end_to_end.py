@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+THREADS = 0  # --threads: torch threads here and OMP_NUM_THREADS of the CLI subprocesses (0: leave as is)
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -43,7 +44,7 @@ def cli_seconds(ckpt: Path, out: Path, hidden: str, steps: int, samples: int, *e
     cmd = [sys.executable, "-m", "maskprobe", "train", str(ckpt), "--task", "arith-add", "--task-arg", f"hidden={hidden}",
            "--task-arg", "eval_size=1000", "--out", str(out), "--steps", str(steps), "--samples", str(samples),
            "--device", "cpu", "--force", *extra]  # fmt: skip
-    env = {**os.environ, "CI": "true"}
+    env = {**os.environ, "CI": "true", **({"OMP_NUM_THREADS": str(THREADS)} if THREADS else {})}
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
     return time.perf_counter() - t0
@@ -62,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", default="2000,2000,2000,2000")
     p.add_argument("--steps", type=int, default=20, help="N (the CLI also runs 2N)")
     p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="torch threads, also for the CLI runs (0: leave as is)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from train_step import interleaved, mask_step
 
     from sample_tasks.arithmetic import build_fnn, parse_hidden
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = build_fnn(42, parse_hidden(args.hidden), 20)
     res: dict = {"hidden": args.hidden, "samples": args.samples, "steps": args.steps, "torch": torch.__version__,
+                 "threads": torch.get_num_threads(), "load_before": os.getloadavg(),
                  "command": " ".join(["python", *sys.argv])}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "fnn.pt"
