@@ -188,7 +188,7 @@ def compare(
     max_regression: Annotated[
         float | None, typer.Option("--max-regression", help="With --baseline: exit 1 if P_specialize fell or P_reuse rose more.")
     ] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (maskprobe[plot]).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (the plot extra).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, json or markdown (CI job summaries).")] = "table",
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     quiet: QuietOpt = False,
