@@ -101,8 +101,13 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
             out.append(f"### Overlap per layer: A = {tasks[i]}, B = {tasks[j]}")
             out.append(table(LAYER_HEADER, layer_rows(report, i, j), right_from=2))
     if n > 2:
-        out.append("### Each mask against the union of the others")
         t = report["total"]
+        for key, label in (("iou", "IoU"), ("iomin", "IoMin")):
+            out.append(f"### Total {label}, pairwise (chance in brackets)")
+            cell = lambda i, j, k=key: "—" if i == j else f"{_n(t[k][i][j])} ({_n(t['chance_' + k][i][j])})"  # noqa: E731
+            rows = [[tasks[i], *[cell(i, j) for j in range(n)]] for i in range(n)]
+            out.append(table(["", *tasks], rows))
+        out.append("### Each mask against the union of the others")
         out.append(table(["task", "density", "share in others' union"],
                          [[tasks[k], _pct(t["density"][k]), _pct(t["share_of_others"][k])] for k in range(n)]))  # fmt: skip
         out.append(table(["k", "weights kept by exactly k masks"], [[k, f"{v:,}"] for k, v in enumerate(t["by_k"])]))

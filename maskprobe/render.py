@@ -179,10 +179,12 @@ def matrix_table(
 def pairwise_tables(ov: Any) -> list[Table]:
     c = ov.total
     labels = [f"{k}:{name}" for k, name in enumerate(ov.tasks)]
-    out = [
-        matrix_table("Total IoU (pairwise)", labels, c.matrix("iou")),
-        matrix_table("Total IoMin (pairwise)", labels, c.matrix("iomin")),
-    ]
+    out = []
+    for key, label in (("iou", "IoU"), ("iomin", "IoMin")):
+        m, ch = c.matrix(key), c.matrix(f"chance_{key}")
+        cells = [[(i, j) for j in range(c.n)] for i in range(c.n)]
+        fmt = lambda ij, m=m, ch=ch: "—" if ij[0] == ij[1] else f"{num(m[ij[0]][ij[1]])} ({num(ch[ij[0]][ij[1]])})"  # noqa: E731
+        out.append(matrix_table(f"Total {label}, pairwise (chance in brackets)", labels, cells, fmt=fmt))
     t = Table(title="Each mask against the union of the others", title_justify="left")
     for col in ("mask", "task", "kept", "density", "share in others' union"):
         t.add_column(col, justify="left" if col in ("mask", "task") else "right")

@@ -227,3 +227,18 @@ def test_train_pack_bits_is_read_by_every_command(tiny_addmul, tmp_path, capsys)
     assert code == 0 and layers[0]["shape"] == [24, 42]
     code, text, _ = _run(capsys, "evaluate", ckpt, "-t", "arith-add", *common, "--mask", a, "--json")
     assert code == 0
+
+
+def test_three_masks_markdown_has_the_pairwise_matrices_and_by_k(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    paths = []
+    for k in range(3):
+        m = {"l.0.weight": torch.as_tensor(rng.random((6, 5)) < 0.5), "l.1.weight": torch.as_tensor(rng.random((3, 6)) < 0.5)}
+        paths.append(save_masks(tmp_path / f"m{k}.safetensors", m, {"task": {"name": f"t{k}"}}))
+    code, md, _ = _run(capsys, "compare", *paths, "--format", "markdown")
+    assert code == 0
+    assert "### Total IoU, pairwise (chance in brackets)" in md and "| t0 | — |" in md
+    code, js, _ = _run(capsys, "compare", *paths, "--json")
+    total = json.loads(js)["total"]
+    assert sum(total["by_k"]) == 48 and len(total["by_k"]) == 4
+    assert f"| 3 | {total['by_k'][3]:,} |" in md
