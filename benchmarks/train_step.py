@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maskprobe.batching import split_batch  # noqa: E402
 from maskprobe.masked import MaskedModel, frozen  # noqa: E402
 from maskprobe.maskstep import MaskLogits  # noqa: E402
-from maskprobe.selection import select_parameters  # noqa: E402
+from maskprobe.selection import Selection, select_parameters  # noqa: E402
 from maskprobe.training import _sample_grads  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- models
@@ -121,10 +121,12 @@ def plain_step(model: nn.Module, batch, loss_fn, fused: bool) -> Callable[[], No
     return step
 
 
-def mask_step(model: nn.Module, batch, loss_fn, k: int, backend: str) -> tuple[Callable[[], None], MaskLogits]:
+def mask_step(
+    model: nn.Module, batch, loss_fn, k: int, backend: str, include: tuple[str, ...] = ()
+) -> tuple[Callable[[], None], MaskLogits]:
     """The body of ``train_mask``'s loop (beta 1e-4, clip 1.0), without its bookkeeping."""
     params = dict(model.named_parameters())
-    weights = {n: params[n].detach() for n in select_parameters(model)}
+    weights = {n: params[n].detach() for n in select_parameters(model, Selection(include=include))}
     engine = MaskLogits(weights, backend=backend)
     bsz = batch[0].shape[0]
     counter = [0]
@@ -167,14 +169,15 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int, device: to
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench_model(name: str, device: torch.device, samples: list[int], rounds: int, backend: str) -> dict:
+def bench_model(name: str, device: torch.device, samples: list[int], rounds: int, backend: str, include=()) -> dict:
     model, batch, loss_fn = MODELS[name](device)
-    masked = sum(p.numel() for n, p in model.named_parameters() if n in set(select_parameters(model)))
+    chosen = set(select_parameters(model, Selection(include=tuple(include))))
+    masked = sum(p.numel() for n, p in model.named_parameters() if n in chosen)
     variants = {"plain": plain_step(model, batch, loss_fn, fused=True)}
     variants["plain-foreach"] = plain_step(model, batch, loss_fn, fused=False)
     engines = {}
     for k in samples:
-        variants[f"mask K={k}"], engines[k] = mask_step(model, batch, loss_fn, k, backend)
+        variants[f"mask K={k}"], engines[k] = mask_step(model, batch, loss_fn, k, backend, tuple(include))
     med = interleaved(variants, rounds, device)
     base = med["plain"]
     return {
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", help="mask-step kernels: auto, numba or torch")
     p.add_argument("--threads", type=int, default=0, help="torch (and numba) threads; 0 = leave as is")
     p.add_argument("--no-bandwidth", action="store_true")
+    p.add_argument("--include", action="append", default=[], help="mask only these parameters (globs, as train)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.threads:
@@ -275,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in bw["ms"]:
                 print(f"  {v:<14} {bw['ms'][v]:8.2f} ms  {bw['GB_per_s'][v]:6.1f} GB/s  {bw['fraction_of_copy'][v]:5.2f}")
         for name in args.models.split(","):
-            r = bench_model(name, dev, samples, args.rounds, backend)
+            r = bench_model(name, dev, samples, args.rounds, backend, args.include)
             results["models"].append(r)
             print(f"\n[{dev}] {name}: {r['masked_weights']:,} masked weights, batch {r['batch']}, backend {r['backend']}")
             for v in r["ms"]:
