@@ -25,7 +25,34 @@ class MaskedModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self.overrides:
             return self.module(*args, **kwargs)
+        if isinstance(self.module, torch.jit.ScriptModule):
+            with _script_overrides(self.module, self.overrides):
+                return self.module(*args, **kwargs)
         return functional_call(self.module, self.overrides, args, kwargs, tie_weights=True, strict=False)
+
+
+@contextlib.contextmanager
+def _script_overrides(module: torch.jit.ScriptModule, overrides: Mapping[str, Tensor]) -> Iterator[None]:
+    """Swap parameters of a TorchScript module in memory for the call, and put the originals back.
+
+    ``functional_call`` refuses ScriptModules (the stateless API cannot reparametrise compiled code), but a
+    compiled module reads its parameters as attributes of the C++ object at each call, so setting them there
+    (``_c.setattr``) runs the scripted code on the gated tensors, with gradients reaching the mask logits.
+    Only the loaded copy changes; the archive on disk is never written.
+    """
+    saved: list[tuple[Any, str, Tensor]] = []
+    try:
+        for name, value in overrides.items():
+            owner: Any = module
+            *path, leaf = name.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            saved.append((owner, leaf, getattr(owner, leaf)))
+            owner._c.setattr(leaf, value)
+        yield
+    finally:
+        for owner, leaf, original in reversed(saved):
+            owner._c.setattr(leaf, original)
 
 
 def masked_weights(module: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

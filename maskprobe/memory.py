@@ -118,6 +118,28 @@ class MemoryEstimate:
         }
 
 
+def _dispatched_bytes(run_one: Any) -> int:
+    """Bytes of the floating outputs of every aten op ``run_one()`` runs (TorchScript included).
+
+    An upper bound of the leaf-module count (it also counts intermediates such as transposes).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, list | tuple) else (out,):
+                if isinstance(o, torch.Tensor) and o.is_floating_point():
+                    self.total += o.numel() * o.element_size()
+            return out
+
+    with torch.no_grad(), _Count() as count:
+        run_one()
+    return count.total
+
+
 def activation_bytes_per_example(module: nn.Module, run_one: Any, examples: int) -> int:
     """Bytes of all leaf modules' outputs when ``run_one()`` runs ``examples`` examples, per example.
 
@@ -137,6 +159,8 @@ def activation_bytes_per_example(module: nn.Module, run_one: Any, examples: int)
             elif isinstance(o, dict):
                 stack.extend(o.values())
 
+    if isinstance(module, torch.jit.ScriptModule):  # compiled modules take no hooks: count every op's output
+        return _dispatched_bytes(run_one) // max(1, examples)
     handles = [m.register_forward_hook(hook) for m in module.modules() if not any(True for _ in m.children())]
     try:
         with torch.no_grad():

@@ -91,7 +91,17 @@ def select_parameters(model: nn.Module, selection: Selection = Selection()) -> l
     Raises:
         BadInputError: if nothing is selected.
     """
-    names = [r.name for r in describe_selection(model, selection) if r.masked]
+    rows = describe_selection(model, selection)
+    # an --include that names an integer/bool tensor (e.g. int8-quantised weights) is a request the engine
+    # cannot honour (the gate multiplies by a float mask); say so rather than silently skipping it
+    unmaskable = [r for r in rows if r.reason == "not floating point" and _matches(r.name, selection.include)]
+    if unmaskable:
+        r = unmaskable[0]
+        raise BadInputError(
+            f"--include selects {r.name} of dtype {r.dtype}, which maskprobe cannot mask (only floating-point "
+            "parameters can be gated); narrow --include or dequantise the checkpoint"
+        )
+    names = [r.name for r in rows if r.masked]
     if not names:
         raise BadInputError("the selection masks no parameter (check --include/--exclude/--mask-biases)")
     return names
