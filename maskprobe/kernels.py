@@ -248,9 +248,21 @@ def _run(call: Any, n: int) -> list[Any]:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="maskprobe-kernel")
-    futures = [_pool.submit(call, lo, hi) for lo, hi in ranges[1:]]
-    first = call(*ranges[0])
+    futures = [_pool.submit(_retrying, call, lo, hi) for lo, hi in ranges[1:]]
+    first = _retrying(call, *ranges[0])
     return [first, *(f.result() for f in futures)]
+
+
+def _retrying(call: Any, lo: int, hi: int) -> Any:
+    # numba's on-disk cache can be caught half-written by another process compiling the same kernel (seen
+    # once while several test runs started at the same time); a second attempt reloads or recompiles it
+    try:
+        return call(lo, hi)
+    except Exception:  # noqa: BLE001 - retried once, then raised
+        import time
+
+        time.sleep(0.5)
+        return call(lo, hi)
 
 
 def _np(t: Tensor):
