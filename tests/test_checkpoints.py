@@ -285,3 +285,50 @@ def test_the_marker_payload_really_runs_when_trusted(tmp_path):
     _bad_inputs(tmp_path)
     torch.load(tmp_path / "evil-zip.pt", weights_only=False)
     assert (tmp_path / MARKER).exists()
+
+
+# ------------------------------------------------------------------------------------- Hugging Face folders
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    """A tiny GPT-2 from a small config, ``save_pretrained`` as safetensors and as pytorch_model.bin."""
+    pytest.importorskip("transformers")
+    from checkpoint_helpers import tiny_gpt2
+
+    model = tiny_gpt2()
+    root = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(root / "safetensors")
+    # transformers 5 writes only safetensors; older releases and many hub repos hold pytorch_model.bin
+    model.config.save_pretrained(root / "bin")
+    torch.save(model.state_dict(), root / "bin" / "pytorch_model.bin")
+    return model, root
+
+
+@pytest.mark.parametrize("variant", ["safetensors", "bin"])
+def test_hf_folder_loads_equal_tensors_offline(hf_folders, variant):
+    model, root = hf_folders
+    folder = root / variant
+    assert (folder / ("model.safetensors" if variant == "safetensors" else "pytorch_model.bin")).is_file()
+    assert detect_format(folder) == "hf-folder"
+    ckpt = load_checkpoint(folder)
+    assert type(ckpt.model).__name__ == "GPT2LMHeadModel" and ckpt.format == "hf-folder"
+    loaded = ckpt.model.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_hf_folder_trains_a_mask_and_leaves_embeddings_alone(hf_folders, tmp_path, capsys):
+    model, root = hf_folders
+    out = tmp_path / "lm.safetensors"
+    task = ["--task", f"{HELPERS}:TinyLMTask", "--task-arg", "eval_size=16"]
+    code = run(["train", str(root / "safetensors"), *task, *FAST, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    masks = load_file(str(out))
+    params = dict(model.named_parameters())
+    expected = sorted(n for n, p in params.items() if not n.endswith(".bias") and "wte" not in n and "wpe" not in n)
+    assert sorted(masks) == expected
+    assert "transformer.h.0.attn.c_attn.weight" in masks
+    assert not any("wte" in n or "wpe" in n for n in masks)  # nn.Embedding: not masked by default
+    for name, m in masks.items():
+        assert m.shape == params[name].shape and m.dtype == torch.bool
