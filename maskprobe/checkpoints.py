@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from .errors import CheckpointError, PluginError
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80
+# what save_pretrained() writes (one of them, or an index of shards), in transformers' order of preference
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -66,22 +70,30 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         if (path / "config.json").is_file():
+            if not any((path / name).is_file() for name in HF_WEIGHT_FILES):
+                raise CheckpointError(
+                    f"{path} has a config.json but no weights ({', '.join(HF_WEIGHT_FILES)}); "
+                    "save it with save_pretrained() or copy the weight files in"
+                )
             return "hf-folder"
         if list(path.glob("*.safetensors.index.json")):
             return "safetensors-sharded"
         raise CheckpointError(f"{path} is a folder with neither config.json nor *.safetensors.index.json")
     if path.name.endswith(".index.json"):
         return "safetensors-sharded"
-    with open(path, "rb") as fh:
-        head = fh.read(16)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not head:
         raise CheckpointError(f"{path} is empty")
     if head[:4] == ZIP_MAGIC:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is a damaged zip archive ({exc})") from None
+        except Exception as exc:  # zipfile raises BadZipFile, OSError, ValueError, NotImplementedError ...
+            raise CheckpointError(f"{path} is a damaged zip archive ({_one_line(exc)})") from None
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
@@ -96,22 +108,72 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise CheckpointError(f"{path} is not a checkpoint maskprobe can read (not torch.save, safetensors or TorchScript)")
 
 
-def _torch_load(path: Path, trust: bool) -> Any:
-    import pickle
+def _pickle_imports(path: Path, limit: int = 3) -> list[str]:
+    """The ``module.name`` globals the pickle in ``path`` would import, read without running it.
 
+    ``pickletools.genops`` only parses opcodes; for a zip checkpoint the pickle is its ``*/data.pkl``.
+    """
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+    except Exception:  # noqa: BLE001 - only an explanation is at stake
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                name = arg.replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            else:
+                if isinstance(arg, str):
+                    strings.append(arg)
+                continue
+            if (
+                not name.startswith(("torch.", "collections.OrderedDict", "builtins.set", "__builtin__.set"))
+                and name not in found
+            ):
+                found.append(name)
+                if len(found) >= limit:
+                    break
+    except Exception:  # noqa: BLE001 - a damaged tail: keep what was read before it
+        pass
+    return found
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=None)
-    except pickle.UnpicklingError as exc:
-        if not trust:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as exc:  # a damaged pickle can raise anything (EOFError, KeyError, struct.error ...)
+        message = str(exc)
+        if not trust and "Weights only load failed" in message:
+            wanted = _pickle_imports(path)
+            match = re.search(r"GLOBAL (\S+) was not an allowed global", message)
+            if match and match.group(1) not in wanted:
+                wanted.insert(0, match.group(1))
+            what = f"loading it would import {', '.join(wanted)}" if wanted else "it holds pickled Python objects"
             raise CheckpointError(
-                f"{path} holds pickled Python objects besides tensors, which can run code when loaded; "
-                "refusing (pass --trust-checkpoint only if you trust its author)"
+                f"{path} is not plain weights: {what}, and unpickling Python objects can run any code; refused "
+                "(pass --trust-checkpoint only if you trust its author, e.g. for a whole pickled nn.Module)"
             ) from None
-        raise CheckpointError(f"{path} could not be unpickled ({exc})") from None
-    except Exception as exc:  # a damaged pickle can raise anything (KeyError, TypeError, struct.error ...)
-        raise CheckpointError(f"{path} is damaged or not a torch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path} is damaged or not a torch checkpoint ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (library messages can run to many lines)."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def _load_safetensors(path: Path) -> dict[str, Any]:
@@ -120,20 +182,36 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_one_line(exc)})") from None
+
+
+def _shard_index(path: Path) -> Path:
+    if path.is_file():
+        return path
+    found = sorted(path.glob("*.safetensors.index.json"))
+    if not found:
+        raise CheckpointError(f"{path} holds no *.safetensors.index.json")
+    return found[0]
 
 
 def _load_sharded(path: Path) -> dict[str, Any]:
-    index = path if path.is_file() else sorted(path.glob("*.safetensors.index.json"))[0]
+    """The tensors of every shard an index lists; shards must lie in the index's folder."""
+    index = _shard_index(path)
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index} is not a valid safetensors index ({exc})") from None
+        raise CheckpointError(f"{index} is not a valid safetensors index ({_one_line(exc)})") from None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    folder = index.parent.resolve()
     state: dict[str, Any] = {}
     for shard in sorted(set(weight_map.values())):
-        shard_path = index.parent / shard
+        shard_path = (index.parent / shard).resolve()
+        # a crafted index must not make maskprobe read files elsewhere on the machine
+        if shard_path.parent != folder:
+            raise CheckpointError(f"{index.name}: shard {shard!r} is not a file name in {index.parent}")
         if not shard_path.is_file():
-            raise CheckpointError(f"shard {shard} listed in {index.name} is missing")
+            raise CheckpointError(f"shard {shard!r} listed in {index.name} is missing")
         state.update(_load_safetensors(shard_path))
     missing = sorted(set(weight_map) - set(state))
     if missing:
@@ -237,22 +315,38 @@ def _build(architecture: Callable[[], Any] | None, path: Path) -> Any:
 
 
 def _load_hf(path: Path) -> Any:
+    """The folder's model class (``config.architectures[0]``, else ``AutoModel``), offline, no remote code."""
     try:
-        from transformers import AutoModel, AutoModelForCausalLM  # noqa: F401
+        import transformers
     except ImportError:
         raise CheckpointError(f"{path} is a Hugging Face folder; install the extra: pip install 'maskprobe[hf]'") from None
-    from transformers import AutoConfig
-
     try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         archs = getattr(config, "architectures", None) or []
-        import transformers
-
         cls = getattr(transformers, archs[0], None) if archs else None
         cls = cls or transformers.AutoModel
-        return cls.from_pretrained(str(path), local_files_only=True)
+        return cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
-        raise CheckpointError(f"{path}: transformers could not load it ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: transformers could not load it ({_one_line(exc)})") from None
+
+
+def hf_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The tokenizer saved in a Hugging Face model folder (offline), for tasks that need one.
+
+    A task gets the folder from its own ``--task-arg`` or, inside ``loss``/``evaluate``, from
+    ``model.module.name_or_path``.
+
+    Raises:
+        CheckpointError: transformers missing, or no tokenizer in the folder.
+    """
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise CheckpointError("a Hugging Face tokenizer needs the extra: pip install 'maskprobe[hf]'") from None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: no tokenizer could be loaded ({_one_line(exc)})") from None
 
 
 def load_checkpoint(
@@ -280,9 +374,11 @@ def load_checkpoint(
         model = _load_hf(path)
     elif fmt == "torchscript":
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's problem
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            raise CheckpointError(f"{path} is a damaged TorchScript archive ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(f"{path} is a damaged TorchScript archive ({_one_line(exc)})") from None
     else:
         if fmt == "safetensors":
             obj: Any = _load_safetensors(path)

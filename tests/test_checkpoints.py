@@ -256,17 +256,14 @@ BAD_CASES = [
 
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_checkpoint_is_one_line_on_stderr_and_exit_2(case, tmp_path, capsys):
-    if case == "hf-folder-without-weights":
-        pytest.importorskip("transformers")
     argv, phrase = _bad_inputs(tmp_path)[case]
     out = tmp_path / "out"
     code = run(["train", argv[0], *TASK, *FAST, "--out", str(out), *argv[1:]])
     cap = capsys.readouterr()
     assert code == 2, cap.err
     lines = [ln for ln in cap.err.splitlines() if ln.strip()]
-    error_lines = [ln for ln in lines if ln.startswith("maskprobe: error:")]
-    assert len(error_lines) == 1, cap.err
-    assert phrase in error_lines[0], error_lines[0]
+    assert len(lines) == 1 and lines[0].startswith("maskprobe: error:"), cap.err
+    assert phrase in lines[0], lines[0]
     assert "Traceback" not in cap.err
     assert not (tmp_path / MARKER).exists()  # the pickle's payload never ran
     assert not out.exists() or not any(out.iterdir())
@@ -332,3 +329,22 @@ def test_hf_folder_trains_a_mask_and_leaves_embeddings_alone(hf_folders, tmp_pat
     assert not any("wte" in n or "wpe" in n for n in masks)  # nn.Embedding: not masked by default
     for name, m in masks.items():
         assert m.shape == params[name].shape and m.dtype == torch.bool
+
+
+def test_shard_index_cannot_point_outside_its_folder(tmp_path):
+    """A crafted index must not make maskprobe read (and report on) files elsewhere on the machine."""
+    save_file(fnn().state_dict(), str(tmp_path / "outside.safetensors"))
+    (folder := tmp_path / "sharded").mkdir()
+    index = {"weight_map": {"0.weight": "../outside.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="is not a file name in"):
+        read_state_dict(folder)
+
+
+def test_refusal_names_the_global_the_pickle_wanted(tmp_path):
+    _bad_inputs(tmp_path)
+    with pytest.raises(CheckpointError, match=r"would import (io|builtins)\.open.*--trust-checkpoint"):
+        read_state_dict(tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"would import torch\.nn\.modules\.container\.Sequential"):
+        read_state_dict(tmp_path / "whole.pt")
+    assert not (tmp_path / MARKER).exists()
