@@ -395,11 +395,15 @@ def load_checkpoint(
     return Checkpoint(model=model, path=path, format=fmt, sha256=sha256_of(path))
 
 
-def read_state_dict(path: str | os.PathLike[str], *, trust: bool = False) -> tuple[str, dict[str, Any]]:
-    """The raw tensors of a weights file (no architecture needed): ``(format, {name: tensor})``.
+def read_contents(path: str | os.PathLike[str], *, trust: bool = False) -> tuple[str, Any]:
+    """What a checkpoint holds, without an architecture: ``(format, module_or_tensors)``.
 
-    For TorchScript, pickled modules and Hugging Face folders the module is loaded and its state dict
-    returned.
+    A module (``nn.Module`` or ``ScriptModule``) for TorchScript, Hugging Face folders and, with ``trust``,
+    whole pickled modules (format ``pickled-module``); otherwise the ``{name: tensor}`` dict, unwrapped
+    from ``state_dict``/``model`` nesting (prefixes kept).
+
+    Raises:
+        CheckpointError: unreadable, or unsafe without ``trust``.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -412,7 +416,17 @@ def read_state_dict(path: str | os.PathLike[str], *, trust: bool = False) -> tup
 
         obj = _torch_load(path, trust)
         if isinstance(obj, nn.Module):
-            return "pickled-module", dict(obj.state_dict())
+            return "pickled-module", obj
         return fmt, unwrap_state_dict(obj)
     ckpt = load_checkpoint(path, None, trust=trust)
-    return ckpt.format, dict(ckpt.model.state_dict())
+    return ckpt.format, ckpt.model
+
+
+def read_state_dict(path: str | os.PathLike[str], *, trust: bool = False) -> tuple[str, dict[str, Any]]:
+    """The raw tensors of a weights file (no architecture needed): ``(format, {name: tensor})``.
+
+    For TorchScript, pickled modules and Hugging Face folders the module is loaded and its state dict
+    returned.
+    """
+    fmt, contents = read_contents(path, trust=trust)
+    return fmt, contents if isinstance(contents, dict) else dict(contents.state_dict())

@@ -85,7 +85,7 @@ def _inspect_mask(out: Any, path: Path, json_out: bool) -> None:
 
 
 def _inspect_checkpoint(out, path, include, exclude, mask_biases, task, task_arg, model, model_arg, trust, json_out) -> None:
-    from ..checkpoints import read_state_dict
+    from ..checkpoints import read_contents
     from ..render import dumps, selection_table
     from ..selection import Selection, describe_named, describe_selection, parse_globs
     from ..session import open_checkpoint, resolve_tasks
@@ -96,9 +96,12 @@ def _inspect_checkpoint(out, path, include, exclude, mask_biases, task, task_arg
         ckpt = open_checkpoint(path, tasks, model, model_arg, trust)
         fmt, rows, note = ckpt.format, describe_selection(ckpt.model, selection), "architecture built"
     else:
-        fmt, state = read_state_dict(path, trust=trust)
-        rows = describe_named(state.items(), selection)
-        note = "weights only: selection judged by names; pass --task or --model to build the module"
+        fmt, contents = read_contents(path, trust=trust)
+        if isinstance(contents, dict):
+            rows = describe_named(contents.items(), selection)
+            note = "weights only: selection judged by names; pass --task or --model to build the module"
+        else:  # the file holds its module: its parameters (no buffers, tied weights once), embeddings by type
+            rows, note = describe_selection(contents, selection), "module in the file"
     if json_out:
         out.out(
             dumps(
@@ -109,7 +112,12 @@ def _inspect_checkpoint(out, path, include, exclude, mask_biases, task, task_arg
                     "format": fmt,
                     "note": note,
                     "parameters": [vars(r) for r in rows],
-                    "total": {"numel": sum(r.numel for r in rows), "masked": sum(r.numel for r in rows if r.masked)},
+                    "total": {
+                        "tensors": len(rows),
+                        "masked_tensors": sum(r.masked for r in rows),
+                        "numel": sum(r.numel for r in rows),
+                        "masked": sum(r.numel for r in rows if r.masked),
+                    },
                 }
             )
         )
