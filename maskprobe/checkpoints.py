@@ -320,6 +320,10 @@ def _load_hf(path: Path) -> Any:
         import transformers
     except ImportError:
         raise CheckpointError(f"{path} is a Hugging Face folder; install the extra: pip install 'maskprobe[hf]'") from None
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would interleave with ours on stderr
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         archs = getattr(config, "architectures", None) or []
@@ -328,6 +332,12 @@ def _load_hf(path: Path) -> Any:
         return cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"{path}: transformers could not load it ({_one_line(exc)})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
 
 
 def hf_tokenizer(path: str | os.PathLike[str]) -> Any:
@@ -343,6 +353,9 @@ def hf_tokenizer(path: str | os.PathLike[str]) -> Any:
         from transformers import AutoTokenizer
     except ImportError:
         raise CheckpointError("a Hugging Face tokenizer needs the extra: pip install 'maskprobe[hf]'") from None
+    # recent transformers build an empty tokenizer from config.json alone: ask for the files themselves
+    if not Path(path).is_dir() or not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{path}: no tokenizer could be loaded (none of {', '.join(TOKENIZER_FILES)} in the folder)")
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:

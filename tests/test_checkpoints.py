@@ -348,3 +348,27 @@ def test_refusal_names_the_global_the_pickle_wanted(tmp_path):
     with pytest.raises(CheckpointError, match=r"would import torch\.nn\.modules\.container\.Sequential"):
         read_state_dict(tmp_path / "whole.pt")
     assert not (tmp_path / MARKER).exists()
+
+
+def test_tokenizer_comes_from_the_same_folder_offline(hf_folders, tmp_path):
+    """hf_tokenizer() reads the tokenizer save_pretrained() put beside the weights; none there is a clean error."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    from maskprobe.checkpoints import hf_tokenizer
+
+    _, root = hf_folders
+    vocab = {"[UNK]": 0, **{f"t{i}": i + 1 for i in range(8)}}
+    raw = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = Whitespace()
+    folder = tmp_path / "with-tokenizer"
+    import shutil
+
+    shutil.copytree(root / "safetensors", folder)
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(folder)
+    assert hf_tokenizer(folder)("t3 t1 zz")["input_ids"] == [4, 2, 0]
+    assert type(load_checkpoint(folder).model).__name__ == "GPT2LMHeadModel"  # the tokenizer files do not disturb loading
+    with pytest.raises(CheckpointError, match="no tokenizer could be loaded"):
+        hf_tokenizer(root / "safetensors")
