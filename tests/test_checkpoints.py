@@ -372,3 +372,23 @@ def test_tokenizer_comes_from_the_same_folder_offline(hf_folders, tmp_path):
     assert type(load_checkpoint(folder).model).__name__ == "GPT2LMHeadModel"  # the tokenizer files do not disturb loading
     with pytest.raises(CheckpointError, match="no tokenizer could be loaded"):
         hf_tokenizer(root / "safetensors")
+
+
+def test_evaluate_on_torchscript_applies_the_mask_like_the_state_dict(tmp_path, capsys):
+    """`evaluate --mask` through the TorchScript path gives the state dict's numbers, and the mask matters."""
+    model = fnn()
+    paths = {kind: _save(kind, model, tmp_path) for kind in ("torch-zip", "torchscript")}
+    out = tmp_path / "add.safetensors"
+    many = ["--steps", "6", "--batch-size", "16", "--init", "0.05", "--lr", "0.1", "--seed", "3", "-q"]
+    assert run(["train", str(paths["torch-zip"]), *TASK, *many, "--out", str(out)]) == 0
+    capsys.readouterr()
+    results = {}
+    for kind, path in paths.items():
+        # the mask records the state dict's SHA-256; the archive is another file holding the same weights
+        argv = ["evaluate", str(path), *TASK, "--mask", str(out), "--allow-mismatch", "--json"]
+        assert run(argv) == 0, capsys.readouterr().err
+        results[kind] = json.loads(capsys.readouterr().out)["results"][0]
+    eager, scripted = results["torch-zip"], results["torchscript"]
+    assert scripted["masked"]["loss"] == pytest.approx(eager["masked"]["loss"], rel=1e-5)
+    assert scripted["unmasked"]["loss"] == pytest.approx(eager["unmasked"]["loss"], rel=1e-5)
+    assert scripted["masked"]["loss"] != pytest.approx(scripted["unmasked"]["loss"], rel=1e-4)
