@@ -2,7 +2,7 @@
 
 Formats: ``torch.save`` state dicts (``weights_only=True``, also nested under ``state_dict``/``model``
 and with ``module.``/``model.`` prefixes), safetensors (single or sharded with ``*.index.json``),
-Hugging Face model folders (optional ``transformers``), TorchScript archives, and whole pickled modules
+Hugging Face model folders (optional ``transformers``, hf_folder.py), TorchScript archives, and whole pickled modules
 only with ``trust=True`` (pickle runs code).
 
 Weights-only formats need an architecture: ``model_factory`` (``package.module:factory``) or the task's
@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, PluginError
+from .errors import one_line as _one_line
+from .hf_folder import HF_WEIGHT_FILES, hf_tokenizer, load_hf_folder
+
+__all__ = ["Checkpoint", "detect_format", "hf_tokenizer", "load_checkpoint", "read_contents", "read_state_dict"]
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80
-# what save_pretrained() writes (one of them, or an index of shards), in transformers' order of preference
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -169,13 +171,6 @@ def _torch_load(path: Path, trust: bool) -> Any:
         raise CheckpointError(f"{path} is damaged or not a torch checkpoint ({_one_line(exc)})") from None
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (library messages can run to many lines)."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
-
-
 def _load_safetensors(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -308,58 +303,10 @@ def _build(architecture: Callable[[], Any] | None, path: Path) -> Any:
     except PluginError:  # a task's build_model() failed: the plugin is broken (exit 3), not the checkpoint
         raise
     except Exception as exc:
-        raise CheckpointError(f"building the model failed: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"building the model failed: {_one_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"the model factory returned {type(model).__name__}, not an nn.Module")
     return model
-
-
-def _load_hf(path: Path) -> Any:
-    """The folder's model class (``config.architectures[0]``, else ``AutoModel``), offline, no remote code."""
-    try:
-        import transformers
-    except ImportError:
-        raise CheckpointError(f"{path} is a Hugging Face folder; install the extra: pip install 'maskprobe[hf]'") from None
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # its "Loading weights" bar would interleave with ours on stderr
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        archs = getattr(config, "architectures", None) or []
-        cls = getattr(transformers, archs[0], None) if archs else None
-        cls = cls or transformers.AutoModel
-        return cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: transformers could not load it ({_one_line(exc)})") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
-
-
-def hf_tokenizer(path: str | os.PathLike[str]) -> Any:
-    """The tokenizer saved in a Hugging Face model folder (offline), for tasks that need one.
-
-    A task gets the folder from its own ``--task-arg`` or, inside ``loss``/``evaluate``, from
-    ``model.module.name_or_path``.
-
-    Raises:
-        CheckpointError: transformers missing, or no tokenizer in the folder.
-    """
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise CheckpointError("a Hugging Face tokenizer needs the extra: pip install 'maskprobe[hf]'") from None
-    # recent transformers build an empty tokenizer from config.json alone: ask for the files themselves
-    if not Path(path).is_dir() or not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
-        raise CheckpointError(f"{path}: no tokenizer could be loaded (none of {', '.join(TOKENIZER_FILES)} in the folder)")
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: no tokenizer could be loaded ({_one_line(exc)})") from None
 
 
 def load_checkpoint(
@@ -384,7 +331,7 @@ def load_checkpoint(
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "hf-folder":
-        model = _load_hf(path)
+        model = load_hf_folder(path)
     elif fmt == "torchscript":
         try:
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's problem

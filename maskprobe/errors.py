@@ -24,6 +24,14 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters): a library's multi-line exception
+    quoted inside one of our one-line messages."""
+    text = str(exc).strip().splitlines()
+    first = text[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 class MaskprobeError(Exception):
     """Base class: every error maskprobe raises on purpose. The CLI prints ``str(err)`` on one line."""
 
