@@ -127,6 +127,7 @@ def check_task(
         _check_stream(task, report, batch_size)
     except Exception as exc:  # the plugin's own error: report it, keep going only if something can run
         report.problems.append(f"batches() failed: {type(exc).__name__}: {exc}")
+    if report.problems:  # running the engine on a broken stream could hang (an endless eval) or mislead
         return report
     if model is None:
         try:

@@ -26,6 +26,7 @@ Make a base checkpoint::
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -147,7 +148,7 @@ def keep_output(control: str, removal: str) -> None:
     head = output_layer_masks(control)
     ms = load_masks(removal)
     meta = dict(ms.metadata)
-    meta["output_layer_from"] = {"mask": str(control), "tensors": sorted(head)}
+    meta["output_layer_from"] = json.dumps({"mask": str(control), "tensors": sorted(head)})
     save_masks(removal, {**ms.masks, **head}, meta)
 
 
