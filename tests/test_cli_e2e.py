@@ -70,8 +70,9 @@ def test_compare_json_has_the_documented_keys_and_consistent_numbers(trained, ca
 
 def test_compare_refuses_masks_of_different_models(trained, tmp_path, capsys):
     _, out, _ = trained
-    from maskprobe.maskfile import save_masks
     import torch
+
+    from maskprobe.maskfile import save_masks
 
     other = tmp_path / "other.safetensors"
     save_masks(other, {"0.weight": torch.ones(3, 3, dtype=torch.bool)}, {})

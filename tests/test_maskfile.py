@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from maskprobe.errors import MaskFileError
+from maskprobe.errors import BadInputError, MaskFileError
 from maskprobe.maskfile import FORMAT, load_masks, open_masks, save_masks
 
 
@@ -63,16 +62,20 @@ def test_non_mask_safetensors_and_garbage_are_refused(tmp_path):
         load_masks(tmp_path / "missing.safetensors")
 
 
-def test_failed_write_leaves_previous_file_intact(tmp_path):
+def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     save_masks(path, _masks(), {"seed": 1})
     before = path.read_bytes()
 
-    class Boom:
-        def __iter__(self):
-            raise RuntimeError("boom")
+    import safetensors.torch
 
-    with pytest.raises(Exception):
-        save_masks(path, {"x": Boom()}, {"seed": 2})
+    def half_written(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"\x00" * 10)  # a partial file, then the writer dies
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    with pytest.raises(BadInputError, match="disk full"):
+        save_masks(path, _masks(), {"seed": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left behind
