@@ -147,7 +147,7 @@ def train_base(
         loss.backward()
         opt.step()
         if callback is not None and (step % 500 == 0 or step == steps):
-            callback(step, float(loss))
+            callback(step, float(loss.detach()))
         if step >= steps:
             break
     model.eval()
