@@ -154,6 +154,17 @@ def train_base(
     return model
 
 
+def train_and_save(task: Task, out: str, steps: int, seed: int) -> dict[str, float]:
+    """The base recipe for a sample task's command line: train (progress lines on stdout), save the state dict
+    atomically to ``out``, and return the task's metrics on the trained network."""
+    from maskprobe.atomic import atomic_write
+    from maskprobe.training import evaluate_task
+
+    model = train_base(task, steps=steps, seed=seed, callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True))
+    atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
+    return evaluate_task(model, task)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train the add/mul base network and save its state_dict.")
     p.add_argument("--out", required=True)
@@ -161,16 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    task = AddMulTask(hidden=args.hidden)
-    model = train_base(
-        task, steps=args.steps, seed=args.seed, callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True)
-    )
-    from maskprobe.atomic import atomic_write
-
-    atomic_write(args.out, lambda tmp: torch.save(model.state_dict(), tmp))
-    from maskprobe.training import evaluate_task
-
-    print(f"saved {args.out}; accuracy {evaluate_task(model, task)['accuracy']:.4f}")
+    metrics = train_and_save(AddMulTask(hidden=args.hidden), args.out, args.steps, args.seed)
+    print(f"saved {args.out}; accuracy {metrics['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

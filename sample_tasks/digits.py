@@ -170,16 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.out:
         p.error("--out is required")
-    from maskprobe.atomic import atomic_write
-    from maskprobe.training import evaluate_task
-    from sample_tasks.arithmetic import train_base
+    from sample_tasks.arithmetic import train_and_save
 
-    task = DigitsTask(channels=args.channels)
-    model = train_base(
-        task, steps=args.steps, seed=args.seed, callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True)
-    )
-    atomic_write(args.out, lambda tmp: torch.save(model.state_dict(), tmp))
-    print(f"saved {args.out}; accuracy {evaluate_task(model, task)['accuracy']:.4f}")
+    metrics = train_and_save(DigitsTask(channels=args.channels), args.out, args.steps, args.seed)
+    print(f"saved {args.out}; accuracy {metrics['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

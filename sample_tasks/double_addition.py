@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskprobe.tasks import Task
-from sample_tasks.arithmetic import build_fnn, parse_hidden, train_base
+from sample_tasks.arithmetic import build_fnn, parse_hidden, train_and_save
 
 N_PAIRS = 2
 IN_FEATURES = 80  # 2 pairs x 2 numbers x 2 digits x 10
@@ -134,15 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from maskprobe.atomic import atomic_write
-    from maskprobe.training import evaluate_task
-
-    task = BothPairsTask(hidden=args.hidden)
-    model = train_base(
-        task, steps=args.steps, seed=args.seed, callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True)
-    )
-    atomic_write(args.out, lambda tmp: torch.save(model.state_dict(), tmp))
-    m = evaluate_task(model, task)
+    m = train_and_save(BothPairsTask(hidden=args.hidden), args.out, args.steps, args.seed)
     print(f"saved {args.out}; accuracy {m['accuracy']:.4f} (pair 1 {m['accuracy_pair1']:.4f}, pair 2 {m['accuracy_pair2']:.4f})")
 
 
