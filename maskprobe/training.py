@@ -430,12 +430,3 @@ def _versions() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
     }
 
-
-def _cpu_state(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_state(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_cpu_state(v) for v in obj]
-    return obj
