@@ -278,7 +278,7 @@ def demo(
     json_out: Json = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """The whole story on the paper's addition/multiplication task, on a small FNN (about 2 minutes on 2 CPU cores)."""
+    """The whole story on the paper's addition/multiplication task, on a small FNN (about a minute on an idle 2-core machine)."""
     params = dict(locals())
     from .commands.demo import run_demo
 
