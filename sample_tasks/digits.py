@@ -113,6 +113,12 @@ class DigitsTask(Task):
     def build_model(self) -> nn.Module:
         return DigitsCNN(self.channels)
 
+    def base_recipe(self):
+        """Adam, batch 128, 1,500 steps, lr 2e-3 with warm-up and cosine decay (maskprobe.fitting)."""
+        from maskprobe.fitting import Recipe
+
+        return Recipe(steps=1500, batch_size=128, lr=2e-3)
+
     def batches(self, split: str, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         if split == "train":
             while True:

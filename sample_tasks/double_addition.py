@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskprobe.tasks import Task
-from sample_tasks.arithmetic import build_fnn, parse_hidden, train_and_save
+from sample_tasks.arithmetic import RECIPE, build_fnn, parse_hidden, train_and_save
 
 N_PAIRS = 2
 IN_FEATURES = 80  # 2 pairs x 2 numbers x 2 digits x 10
@@ -76,6 +76,10 @@ class DoubleAdditionTask(Task):
 
     def build_model(self) -> nn.Module:
         return build_fnn(IN_FEATURES, self.hidden, OUT_FEATURES)
+
+    def base_recipe(self):
+        """The add/mul recipe (sample_tasks.arithmetic.RECIPE)."""
+        return RECIPE
 
     def batches(self, split: str, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Batches of ``(B, 2 pairs, 2 numbers)`` ints in 0..99; the encoding happens per pass in ``loss``."""
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train the double-addition base network and save its state_dict.")
     p.add_argument("--out", required=True)
     p.add_argument("--hidden", default="2000,2000,2000,2000")
-    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--steps", type=int, default=RECIPE.steps)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     m = train_and_save(BothPairsTask(hidden=args.hidden), args.out, args.steps, args.seed)
