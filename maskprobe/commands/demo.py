@@ -29,12 +29,11 @@ def _check_outputs(out, hidden: str, force: bool) -> None:
 def run_demo(*, out, hidden, base_steps, steps, beta, seed, device, json_out, quiet, force=False) -> None:
     import torch
 
-    from sample_tasks.arithmetic import train_base
-
     from ..ablation import ablate
     from ..analysis import overlap
     from ..atomic import atomic_write
     from ..checkpoints import Checkpoint, sha256_of
+    from ..fitting import fit
     from ..cli import _stderr, _stdout
     from ..maskfile import save_masks
     from ..progress import TrainProgress, status_line
@@ -51,9 +50,9 @@ def run_demo(*, out, hidden, base_steps, steps, beta, seed, device, json_out, qu
     args = {"hidden": hidden}
     base_task, _ = load_task("arith-both", args)
     say(f"[1/3] training the base network {42}-{hidden.replace(',', 'x')}-20 on add+mul for {base_steps} steps")
-    model = train_base(
+    model = fit(
         base_task,
-        steps=base_steps,
+        base_task.base_recipe().with_steps(base_steps),
         seed=seed,
         callback=None if quiet else (lambda s, loss: say(f"  base step {s}/{base_steps} loss {loss:.4f}")),
     )
