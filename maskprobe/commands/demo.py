@@ -33,8 +33,8 @@ def run_demo(*, out, hidden, base_steps, steps, beta, seed, device, json_out, qu
     from ..analysis import overlap
     from ..atomic import atomic_write
     from ..checkpoints import Checkpoint, sha256_of
-    from ..fitting import fit
     from ..cli import _stderr, _stdout
+    from ..fitting import fit
     from ..maskfile import save_masks
     from ..progress import TrainProgress, status_line
     from ..render import ablation_tables, compare_json, dumps, overlap_table, pct, scores_table
