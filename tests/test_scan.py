@@ -176,7 +176,7 @@ def test_train_a_mask_through_the_cli(tmp_path, model):
     args = [f"model={model}", *(f"{k}={v}" for k, v in TINY.items()), "eval_size=16"]
     out = tmp_path / "m.safetensors"
     argv = ["train", str(ckpt), "--task", "scan-length", "--steps", "2", "--batch-size", "8", "--out", str(out)]
-    argv += ["--exclude", "*.bias_*"]  # nn.LSTM's biases (see docs/scan.md)
+    argv += ["--exclude", "*.bias_*"]  # nn.LSTM's biases (see docs/plugins.md, SCAN)
     assert run([*argv, *(x for a in args for x in ("--task-arg", a))]) == 0
     masks = load_masks(out).masks
     expected = {
