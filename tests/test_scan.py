@@ -187,8 +187,10 @@ def test_train_a_mask_through_the_cli(tmp_path, model):
     assert set(masks) == expected and all(m.dtype == torch.bool for m in masks.values())
 
 
-def test_contract_check_passes():
-    assert check_task(ScanTurnLeftTask(model="transformer", eval_size=16, **TINY)).ok
+@pytest.mark.parametrize("model", MODELS)
+def test_contract_check_passes(model):
+    report = check_task(ScanTurnLeftTask(model=model, eval_size=16, **TINY))
+    assert report.ok, report.problems
 
 
 def test_base_training_command_line(tmp_path, capsys):
