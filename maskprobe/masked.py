@@ -15,7 +15,8 @@ class MaskedModel:
     """A callable that runs ``module`` with ``overrides`` (name -> tensor) in place of its parameters.
 
     This is the ``model`` a task's ``loss`` and ``evaluate`` receive. ``module`` is exposed for tasks that
-    need its attributes (e.g. a config); calling it directly would bypass the masks.
+    need its attributes (e.g. a config); calling it directly would bypass the masks. :meth:`unmasked` runs the
+    network without the masks, for targets such as "keep the unmasked model's outputs".
     """
 
     def __init__(self, module: nn.Module, overrides: Mapping[str, Tensor]):
@@ -29,6 +30,12 @@ class MaskedModel:
             with _script_overrides(self.module, self.overrides):
                 return self.module(*args, **kwargs)
         return functional_call(self.module, self.overrides, args, kwargs, tie_weights=True, strict=False)
+
+    def unmasked(self, *args: Any, **kwargs: Any) -> Any:
+        """The same call on the frozen network without any mask, without gradients: the targets of a task that
+        keeps the model's own outputs (same weights, no second copy of the model)."""
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
 
 
 @contextlib.contextmanager
