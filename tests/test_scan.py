@@ -200,3 +200,16 @@ def test_base_training_command_line(tmp_path, capsys):
     assert sd["encoder.weight_hh_l0"].shape == (32, 8) and sd["output.weight"].shape == (7, 8)
     text = capsys.readouterr().out
     assert "step 2 loss" in text and "simple-split test: accuracy" in text
+
+
+def test_base_recipe_is_the_one_fitting_routine(tmp_path):
+    from maskprobe.fitting import Recipe, fit
+
+    task = ScanSimpleTask(model="lstm", hidden=8, layers=1, embedding=4, eval_size=8)
+    assert task.base_recipe() == Recipe(steps=2000, batch_size=128, lr=3e-3, schedule="constant", clip=5.0)
+    assert ScanJumpTask(model="transformer").base_recipe() == task.base_recipe()
+    out = tmp_path / "b.pt"
+    main(["--model", "lstm", "--out", str(out), "--steps", "3", "--batch-size", "16", "--lr", "0.01", "--eval-size", "8"])
+    main_sd = torch.load(out, weights_only=True)  # the command line = fit() with the recipe and its overrides
+    direct = fit(ScanSimpleTask(model="lstm"), Recipe(steps=3, batch_size=16, lr=0.01, schedule="constant", clip=5.0))
+    assert all(torch.equal(main_sd[k], v) for k, v in direct.state_dict().items())
