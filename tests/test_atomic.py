@@ -94,7 +94,7 @@ def test_an_exception_mid_write_keeps_the_old_file_and_no_temporary(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("disk on fire")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(BadInputError, match="disk on fire"):  # a writer's failure is a one-line BadInputError (issue 14)
         atomic_write(target, boom)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
