@@ -26,8 +26,18 @@ from typing import Any
 from .errors import CheckpointError, PluginError
 from .errors import one_line as _one_line
 from .hf_folder import HF_WEIGHT_FILES, hf_tokenizer, load_hf_folder
+from .paths import input_kind
 
-__all__ = ["Checkpoint", "detect_format", "hf_tokenizer", "load_checkpoint", "read_contents", "read_state_dict"]
+__all__ = [
+    "Checkpoint",
+    "detect_format",
+    "hf_tokenizer",
+    "load_checkpoint",
+    "read_contents",
+    "read_shard_index",
+    "read_state_dict",
+    "torch_load",
+]
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80
@@ -68,9 +78,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         CheckpointError: missing path, empty file, or content that is none of the above.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir():
+    kind = input_kind(path, f"checkpoint not found: {path}", CheckpointError)  # a FIFO must not block open()
+    if kind == "dir":
         if (path / "config.json").is_file():
             if not any((path / name).is_file() for name in HF_WEIGHT_FILES):
                 raise CheckpointError(
@@ -101,12 +110,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         if any(n.endswith("data.pkl") for n in names):
             return "torch-zip"
         raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint")
-    if head[0] == PICKLE_PROTO:
-        return "torch-legacy"
-    if len(head) >= 9:
+    if len(head) >= 9:  # before the pickle test: a header of 128 + 256k bytes starts with 0x80 too
         (n,) = struct.unpack("<Q", head[:8])
         if 2 <= n <= 100_000_000 and head[8:9] == b"{":
             return "safetensors"
+    if head[0] == PICKLE_PROTO:
+        return "torch-legacy"
     raise CheckpointError(f"{path} is not a checkpoint maskprobe can read (not torch.save, safetensors or TorchScript)")
 
 
@@ -149,13 +158,24 @@ def _pickle_imports(path: Path, limit: int = 3) -> list[str]:
     return found
 
 
-def _torch_load(path: Path, trust: bool) -> Any:
+def torch_load(path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """``torch.load(path, **kwargs)`` decided by content: torch reads any path named ``*.safetensors`` as
+    safetensors, so a ``torch.save`` file of that name is handed over as an open file (not memory-mapped)."""
     import torch
 
+    path = Path(path)
+    if not path.name.endswith(".safetensors"):
+        return torch.load(path, **kwargs)
+    kwargs.pop("mmap", None)  # torch maps only files it is given by name
+    with open(path, "rb") as fh:
+        return torch.load(fh, **kwargs)
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says it all
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=not trust)
+            return torch_load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # a damaged pickle can raise anything (EOFError, KeyError, struct.error ...)
         message = str(exc)
         if not trust and "Weights only load failed" in message:
@@ -189,9 +209,16 @@ def _shard_index(path: Path) -> Path:
     return found[0]
 
 
-def _load_sharded(path: Path) -> dict[str, Any]:
-    """The tensors of every shard an index lists; shards must lie in the index's folder."""
-    index = _shard_index(path)
+def read_shard_index(path: str | os.PathLike[str]) -> tuple[Path, dict[str, str], list[Path]]:
+    """``(index file, weight_map, shard paths)`` of a sharded safetensors checkpoint (the index or its folder).
+
+    The one reader of ``*.index.json`` files: every shard must be a file name in the index's folder, so a
+    crafted index cannot make maskprobe read files elsewhere on the machine.
+
+    Raises:
+        CheckpointError: no index, not valid JSON, a malformed ``weight_map``, a shard outside the folder or missing.
+    """
+    index = _shard_index(Path(path))
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -199,14 +226,22 @@ def _load_sharded(path: Path) -> dict[str, Any]:
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
     folder = index.parent.resolve()
-    state: dict[str, Any] = {}
+    shards = []
     for shard in sorted(set(weight_map.values())):
         shard_path = (index.parent / shard).resolve()
-        # a crafted index must not make maskprobe read files elsewhere on the machine
         if shard_path.parent != folder:
             raise CheckpointError(f"{index.name}: shard {shard!r} is not a file name in {index.parent}")
         if not shard_path.is_file():
             raise CheckpointError(f"shard {shard!r} listed in {index.name} is missing")
+        shards.append(shard_path)
+    return index, weight_map, shards
+
+
+def _load_sharded(path: Path) -> dict[str, Any]:
+    """The tensors of every shard an index lists; shards must lie in the index's folder."""
+    index, weight_map, shards = read_shard_index(path)
+    state: dict[str, Any] = {}
+    for shard_path in shards:
         state.update(_load_safetensors(shard_path))
     missing = sorted(set(weight_map) - set(state))
     if missing:

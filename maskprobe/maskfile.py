@@ -19,25 +19,29 @@ from typing import Any
 
 from .atomic import atomic_write
 from .errors import MaskFileError
+from .paths import input_kind
 
 FORMAT = "maskprobe.mask/1"
-JSON_KEYS = frozenset(
-    {
-        "task",
-        "checkpoint",
-        "hparams",
-        "selection",
-        "density",
-        "metric_full",
-        "metric_masked",
-        "versions",
-        "steps",
-        "seed",
-        "final_loss",
-        "history",
-        "packed",
-    }
-)
+_OBJECT, _INT, _NUMBER, _LIST = dict, int, (int, float), list
+# the JSON keys and the type each must decode to (validated by decode_metadata, documented in docs/mask-format.md)
+JSON_TYPES: dict[str, Any] = {
+    "task": _OBJECT,
+    "checkpoint": _OBJECT,
+    "hparams": _OBJECT,
+    "selection": _OBJECT,
+    "density": _OBJECT,
+    "metric_full": _OBJECT,
+    "metric_masked": _OBJECT,
+    "versions": _OBJECT,
+    "engine": _OBJECT,
+    "steps": _INT,
+    "seed": _INT,
+    "final_loss": _NUMBER,
+    "history": _LIST,
+    "packed": _OBJECT,
+}
+JSON_KEYS = frozenset(JSON_TYPES)
+_TYPE_WORDS = {_OBJECT: "a JSON object", _INT: "a JSON integer", _NUMBER: "a JSON number", _LIST: "a JSON array"}
 # packed-bit files (``save_masks(..., pack_bits=True)``): each tensor is uint8 holding ceil(numel/8) bytes of
 # np.packbits(mask.reshape(-1), bitorder="little"); the shapes live in the "packed" metadata key
 PACKED_BITORDER = "little"
@@ -53,16 +57,43 @@ def encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def decode_metadata(raw: Mapping[str, str] | None) -> dict[str, Any]:
+def _field_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` (decoded JSON) is not what ``key`` must hold, or None."""
+    want = JSON_TYPES[key]
+    if value is None and key == "final_loss":  # a run that took no step
+        return None
+    if isinstance(value, bool) or not isinstance(value, want):
+        return f"must be {_TYPE_WORDS[want]}, got {type(value).__name__}"
+    if key == "task":
+        for sub in ("name", "ref"):
+            if sub in value and not isinstance(value[sub], str):
+                return f"'{sub}' must be a string, got {type(value[sub]).__name__}"
+        if "args" in value and value["args"] is not None and not isinstance(value["args"], dict):
+            return f"'args' must be a JSON object, got {type(value['args']).__name__}"
+    if key == "checkpoint" and "sha256" in value and not isinstance(value["sha256"], str):
+        return f"'sha256' must be a string, got {type(value['sha256']).__name__}"
+    return None
+
+
+def decode_metadata(raw: Mapping[str, str] | None, path: str | os.PathLike[str] = "mask file") -> dict[str, Any]:
+    """The metadata with every key of :data:`JSON_TYPES` decoded and type-checked (other keys stay strings).
+
+    Raises:
+        MaskFileError: a known key that is not valid JSON or not of its type, naming ``path`` and the key.
+    """
     out: dict[str, Any] = {}
     for key, value in (raw or {}).items():
-        if key in JSON_KEYS:
-            try:
-                out[key] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key] = value
-        else:
+        if key not in JSON_KEYS:
             out[key] = value
+            continue
+        try:
+            decoded = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            raise MaskFileError(f"{path}: metadata field {key!r} is not valid JSON; the file is damaged") from None
+        problem = _field_problem(key, decoded)
+        if problem:
+            raise MaskFileError(f"{path}: metadata field {key!r} {problem}; the file is damaged")
+        out[key] = decoded
     return out
 
 
@@ -103,9 +134,7 @@ def save_masks(
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise MaskFileError(f"mask file not found: {path}")
-    if path.is_dir():
+    if input_kind(path, f"mask file not found: {path}", MaskFileError) == "dir":  # a FIFO must not block open()
         raise MaskFileError(f"{path} is a folder, not a mask file")
 
 
@@ -195,7 +224,8 @@ def load_masks(path: str | os.PathLike[str]) -> MaskSet:
         raw = f.metadata()
         _check_format(path, raw)
         masks = {}
-        shapes = packed_shapes(path, decode_metadata(raw))
+        meta = decode_metadata(raw, path)
+        shapes = packed_shapes(path, meta)
         try:
             for name in f.keys():
                 t = f.get_tensor(name)
@@ -213,7 +243,7 @@ def load_masks(path: str | os.PathLike[str]) -> MaskSet:
             raise
         except Exception as exc:
             raise MaskFileError(f"{path} is corrupt ({type(exc).__name__}: {exc})") from None
-    return MaskSet(path, masks, decode_metadata(raw))
+    return MaskSet(path, masks, meta)
 
 
 class MaskReader:
@@ -223,13 +253,17 @@ class MaskReader:
         self.path = Path(path)
         self._handle = _safe_open(self.path, "numpy")
         self._f = self._handle.__enter__()
-        raw = self._f.metadata()
-        _check_format(self.path, raw)
-        self.metadata = decode_metadata(raw)
-        self.names: list[str] = list(self._f.keys())
-        self.packed_shapes = packed_shapes(self.path, self.metadata)
-        if self.packed_shapes is not None and set(self.packed_shapes) != set(self.names):
-            raise MaskFileError(f"{self.path}: the 'packed' metadata does not list the file's tensors")
+        try:
+            raw = self._f.metadata()
+            _check_format(self.path, raw)
+            self.metadata = decode_metadata(raw, self.path)
+            self.names: list[str] = list(self._f.keys())
+            self.packed_shapes = packed_shapes(self.path, self.metadata)
+            if self.packed_shapes is not None and set(self.packed_shapes) != set(self.names):
+                raise MaskFileError(f"{self.path}: the 'packed' metadata does not list the file's tensors")
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def packed(self) -> bool:

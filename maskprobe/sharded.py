@@ -70,7 +70,7 @@ def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
     Raises:
         CheckpointError: another format (TorchScript, pickled modules, ``.bin`` folders) or an unreadable file.
     """
-    from .checkpoints import detect_format, unwrap_state_dict
+    from .checkpoints import detect_format, torch_load, unwrap_state_dict
 
     path = Path(path)
     fmt = detect_format(path)
@@ -87,7 +87,7 @@ def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
                     state.update({k: f.get_tensor(k) for k in f.keys()})
             return state
         if fmt == "torch-zip":
-            return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            return unwrap_state_dict(torch_load(path, map_location="cpu", weights_only=True, mmap=True))
     except CheckpointError:
         raise
     except Exception as exc:
@@ -96,14 +96,15 @@ def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
 
 
 def _safetensors_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the file, the shards its index lists (checkpoints.read_shard_index,
+    which keeps them inside the folder), or a folder's ``*.safetensors``."""
+    from .checkpoints import read_shard_index
+
     if path.is_file() and not path.name.endswith(".index.json"):
         return [path]
     folder = path if path.is_dir() else path.parent
-    index = [path] if path.is_file() else sorted(folder.glob("*.safetensors.index.json"))
-    if index:
-        import json
-
-        return [folder / f for f in sorted(set(json.loads(index[0].read_text())["weight_map"].values()))]
+    if path.is_file() or list(folder.glob("*.safetensors.index.json")):
+        return read_shard_index(path)[2]
     return sorted(folder.glob("*.safetensors"))
 
 
