@@ -96,6 +96,12 @@ def tasks_from_masks(metas: Sequence[dict[str, Any]], paths: Sequence[Path]) -> 
     return out
 
 
+# suffixes of files, never of an output folder: --out with one of these is refused (masks are NAME.safetensors)
+FILE_SUFFIXES = frozenset(
+    ".pt .pth .bin .ckpt .pkl .pickle .json .npz .npy .h5 .hdf5 .onnx .msgpack .gguf .tar .zip .gz .txt .csv .safetensor".split()
+)
+
+
 @dataclass
 class OutputPlan:
     mask: Path
@@ -105,6 +111,8 @@ class OutputPlan:
 def output_paths(out: str | os.PathLike[str], task_names: Sequence[str]) -> list[OutputPlan]:
     """``--out x.safetensors`` for one task; otherwise a folder with ``<task>.safetensors`` each."""
     out = Path(out)
+    if out.suffix.lower() in FILE_SUFFIXES:  # --out m.pt would become a folder named m.pt/
+        raise BadInputError(f"--out {out} names a {out.suffix} file: give NAME.safetensors (one task) or a folder")
     if out.suffix == ".safetensors":
         if len(task_names) > 1:
             raise BadInputError("--out must be a folder when training several tasks")

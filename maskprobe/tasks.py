@@ -209,12 +209,49 @@ def task_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+_SCALARS = (int, float, str, bool)
+
+
+def _json_value(value: str, key: str, ref: str, kind: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not valid JSON for a {kind} ({exc.msg})") from None
+
+
+def _check_items(items: Any, annotation: Any, key: str, ref: str, value: str) -> None:
+    """The items of a parsed JSON list/dict match ``list[int]``, ``dict[str, float]`` ... (plain types only)."""
+    args = typing.get_args(annotation)
+    want = args[-1] if args else None
+    if want not in _SCALARS:
+        return
+    for item in items:
+        ok = isinstance(item, want) and not (isinstance(item, bool) and want is not bool)
+        if want is float and isinstance(item, int) and not isinstance(item, bool):
+            ok = True
+        if not ok:
+            raise BadInputError(f"task {ref!r}: argument {key}={value!r}: {item!r} is not of type {want.__name__}")
+
+
 def _coerce(value: str, annotation: Any, key: str, ref: str) -> Any:
     target = annotation
     origin = typing.get_origin(annotation)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         target = args[0] if len(args) == 1 else str
+    base = typing.get_origin(target) or target
+    if base is dict:  # JSON object: --task-arg cfg='{"a": 1}'
+        parsed = _json_value(value, key, ref, "dict")
+        if not isinstance(parsed, dict):
+            raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not a JSON object")
+        _check_items(parsed.values(), target, key, ref, value)
+        return parsed
+    if base in (list, tuple) and value.lstrip()[:1] == "[":  # JSON array: --task-arg sizes='[1, 2]'
+        parsed = _json_value(value, key, ref, "list")
+        if not isinstance(parsed, list):
+            raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not a JSON array")
+        _check_items(parsed, target, key, ref, value)
+        return tuple(parsed) if base is tuple else parsed
     try:
         if target is bool:
             low = value.lower()
@@ -223,16 +260,16 @@ def _coerce(value: str, annotation: Any, key: str, ref: str) -> Any:
             return low in ("1", "true", "yes")
         if target in (int, float, str):
             return target(value)
-        if typing.get_origin(target) in (list, tuple) or target in (list, tuple):
+        if base in (list, tuple):  # comma list: --task-arg sizes=1,2,3
             item = (typing.get_args(target) or (str,))[0]
             item = item if item in (int, float, str) else str
             seq = [item(x) for x in value.split(",") if x != ""]
-            return tuple(seq) if (typing.get_origin(target) or target) is tuple else seq
+            return tuple(seq) if base is tuple else seq
     except ValueError:
         raise BadInputError(
             f"task {ref!r}: argument {key}={value!r} is not a valid {getattr(target, '__name__', target)}"
         ) from None
-    return json.loads(value) if value[:1] in "[{" else value
+    return _json_value(value, key, ref, "value") if value[:1] in "[{" else value
 
 
 def parse_task_args(ref: str, cls: type, pairs: Iterable[str]) -> dict[str, Any]:
