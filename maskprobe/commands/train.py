@@ -183,6 +183,67 @@ def _estimate_memory(module: Any, task: Any, config: Any, names: list[str]) -> A
     return estimate(module, names, device=config.device, batch_size=size, samples=k, act_per_example=act)
 
 
+def _refuse_overwriting_checkpoint(checkpoint: Any, plans: list) -> None:
+    """No output (mask, state or lock file) may be the checkpoint, one of its shards, or lie in its folder,
+    whatever the flags: ``--force`` overwrites masks, never the network they were learned on."""
+    import os
+
+    from ..locking import lock_path
+
+    path = Path(checkpoint)
+    if not path.exists():
+        return  # loading reports it
+    if path.is_dir():
+        files, folder = [], path.resolve()
+    else:
+        files, folder = [path.resolve()], None
+        if path.name.endswith(".index.json"):
+            from ..checkpoints import read_shard_index
+            from ..errors import CheckpointError
+
+            try:
+                files += read_shard_index(path)[2]
+            except CheckpointError:
+                pass  # loading reports it
+    for plan in plans:
+        for target in (plan.mask, plan.state, lock_path(plan.mask)):
+            resolved = target.resolve()
+            if folder is not None and (resolved == folder or folder in resolved.parents):
+                raise BadInputError(f"--out: {target} lies inside the checkpoint folder {checkpoint}; write the masks elsewhere")
+            if resolved in files or (target.exists() and any(os.path.samefile(target, f) for f in files)):
+                raise BadInputError(
+                    f"--out: {target} is the checkpoint {checkpoint}; refusing to overwrite it, choose another --out"
+                )
+
+
+def _refuse_existing(plans: list) -> None:
+    existing = [str(p.mask) for p in plans if p.mask.exists()]
+    if existing:
+        raise BadInputError(f"{existing[0]} exists; pass --force to overwrite or --resume to continue")
+    stale = [str(p.state) for p in plans if p.state.exists()]
+    if stale:  # hours of an interrupted run must not be overwritten by accident
+        raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
+
+
+class _Snapshots:
+    """``--save-every``: a snapshot that cannot be written (disk full) is a warning, not the end of the run;
+    the last good snapshot stays in place (atomic writes) and training goes on."""
+
+    def __init__(self, path: Path, key: dict[str, str], warn: Any) -> None:
+        self.path, self.key, self.warn, self.failing = path, key, warn, False
+
+    def __call__(self, state: Any) -> None:
+        try:
+            _save_state(self.path, state, self.key)
+        except BadInputError as exc:
+            if not self.failing:  # once per stretch of failures, not every N steps
+                kept = f"{self.path} keeps the last good snapshot" if self.path.exists() else "no snapshot is kept yet"
+                self.warn(f"maskprobe: warning: snapshot at step {state.step} failed ({exc}); training goes on, {kept}")
+            self.failing = True
+        else:
+            self.failing = False
+
+
 def run_train(
     *,
     checkpoint,
@@ -218,12 +279,10 @@ def run_train(
     pack_bits=False,
 ) -> None:
     from .. import distributed
-    from ..cli import _Signals, _stderr, _stdout
-    from ..progress import TrainProgress, status_line
-    from ..render import dumps, metric_table, selection_table, train_result_table
-    from ..selection import Selection, describe_selection, parse_globs
-    from ..session import open_checkpoint, output_paths, resolve_tasks
-    from ..training import TrainConfig, resolve_device, train_mask
+    from ..cli import _stderr
+    from ..locking import OutputLock
+    from ..progress import status_line
+    from ..session import output_paths, resolve_tasks
 
     quiet = quiet or not distributed.detect().is_main  # under torchrun only rank 0 prints
     err = _stderr()
@@ -235,13 +294,9 @@ def run_train(
     jobs = [(t, ref, s, b) for t, ref in tasks for s in seed_list for b in betas]
     names = [_job_name(t.name, s, b, len(seed_list) > 1, len(betas) > 1) for t, _, s, b in jobs]
     plans = output_paths(out, names)
+    _refuse_overwriting_checkpoint(checkpoint, plans)
     if not (force or resume or dry_run):
-        existing = [str(p.mask) for p in plans if p.mask.exists()]
-        if existing:
-            raise BadInputError(f"{existing[0]} exists; pass --force to overwrite or --resume to continue")
-        stale = [str(p.state) for p in plans if p.state.exists()]
-        if stale:  # hours of an interrupted run must not be overwritten by accident
-            raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
+        _refuse_existing(plans)
     from ..atomic import check_writable
 
     for p in plans:  # before the checkpoint is loaded and hours are spent
@@ -254,8 +309,47 @@ def run_train(
     from ..memory import parse_size
 
     budget_flag = None if memory_limit in (None, "auto") else parse_size(memory_limit)
+    if batch_size < samples:
+        raise BadInputError(
+            f"--batch-size {batch_size} is smaller than --samples {samples}: the batch must hold at least K={samples} "
+            "examples, one chunk per mask sample (raise --batch-size or lower --samples)"
+        )
+    lock = OutputLock([] if dry_run or not distributed.detect().is_main else [p.mask for p in plans])
+    lock.acquire()  # a second train into the same --out refuses here (one line), before any work
+    try:
+        if not (force or resume or dry_run):
+            _refuse_existing(plans)  # written meanwhile by a run that held the lock before us
+        _train_all(
+            checkpoint=checkpoint, tasks=tasks, jobs=jobs, plans=plans, err=err, say=say, quiet=quiet, model=model,
+            model_arg=model_arg, trust_checkpoint=trust_checkpoint, steps=steps, batch_size=batch_size, lr=lr,
+            betas=betas, samples=samples, init=init, tau=tau, clip=clip, seed_list=seed_list, device=device,
+            include=include, exclude=exclude, mask_biases=mask_biases, resume=resume, json_out=json_out,
+            save_every=save_every, memory_limit=memory_limit, budget_flag=budget_flag, backend=backend, dry_run=dry_run,
+            shard=shard, pack_bits=pack_bits,
+        )  # fmt: skip
+    except BaseException:
+        lock.release()
+        lock.remove_created_folders()  # only the folders this run made, and only where empty
+        raise
+    lock.release()
+
+
+def _train_all(
+    *, checkpoint, tasks, jobs, plans, err, say, quiet, model, model_arg, trust_checkpoint, steps, batch_size, lr,
+    betas, samples, init, tau, clip, seed_list, device, include, exclude, mask_biases, resume, json_out, save_every,
+    memory_limit, budget_flag, backend, dry_run, shard, pack_bits,
+) -> None:  # fmt: skip
+    """run_train after the checks and under the output lock: load, train every job, save, report."""
+    from .. import distributed
+    from ..cli import _Signals, _stdout
+    from ..progress import TrainProgress
+    from ..render import dumps, metric_table, selection_table, train_result_table
+    from ..selection import Selection, describe_selection, parse_globs
+    from ..session import open_checkpoint
+    from ..training import TrainConfig, resolve_device, train_mask
+
     world, dev = distributed.setup(resolve_device(device))
-    distributed.sample_share(max(1, min(samples, batch_size)), world)  # refuse a K that does not split, up front
+    distributed.sample_share(samples, world)  # refuse a K that does not split, up front
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases)
     config = TrainConfig(
         steps=steps,
@@ -281,7 +375,7 @@ def run_train(
         err.print(selection_table(rows, title=f"{checkpoint} ({ckpt.format}); parameters to mask"))
     shapes = {r.name: r.shape for r in rows}
     masked = [r.name for r in rows if r.masked]
-    per_process = dataclasses.replace(config, samples=max(1, min(samples, batch_size)) // world.size)  # K/R samples each
+    per_process = dataclasses.replace(config, samples=samples // world.size)  # K/R samples each
     if dry_run:
         plan = distributed.memory_plan(_estimate_memory(ckpt.model, tasks[0][0], config, masked), world.size)
         if world.is_main:
@@ -318,12 +412,15 @@ def run_train(
                             should_stop=signals,
                             resume=state,
                             save_every=save_every,
-                            on_snapshot=lambda s, path=plan.state, key=key: _save_state(path, s, key),
+                            on_snapshot=_Snapshots(plan.state, key, lambda line: err.print(line, markup=False, highlight=False)),
                         )
             except NumericalError as exc:
                 good = getattr(exc, "state", None)
                 if good is not None:
-                    _save_state(plan.state, good, key)
+                    try:
+                        _save_state(plan.state, good, key)
+                    except BadInputError as write_error:
+                        raise NumericalError(f"{exc}; the last good state could not be saved ({write_error})") from None
                 where = (
                     f"the last good state is in {plan.state} (--resume continues from it)"
                     if plan.state.exists()
@@ -331,17 +428,28 @@ def run_train(
                 )
                 raise NumericalError(f"{exc}; {where}") from None
             if not result.completed:
-                _save_state(plan.state, result.state, key)
+                where = f"step {result.steps_run}/{steps} of {t.name}"
+                try:
+                    _save_state(plan.state, result.state, key)
+                except BadInputError as write_error:
+                    lost = f"interrupted at {where}; the state could not be saved ({write_error})"
+                    raise Interrupted(lost, signals.signum or 2) from None
                 import shlex
                 import sys
 
                 cmd = " ".join(shlex.quote(a) for a in ["maskprobe", *sys.argv[1:]] if a not in ("--force", "--resume"))
                 raise Interrupted(
-                    f"interrupted at step {result.steps_run}/{steps} of {t.name}; state saved to "
-                    f"{plan.state}; continue with: {cmd} --resume",
+                    f"interrupted at {where}; state saved to {plan.state}; continue with: {cmd} --resume",
                     signals.signum or 2,
                 )
-            distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, pack_bits))
+            try:
+                distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, pack_bits))
+            except BadInputError as write_error:  # the disk filled up at the end: keep what was learned if possible
+                try:
+                    _save_state(plan.state, result.state, key)
+                except BadInputError:
+                    raise write_error from None
+                raise BadInputError(f"{write_error}; the learned state is in {plan.state} (--resume writes the mask)") from None
             say(f"{t.name}: saved {plan.mask}")
             summaries.append((result, plan))
             if not json_out and world.is_main:
