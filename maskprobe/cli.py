@@ -6,6 +6,9 @@ Nothing heavy is imported at module level, so ``maskprobe --help`` and shell com
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import signal
 import sys
@@ -21,7 +24,7 @@ app = typer.Typer(
     help="Learn binary weight masks per task on a frozen checkpoint and measure functional modularity "
     "(Csordás et al., ICLR 2021).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion; completion imports nothing heavy
     pretty_exceptions_enable=False,
 )
 
@@ -39,10 +42,61 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
+_RESULTS: list[Any] = []  # while a command runs: the stream its results go to (see _results_only_on_stdout)
+
+
+def real_stdout() -> Any:
+    """The stream for a command's results (tables, JSON): the real stdout even while sys.stdout points to stderr."""
+    return _RESULTS[-1] if _RESULTS else sys.stdout
+
+
 def _stdout():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+    file = real_stdout()
+    return Console(file=file, highlight=False, soft_wrap=False, width=None if file.isatty() else 160)
+
+
+@contextlib.contextmanager
+def _results_only_on_stdout():
+    """While a command runs, stdout carries its results only: ``sys.stdout`` and, in a real process, fd 1 point to
+    stderr (a plugin's ``print``, a C library's output), and the renderer writes to a duplicate of the real stdout,
+    so that ``--json`` stays one JSON document whatever a task plugin prints."""
+    real = sys.stdout
+    try:
+        fd = real.fileno()
+    except (AttributeError, OSError, ValueError):  # pytest's capture, a StringIO: no descriptor to move
+        fd = None
+    saved = None
+    stream = real
+    if fd == 1:
+        real.flush()
+        saved = os.dup(1)
+        raw = io.BufferedWriter(io.FileIO(saved, "w", closefd=False))  # a stream, not a file: nothing to write atomically
+        stream = io.TextIOWrapper(raw, encoding=getattr(real, "encoding", None) or "utf-8", errors="replace")
+        os.dup2(2, 1)
+    _RESULTS.append(stream)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        _RESULTS.pop()
+        try:
+            stream.flush()
+        finally:
+            if saved is not None:
+                os.dup2(saved, 1)
+                os.close(saved)
+
+
+def _results_guard(command: Any) -> Any:
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        with _results_only_on_stdout():
+            return command(*args, **kwargs)
+
+    return guarded
 
 
 def _stderr():
@@ -285,6 +339,11 @@ def demo(
     run_demo(**params)
 
 
+# every command, once: stdout carries only its results (after parsing, so --help still prints on stdout)
+for _info in app.registered_commands:
+    _info.callback = _results_guard(_info.callback)
+
+
 def _version_callback(value: bool) -> None:
     if value:
         from . import __version__
@@ -362,4 +421,4 @@ def main() -> None:
     sys.exit(run(sys.argv[1:]))
 
 
-__all__ = ["app", "run", "main", "BadInputError"]
+__all__ = ["app", "run", "main", "real_stdout", "BadInputError"]

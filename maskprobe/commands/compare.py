@@ -38,7 +38,7 @@ def run_compare(
     quiet,
 ) -> None:
     from ..checks import compare_baseline, evaluate_thresholds, load_baseline
-    from ..cli import _stderr, _stdout
+    from ..cli import _stderr, _stdout, real_stdout
     from ..progress import status_line
     from ..render import dumps
 
@@ -57,6 +57,7 @@ def run_compare(
 
         require_matplotlib()
     say = status_line(_stderr(), quiet or fmt != "table")
+    _refuse_repeated_files(list(masks))
     if group:
         from ..groups import group_files, match_runs
 
@@ -96,8 +97,8 @@ def run_compare(
     elif fmt == "markdown" or groups is not None:
         from ..markdown import compare_markdown
 
-        sys.stdout.write(compare_markdown(report))
-        sys.stdout.flush()
+        real_stdout().write(compare_markdown(report))
+        real_stdout().flush()
     else:
         _print_tables(out, single[0], single[1], report)  # type: ignore[index]
     failed = [c for c in checks if not c["passed"]]
@@ -117,7 +118,41 @@ def _analyse(paths, checkpoint, task, task_arg, model, model_arg, trust, keep_io
     if checkpoint is not None:
         ab, ov = _ablate(ov, paths, checkpoint, task, task_arg, model, model_arg, trust, keep_io, io_layer, seed, device,
                          allow_mismatch, say)  # fmt: skip
-    return ov, ab, compare_json(ov, ab)
+    names = list(ov.tasks)
+    ov.tasks = unique_labels(names)  # two masks of one task: arith-add#1, arith-add#2 in every table and the ablation
+    if ab is not None:
+        ab.tasks = unique_labels(ab.tasks)
+    report = compare_json(ov, ab)
+    for m, name, label in zip(report["masks"], names, ov.tasks, strict=True):
+        m["task"], m["label"] = name, label
+    return ov, ab, report
+
+
+def unique_labels(names: list[str]) -> list[str]:
+    """The names, with ``#1``, ``#2`` ... added where several masks share one (unique names stay as they are)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        if names.count(name) > 1:
+            seen[name] = seen.get(name, 0) + 1
+            name = f"{name}#{seen[name]}"
+        out.append(name)
+    return out
+
+
+def _refuse_repeated_files(masks: list[Any]) -> None:
+    """The same mask file twice (also through a symlink or hard link) compares it with itself: refused."""
+    import os
+
+    seen: dict[tuple[int, int], Any] = {}
+    for path in masks:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # reading it reports the problem
+        first = seen.setdefault((st.st_dev, st.st_ino), path)
+        if first is not path:
+            raise BadInputError(f"{path} is given twice (the same file as {first}); compare needs different mask files")
 
 
 def _group_report(reports: list[dict[str, Any]], groups: dict[str, Any], runs: list[list[Any]]) -> dict[str, Any]:
@@ -127,7 +162,7 @@ def _group_report(reports: list[dict[str, Any]], groups: dict[str, Any], runs: l
     mean, std = aggregate(reports)
     for m, name in zip(mean["masks"], groups, strict=True):
         m["path"] = f"{name} ({len(runs)} files)"
-        m["task"] = name
+        m["task"] = m["label"] = name
     if mean.get("ablation"):
         mean["ablation"]["tasks"] = list(groups)
     mean["std"] = std

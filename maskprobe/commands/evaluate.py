@@ -20,12 +20,12 @@ def run_evaluate(
     tasks = resolve_tasks(task, task_arg)
     ckpt = open_checkpoint(checkpoint, [t for t, _ in tasks], model, model_arg, trust_checkpoint)
     dev = resolve_device(device)
+    ckpt.model.to(dev)  # with or without a mask: the task's batches go to dev (evaluate_task)
     overrides = None
     if mask is not None:
         ms = load_masks(mask)
         verify_masks_fit(ckpt, [ms.path], [ms.metadata], allow_mismatch)
         keep = {n: (~m if invert else m) for n, m in ms.masks.items()}
-        ckpt.model.to(dev)
         overrides = masked_weights(ckpt.model, keep)
     rows = []
     for t, _ in tasks:
