@@ -18,19 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from .config import Selection
 from .errors import BadInputError
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The selection flags; recorded in every mask file's metadata."""
-
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    mask_biases: bool = False
-
-    def to_dict(self) -> dict:
-        return {"include": list(self.include), "exclude": list(self.exclude), "mask_biases": self.mask_biases}
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""The settings of a mask-training run, in one place (no torch import: the CLI reads its defaults from here).
+
+:class:`TrainConfig` holds every hyper-parameter with the paper's code's default (DESIGN §2) except ``steps``;
+:class:`Selection` says which parameters get a mask (:mod:`maskprobe.selection` applies it). The CLI's flags
+are these fields, their defaults these defaults, and a mask file's ``hparams`` / ``selection`` metadata are
+:meth:`TrainConfig.hparams` and :meth:`Selection.to_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which parameters are masked (docs/method.md, "What is masked").
+
+    Attributes:
+        include: globs of parameter names; when given, exactly the floating parameters matching one are masked.
+        exclude: globs of parameter names never masked.
+        mask_biases: mask biases too (default False, the paper's).
+        mask_norms: mask normalisation-layer gains (default True, the paper's: ``LayerNorm.weight`` is a weight).
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    mask_biases: bool = False
+    mask_norms: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"include": list(self.include), "exclude": list(self.exclude), "mask_biases": self.mask_biases,
+                "mask_norms": self.mask_norms}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one mask; defaults are the paper's code's except ``steps`` (paper: 20,000).
+
+    Attributes:
+        steps: optimiser steps (default 5,000).
+        batch_size: examples per step, B (default 128), split into ``samples`` chunks.
+        lr: Adam learning rate on the logits (default 1e-2).
+        beta: regulariser strength: ``loss += beta / B * sum(logits)`` (default 1e-4).
+        samples: mask samples K per step (default 4); the batch must hold at least K examples.
+        init: initial logit (default 2.0: keep probability 0.881).
+        tau: Gumbel-sigmoid temperature (default 1.0; changes the gradient only).
+        clip: gradient-norm clip over the logits (default 1.0).
+        seed: data order and mask noise (default 0).
+        device: where the run happens (default ``"cpu"``).
+        backend: mask-step kernels: ``auto``, ``numba`` or ``torch`` (maskprobe/maskstep.py).
+        eval_batch_size: batch size of the evaluations (default 1024).
+        log_every: progress events every this many steps (default 25).
+        eval_every: the task metric under the current mask every this many steps, on one evaluation batch
+            (default None: ten times per run).
+        selection: which parameters get a mask.
+    """
+
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 1e-2
+    beta: float = 1e-4
+    samples: int = 4
+    init: float = 2.0
+    tau: float = 1.0
+    clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+    eval_batch_size: int = 1024
+    log_every: int = 25
+    eval_every: int | None = None
+    selection: Selection = field(default_factory=Selection)
+
+    def hparams(self) -> dict[str, Any]:
+        """What a mask file records (and a resumed run must agree on): every field but the selection and the
+        progress cadence."""
+        d = asdict(self)
+        for key in ("selection", "log_every", "eval_every"):
+            d.pop(key)
+        return d
+
+    def check(self) -> None:
+        """Refuse settings that would make NaN logits or a different run than the one recorded.
+
+        Raises:
+            BadInputError: a non-finite or non-positive setting, or a batch smaller than ``samples``.
+        """
+        import math
+
+        from .errors import BadInputError
+
+        for name in ("lr", "beta", "init", "tau", "clip"):
+            v = getattr(self, name)
+            if not math.isfinite(v):
+                raise BadInputError(f"--{name} must be a finite number, got {v}")
+            if name in ("lr", "tau", "clip") and v <= 0:
+                raise BadInputError(f"--{name} must be > 0, got {v}")
+            if name == "beta" and v < 0:
+                raise BadInputError(f"--beta must be >= 0, got {v}")
+        for name in ("steps", "batch_size", "samples"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < self.samples:
+            raise BadInputError(
+                f"--batch-size {self.batch_size} is smaller than --samples {self.samples}: each mask sample runs on its "
+                f"own chunk of the batch, so the batch needs at least {self.samples} examples"
+            )
