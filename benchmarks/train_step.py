@@ -38,10 +38,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskprobe.batching import split_batch  # noqa: E402
+from maskprobe.engine import _sample_grads  # noqa: E402
 from maskprobe.masked import MaskedModel, frozen  # noqa: E402
 from maskprobe.maskstep import MaskLogits  # noqa: E402
 from maskprobe.selection import Selection, select_parameters  # noqa: E402
-from maskprobe.training import _sample_grads  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- models
 
@@ -141,8 +141,7 @@ def mask_step(
                 samples.append(gated)
                 total = total + loss_fn(MaskedModel(model, gated), chunk) / k
             float(total.detach())  # train_mask reads the loss every step (NaN check, progress)
-            norm = engine.gradient(t, _sample_grads(total, samples), 1e-4 / bsz)
-            engine.adam(min(1.0, 1.0 / (norm + 1e-6)))
+            engine.update(t, _sample_grads(total, samples), 1e-4 / bsz, 1.0)  # the production update path
         counter[0] += 1
 
     return step, engine

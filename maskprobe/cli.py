@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import EXIT_SIGINT, BadInputError, CheckFailed, Interrupted, MaskprobeError
+from .errors import EXIT_INTERNAL, EXIT_SIGINT, BadInputError, CheckFailed, Interrupted, MaskprobeError, RankFailed
 
 app = typer.Typer(
     name="maskprobe",
@@ -370,7 +370,7 @@ def _leave_group() -> None:
 
 def _silent_rank(error: BaseException) -> bool:
     """Under torchrun, ranks other than 0 stay silent about errors rank 0 reports too (distributed.py)."""
-    return os.environ.get("RANK", "0") != "0" and (type(error).__name__ == "RankFailed" or hasattr(error, "reported_by_rank0"))
+    return os.environ.get("RANK", "0") != "0" and (isinstance(error, RankFailed) or getattr(error, "reported_by_rank0", False))
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -414,7 +414,7 @@ def _run(argv: list[str] | None) -> int:
             raise
         # a bug of ours: one line, the traceback on request
         print(f"maskprobe: internal error: {type(e).__name__}: {e} (set MASKPROBE_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 70
+        return EXIT_INTERNAL
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import BadInputError, MaskprobeError
+from .errors import EXIT_INTERNAL, EXIT_SIGINT, BadInputError, MaskprobeError, RankFailed
 
 T = TypeVar("T")
 
@@ -62,14 +62,6 @@ class World:
 
 
 SINGLE = World()
-
-
-class RankFailed(MaskprobeError):
-    """Another rank of this run failed; carries that rank's exit code so that every rank exits with it."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def detect(env: dict[str, str] | None = None) -> World:
@@ -161,6 +153,17 @@ def reduce_gradient(grad: Tensor, world: World) -> float:
 
         _collective(dist.all_reduce, grad, op=dist.ReduceOp.SUM)
     return float(torch.linalg.vector_norm(grad))
+
+
+def sum_over_ranks(value: float, world: World) -> float:
+    """``value`` summed over every rank (float64; a no-op for one process)."""
+    if not world.distributed:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    _collective(dist.all_reduce, t, op=dist.ReduceOp.SUM)
+    return float(t[0])
 
 
 def agree_step(world: World, loss: float, error: BaseException | None, stop: bool) -> tuple[float, bool]:
@@ -280,7 +283,7 @@ def memory_plan(est: Any, processes: int = 1) -> dict[str, Any]:
 def _raise_reported(error: BaseException, world: World) -> None:
     """Re-raise this rank's own error; the CLI keeps quiet about it on ranks other than 0, which report it."""
     if not world.is_main:
-        error.reported_by_rank0 = True  # type: ignore[attr-defined]
+        error.reported_by_rank0 = True  # a declared attribute of MaskprobeError; set on a plugin's own exceptions too
     raise error
 
 
@@ -289,13 +292,11 @@ def _mode(name: str, processes: int, samples: int, parts: dict[str, int]) -> dic
 
 
 def _exit_code(error: BaseException) -> int:
-    from .errors import EXIT_SIGINT
-
     if isinstance(error, MaskprobeError):
         return int(error.exit_code)
     if isinstance(error, KeyboardInterrupt):
         return EXIT_SIGINT
-    return 70  # the CLI's code for a bug of ours (cli.run)
+    return EXIT_INTERNAL
 
 
 def _collective_device() -> torch.device:

@@ -10,10 +10,13 @@ Exit codes (documented in docs/cli.md):
 4     numerical failure during training (NaN/inf loss or logits)
 130   interrupted by SIGINT (Ctrl-C); learned state was saved
 143   terminated by SIGTERM; learned state was saved
+70    a bug of maskprobe's (an unexpected exception; MASKPROBE_DEBUG=1 shows the traceback)
 ====  ==========================================================
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -22,6 +25,7 @@ EXIT_PLUGIN = 3
 EXIT_NUMERICAL = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_INTERNAL = 70
 
 
 def one_line(exc: BaseException) -> str:
@@ -33,9 +37,16 @@ def one_line(exc: BaseException) -> str:
 
 
 class MaskprobeError(Exception):
-    """Base class: every error maskprobe raises on purpose. The CLI prints ``str(err)`` on one line."""
+    """Base class: every error maskprobe raises on purpose. The CLI prints ``str(err)`` on one line.
+
+    Attributes:
+        exit_code: the process's exit code for this error (per class; RankFailed and Interrupted set their own).
+        reported_by_rank0: under torchrun, rank 0 reports this same error (every rank met it at the same step,
+            maskprobe.distributed.agree_step); the other ranks stay quiet about it.
+    """
 
     exit_code = EXIT_BAD_INPUT
+    reported_by_rank0 = False
 
 
 class BadInputError(MaskprobeError):
@@ -59,15 +70,29 @@ class PluginError(MaskprobeError):
 
 
 class NumericalError(MaskprobeError):
-    """NaN or inf met during training."""
+    """NaN or inf met during training; ``state`` is the last good training state (None: the logits themselves
+    went bad, and the last good state is the last snapshot)."""
 
     exit_code = EXIT_NUMERICAL
+
+    def __init__(self, message: str, state: Any = None):
+        super().__init__(message)
+        self.state = state
 
 
 class CheckFailed(MaskprobeError):
     """One or more ``compare`` thresholds were violated."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class RankFailed(MaskprobeError):
+    """Under torchrun: another rank of this run failed; carries that rank's exit code so that every rank exits
+    with it."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Interrupted(MaskprobeError):

@@ -54,8 +54,8 @@ def _soft_sample(logits: Tensor, u: Tensor, tau: float) -> Tensor:
 class _GatedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: Tensor, logits: Tensor, u: Tensor, tau: float) -> Tensor:  # type: ignore[override]
-        # l + g > 0  <=>  u > 1 - sigmoid(l) = sigmoid(-l)
-        keep = u > torch.sigmoid(-logits.float())
+        # l + g > 0  <=>  u > 1 - sigmoid(l), computed as the kernels do (bitwise the same samples)
+        keep = u > 1.0 - torch.sigmoid(logits.float())
         ctx.save_for_backward(weight, logits, u)
         ctx.tau = tau
         return torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))

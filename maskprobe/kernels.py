@@ -121,19 +121,28 @@ def gate_backward_torch(
     return float(out.double().square().sum())
 
 
-def adam_torch(
+def adam_step(
     logits: Tensor, grad: Tensor, m: Tensor, v: Tensor, *, lr: float, b1: float, b2: float, eps: float, t: int, scale: float
-) -> float:
-    """Adam (torch.optim.Adam's formulas) on ``grad * scale``; then ``grad := sigmoid(logits)``.
+) -> None:
+    """One Adam step (torch.optim.Adam's formulas) on ``grad * scale``, in place on ``logits``, ``m`` and ``v``.
 
-    Returns ``sum(logits)`` after the update (the next step's regulariser).
-    """
+    The torch backend's update, and the sharded engine's on each rank's shard."""
     g = grad * scale
     m.lerp_(g, 1.0 - b1)
     v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
     step_size = lr / (1.0 - b1**t)
     denom = (v.sqrt() / math.sqrt(1.0 - b2**t)).add_(eps)
     logits.addcdiv_(m, denom, value=-step_size)
+
+
+def adam_torch(
+    logits: Tensor, grad: Tensor, m: Tensor, v: Tensor, *, lr: float, b1: float, b2: float, eps: float, t: int, scale: float
+) -> float:
+    """:func:`adam_step`, then ``grad := sigmoid(logits)`` (the fused engine's work buffer holds p again).
+
+    Returns ``sum(logits)`` after the update (the next step's regulariser).
+    """
+    adam_step(logits, grad, m, v, lr=lr, b1=b1, b2=b2, eps=eps, t=t, scale=scale)
     torch.sigmoid(logits, out=grad)
     return float(logits.sum())
 

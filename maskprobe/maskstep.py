@@ -11,7 +11,7 @@ fp32 Adam. Per step:
 2. the caller runs the task on each sample and gets ``dL/d(w*m_k)`` from autograd;
 3. :meth:`MaskLogits.update`: one fused pass per tensor turns all K of them into ``dL/dlogits`` (the noise
    recomputed, straight-through ``w * s(1-s)/tau``, plus the regulariser's ``beta/B``) and the squared norm;
-   one fused pass applies the norm clip and Adam.
+   under torchrun a hook sums the gradient over ranks; one fused pass applies the norm clip and Adam.
 
 Backends (``backend=``): ``"numba"`` (CPU kernels of :mod:`maskprobe.kernels`), ``"torch"`` (the same
 formulas as tensor ops; any device), ``"auto"`` (numba for float32 weights on the CPU when installed).
@@ -20,7 +20,7 @@ formulas as tensor ops; any device), ``"auto"`` (numba for float32 weights on th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -94,6 +94,7 @@ class MaskLogits:
         self.logit_sum = float(self.flat_logits.sum())
         self._gated: list[list[Tensor]] = []  # reusable output buffers, one set per sample index
         self.sample_offset = 0  # global index of local sample 0 (data-parallel runs)
+        self._nonfinite: str | None = None
 
     # -- views ------------------------------------------------------------------------------------------
 
@@ -138,10 +139,6 @@ class MaskLogits:
         # sample_offset: under torchrun rank r runs global samples offset.. (distributed.py), same noise as one process
         return kernels.noise_key(self.seed, step, sample + self.sample_offset, j)
 
-    def gradient_buffer(self) -> Tensor:
-        """The flat ``dL/dlogits`` (float32, ``(numel,)``), valid between :meth:`gradient` and :meth:`adam`."""
-        return self._buf
-
     def sample(self, step: int, k: int) -> dict[str, Tensor]:
         """Sample ``k`` of step ``step``: name -> ``w * m`` (a leaf requiring grad, the weight's shape).
 
@@ -176,7 +173,11 @@ class MaskLogits:
         return math.sqrt(total)
 
     def nonfinite_gradient(self) -> str | None:
-        """After :meth:`gradient`: the first tensor whose logit gradient holds NaN/inf, else None."""
+        """After an :meth:`update` that met a non-finite gradient: the first tensor whose logit gradient held
+        NaN/inf (None when the last update was finite)."""
+        return self._nonfinite
+
+    def _find_nonfinite(self) -> str | None:
         for j, name in enumerate(self.names):
             if not bool(torch.isfinite(self._piece(self._buf, j)).all()):
                 return name
@@ -189,13 +190,31 @@ class MaskLogits:
         self.logit_sum = fn(self.flat_logits, self._buf, self.exp_avg, self.exp_avg_sq, lr=self.lr, b1=BETAS[0],
                             b2=BETAS[1], eps=EPS, t=self.adam_step, scale=scale)  # fmt: skip
 
-    def update(self, step: int, grads: Sequence[Mapping[str, Tensor | None]], reg: float, clip: float) -> float:
-        """:meth:`gradient`, the norm clip (as ``clip_grad_norm_``: factor ``clip / (norm + 1e-6)`` if < 1),
-        then :meth:`adam`. Returns the gradient norm before clipping; a non-finite norm raises nothing and
-        changes nothing (the caller decides)."""
+    def update(
+        self,
+        step: int,
+        grads: Sequence[Mapping[str, Tensor | None]],
+        reg: float,
+        clip: float,
+        reduce: Callable[[Tensor], float] | None = None,
+    ) -> float:
+        """The whole update of one step: :meth:`gradient`, then ``reduce`` (under torchrun: sum the flat gradient
+        over ranks in place and return the global norm), the norm clip (as ``clip_grad_norm_``: factor
+        ``clip / (norm + 1e-6)`` when below 1), then :meth:`adam`.
+
+        Returns the gradient norm before clipping; a non-finite norm changes nothing (the caller decides).
+        """
         norm = self.gradient(step, grads, reg)
+        if reduce is not None:
+            norm = reduce(self._buf)
+        self._nonfinite = None if math.isfinite(norm) else self._find_nonfinite()
         if not math.isfinite(norm):
             torch.sigmoid(self.flat_logits, out=self._buf)  # restore p; the logits are untouched
             return norm
-        self.adam(min(1.0, clip / (norm + 1e-6)))
+        self.adam(clip_factor(norm, clip))
         return norm
+
+
+def clip_factor(norm: float, clip: float) -> float:
+    """What ``torch.nn.utils.clip_grad_norm_`` multiplies the gradient by: ``min(1, clip / (norm + 1e-6))``."""
+    return min(1.0, clip / (norm + 1e-6))

@@ -5,14 +5,14 @@ Each masked weight gets a parametrization, ``weight = w * gate(logit)``, whose `
 (every module that owns a masked weight is its own FSDP unit, then the root). The model is built on the
 ``meta`` device, sharded, materialised empty on this rank's device and filled from the checkpoint, read
 memory-mapped (safetensors' ``safe_open`` or ``torch.load(mmap=True)``), so no rank ever holds the whole
-model. Adam (``torch.optim.Adam``) is built after sharding, so its moments are sharded too: per rank
-``16 n / R`` bytes of mask state. The final mask gathers each logit (``full_tensor()``) and rank 0 writes the
-usual safetensors mask file.
+model. Adam's moments live beside each rank's shard of the logits: per rank ``16 n / R`` bytes of mask state.
+The final mask gathers each logit (``full_tensor()``) and rank 0 writes the usual safetensors mask file.
 
-Differences from the data-parallel engine (docs/distributed.md): the noise comes from a per-rank
-``torch.Generator`` (seed, rank) instead of the counter hash, so a sharded run is statistically, not
-bitwise, equal to a one-process run; there is no ``--resume``; a task that raises on one rank in the
-middle of a forward pass leaves the others waiting in FSDP's all-gather until the collective timeout.
+The step is the fused engine's (:class:`ShardedEngine` runs inside :func:`maskprobe.training.run`, the one
+training loop): the same hash noise for (seed, step, sample, tensor), the same regulariser, clip and Adam
+arithmetic, so ``--shard`` learns the same mask as one process up to the order of floating-point sums.
+Differences (docs/distributed.md): there is no ``--resume``; a task that raises on one rank in the middle of a
+forward pass leaves the others waiting in FSDP's all-gather until the collective timeout.
 
 Run: ``torchrun --nproc-per-node N -m maskprobe train CKPT --task T --out DIR --shard``.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import distributed
-from .batching import batch_size_of, split_batch, to_device
-from .errors import BadInputError, CheckpointError, Interrupted, NumericalError
-from .gates import binarize, gate, uniform_noise
+from . import distributed, kernels
+from .errors import BadInputError, CheckpointError, Interrupted
+from .evaluation import evaluate_task
+from .gates import gate
 from .masked import MaskedModel
+from .maskstep import BETAS, EPS, NOISE, clip_factor
 from .selection import select_parameters
 from .tasks import Task, TaskRef
 
@@ -42,25 +42,33 @@ class LogitGate(nn.Module):
     """Parametrization ``w -> w * m``: ``m`` a hard Gumbel-sigmoid sample (``mode="sample"``), the final mask
     ``logit > 0`` (``"mask"``), or all ones (``"off"``).
 
+    The sample is :func:`maskprobe.gates.gate` with the fused engine's hash noise for (seed, step, sample,
+    tensor index): FSDP gathers the whole logit before the forward pass, so element ``i`` gets the same uniform
+    as in one process, and ``--shard`` draws the same masks as a one-process run with the same seed.
+
     Args:
         shape: the gated weight's shape; ``logit`` has it too.
+        index: the tensor's position among the masked tensors (part of its noise key).
         init: initial logit (default 2.0).
         tau: temperature (default 1.0).
+        seed: the run's seed.
     """
 
-    def __init__(self, shape: tuple[int, ...], init: float = 2.0, tau: float = 1.0):
+    def __init__(self, shape: tuple[int, ...], index: int = 0, init: float = 2.0, tau: float = 1.0, seed: int = 0):
         super().__init__()
         self.logit = nn.Parameter(torch.full(shape, float(init)))
-        self.tau = float(tau)
+        self.index, self.tau, self.seed = int(index), float(tau), int(seed)
         self.mode = "off"
-        self.generator: torch.Generator | None = None
+        self.step = self.sample = 0  # set by ShardedEngine before each chunk
 
     def forward(self, w: Tensor) -> Tensor:
         if self.mode == "off":
             return w
         if self.mode == "mask":
             return torch.where(self.logit > 0, w, torch.zeros((), dtype=w.dtype, device=w.device))
-        return gate(w, self.logit, uniform_noise(self.logit, self.generator), self.tau)
+        key = kernels.noise_key(self.seed, self.step, self.sample, self.index)
+        u = kernels.uniform_torch(self.logit.numel(), key, w.device).view(self.logit.shape)
+        return gate(w, self.logit, u, self.tau)
 
 
 def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
@@ -155,6 +163,7 @@ def build_sharded(
     device: torch.device,
     init: float = 2.0,
     tau: float = 1.0,
+    seed: int = 0,
 ) -> tuple[nn.Module, dict[str, LogitGate]]:
     """Build on ``meta``, gate the selected weights, ``fully_shard``, materialise on ``device``, load ``state``.
 
@@ -176,10 +185,10 @@ def build_sharded(
             p.requires_grad_(False)
         gates: dict[str, LogitGate] = {}
         owners: dict[int, nn.Module] = {}
-        for name in names:
+        for index, name in enumerate(names):
             owner_name, _, attr = name.rpartition(".")
             owner = model.get_submodule(owner_name)
-            gates[name] = LogitGate(tuple(getattr(owner, attr).shape), init, tau)
+            gates[name] = LogitGate(tuple(getattr(owner, attr).shape), index, init, tau, seed)
             parametrize.register_parametrization(owner, attr, gates[name], unsafe=True)
             owners[id(owner)] = owner
     for owner in owners.values():  # one FSDP unit per module that owns a masked weight, then the root
@@ -212,6 +221,101 @@ def _parametrized_name(name: str, gates: dict[str, LogitGate]) -> str:
     return f"{owner + '.' if owner else ''}parametrizations.{attr}.original"
 
 
+class ShardedEngine:
+    """The engine of ``--shard`` for :func:`maskprobe.training.run`: FSDP2 shards weights, logits and Adam's
+    moments over the ranks; every rank calls every method (each one may run collectives).
+
+    The update is the fused engine's arithmetic on each rank's shard: the regulariser's ``beta / B`` added to the
+    logit gradients (each element lives on one rank: counted once), the global norm clip, and
+    :func:`maskprobe.kernels.adam_step` (the same formulas as the torch backend).
+    """
+
+    def __init__(self, build: Callable[[], nn.Module], checkpoint: str | Path, config: Any):
+        self.world = distributed.current()
+        self.device = torch.device(config.device)
+        self.config = config
+        self.model, self.gates = build_sharded(
+            build, read_state_mmap(checkpoint), lambda m: select_parameters(m, config.selection),
+            device=self.device, init=config.init, tau=config.tau, seed=config.seed,
+        )  # fmt: skip
+        self.logits = [g.logit for g in self.gates.values()]
+        self.moments = [(torch.zeros_like(p.to_local()), torch.zeros_like(p.to_local())) for p in self.logits]
+        self.adam_step = 0
+        self.numel = sum(g.logit.numel() for g in self.gates.values())
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        self.model.eval()
+        _set_mode(self.gates, "sample")
+        try:
+            yield
+        finally:
+            _set_mode(self.gates, "off")
+
+    def backward(self, step: int, chunks: Any, share: range, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
+        local = 0.0
+        for j in share:
+            for g in self.gates.values():
+                g.step, g.sample = step, j
+            loss = loss_of(MaskedModel(self.model, {}), chunks[j]) / k
+            (loss * self.world.size).backward()  # FSDP averages over ranks: the sum over ranks is mean_k loss_k
+            local += float(loss.detach())
+        return local
+
+    def update(self, step: int, reg: float, clip: float) -> float:
+        with torch.no_grad():
+            grads = [torch.zeros_like(p.to_local()) if p.grad is None else p.grad.to_local() for p in self.logits]
+            for g in grads:
+                g.add_(reg)
+            local_sq = sum(float(g.double().square().sum()) for g in grads)
+            norm = math.sqrt(distributed.sum_over_ranks(local_sq, self.world))
+            if math.isfinite(norm):
+                self.adam_step += 1
+                scale = clip_factor(norm, clip)
+                for p, g, (m, v) in zip(self.logits, grads, self.moments, strict=True):
+                    kernels.adam_step(p.to_local(), g, m, v, lr=self.config.lr, b1=BETAS[0], b2=BETAS[1], eps=EPS,
+                                      t=self.adam_step, scale=scale)  # fmt: skip
+        for p in self.logits:
+            p.grad = None
+        return norm
+
+    def logit_sum(self) -> float:
+        return distributed.sum_over_ranks(sum(float(p.to_local().double().sum()) for p in self.logits), self.world)
+
+    def finite(self) -> bool:
+        bad = sum(int((~torch.isfinite(p.to_local())).sum()) for p in self.logits)
+        return distributed.sum_over_ranks(float(bad), self.world) == 0
+
+    def nonfinite_gradient(self) -> str | None:
+        return None  # the gradients are gone after update(); the message names the step
+
+    def density(self) -> float:
+        kept = sum(int((p.to_local() > 0).sum()) for p in self.logits)
+        return distributed.sum_over_ranks(float(kept), self.world) / self.numel
+
+    def snapshot(self, step: int, history: list[list[float]]) -> Any:
+        from .engine import seed_bytes
+        from .training import TrainState
+
+        return TrainState(step, {}, {}, seed_bytes(self.config.seed), list(history))  # no resume under --shard
+
+    def masks(self) -> dict[str, Tensor]:
+        return {n: (g.logit.full_tensor().detach() > 0).cpu() for n, g in self.gates.items()}
+
+    def evaluate(self, task: Any, masks: Any, batch_size: int, batches: int | None = None) -> dict:
+        _set_mode(self.gates, "off" if masks is None else "mask")
+        try:
+            return evaluate_task(self.model, task, device=self.device, batch_size=batch_size, batches=batches)
+        finally:
+            _set_mode(self.gates, "sample")
+
+    def info(self) -> dict[str, str]:
+        return {"backend": "fsdp2", "noise": NOISE, "processes": str(self.world.size)}
+
+    def layers(self) -> list[dict[str, str]]:
+        return []  # the meta model's layout is recorded by the caller (same module structure)
+
+
 def train_mask_sharded(
     build: Callable[[], nn.Module],
     checkpoint: str | Path,
@@ -222,106 +326,29 @@ def train_mask_sharded(
     callback: Callable[[Any], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Any:
-    """Learn one mask with FSDP2 across the torchrun group (every rank calls it).
+    """Learn one mask with FSDP2 across the torchrun group (every rank calls it): :func:`maskprobe.training.run`
+    with a :class:`ShardedEngine`.
 
     Args:
         build: builds the architecture (called under ``torch.device("meta")``).
-        checkpoint: single-file safetensors or ``torch.save`` state dict.
-        config: a :class:`maskprobe.training.TrainConfig`; ``samples`` must be a multiple of the process count.
-        callback: gets a :class:`maskprobe.training.StepEvent` every ``config.log_every`` steps (rank 0 only).
-        should_stop: polled every step on every rank; when any rank says stop, all raise ``Interrupted``
-            at the same step (a sharded run keeps no resumable state yet).
-
-    Returns:
-        a :class:`maskprobe.training.MaskResult`; its masks are complete on every rank.
+        checkpoint: single-file or sharded safetensors, or a ``torch.save`` state dict.
+        config: a :class:`maskprobe.config.TrainConfig`; ``samples`` must be a multiple of the process count.
 
     Raises:
-        NumericalError: NaN/inf loss or gradient norm (every rank, same step).
-        Interrupted: ``should_stop`` returned True on some rank.
-        BadInputError, CheckpointError, PluginError: as for one process.
+        Interrupted: ``should_stop`` returned True on some rank (a sharded run keeps no resumable state yet).
+        NumericalError, BadInputError, CheckpointError, PluginError: as for one process.
     """
-    from .training import MaskResult, StepEvent, TrainState, _scalar_loss, _seed_bytes, _task_loss, evaluate_task
+    from .training import run
 
-    world = distributed.current()
-    device = torch.device(config.device)
-    model, gates = build_sharded(
-        build,
-        read_state_mmap(checkpoint),
-        lambda m: select_parameters(m, config.selection),
-        device=device,
-        init=config.init,
-        tau=config.tau,
-    )
-    logits = [g.logit for g in gates.values()]
-    optimizer = torch.optim.Adam(logits, lr=config.lr)  # after sharding: its moments are sharded too
-    for i, g in enumerate(gates.values()):  # per-rank, per-tensor noise streams
-        g.generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + world.rank * 10_007 + i)
-    numel = sum(g.logit.numel() for g in gates.values())
-    batches: Iterator[Any] = iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed)))
-    history: list[list[float]] = []
-    last_loss, t0, step = float("nan"), time.perf_counter(), 0
-    model.eval()
-    _set_mode(gates, "sample")
-    try:
-        while step < config.steps:
-            batch = next(batches)
-            bsz = batch_size_of(batch)
-            k = max(1, min(config.samples, bsz))
-            chunks = split_batch(batch, k)
-            local = 0.0
-            for j in distributed.sample_share(k, world):
-                # FSDP averages gradients over ranks; scale by R so that the sum over ranks is mean_k loss_k
-                loss = _scalar_loss(task, _task_loss(task, MaskedModel(model, {}), to_device(chunks[j], device), step)) / k
-                (loss * world.size).backward()
-                local += float(loss.detach())
-            summed, stop = distributed.agree_step(world, local, None, should_stop is not None and should_stop())
-            if stop:
-                raise Interrupted(f"interrupted at step {step}/{config.steps} of {task.name}; --shard keeps no state to resume")
-            reg = config.beta / bsz
-            with torch.no_grad():
-                for p in logits:
-                    p.grad.add_(reg)  # each rank adds it to the shard it owns: counted once
-            total = torch.nn.utils.clip_grad_norm_(logits, config.clip)  # the norm over all shards
-            norm = float(_global(total))
-            last_loss = summed + reg * float(_full_sum(logits))
-            if not (math.isfinite(last_loss) and math.isfinite(norm)):  # the same on every rank: both are global
-                raise NumericalError(f"task {task.name!r}: loss {last_loss} / gradient norm {norm} at step {step + 1}")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % config.log_every == 0 or step == config.steps:
-                density = _full_positive(logits) / numel
-                history.append([step, last_loss, density])
-                if callback is not None and world.is_main:
-                    callback(StepEvent(task.name, step, config.steps, last_loss, density, time.perf_counter() - t0))
-        masks = {n: binarize(g.logit.full_tensor().detach()).cpu() for n, g in gates.items()}
-        _set_mode(gates, "off")
-        metric_full = evaluate_task(model, task, device=device, batch_size=config.eval_batch_size)
-        _set_mode(gates, "mask")
-        metric_masked = evaluate_task(model, task, device=device, batch_size=config.eval_batch_size)
-    finally:
-        _set_mode(gates, "off")
-    state = TrainState(step, {}, {}, _seed_bytes(config.seed), history)
-    result = MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, True)
-    result.engine = {"backend": "fsdp2", "noise": "torch.Generator(seed, rank, tensor)", "processes": str(world.size)}
+    if not distributed.current().distributed:
+        raise BadInputError("--shard runs under torchrun with 2 or more processes (docs/distributed.md)")
+    result = run(ShardedEngine(build, checkpoint, config), task, task_ref, config, callback=callback, should_stop=should_stop)
+    if not result.completed:
+        where = f"step {result.steps_run}/{config.steps} of {task.name}"
+        raise Interrupted(f"interrupted at {where}; --shard keeps no state to resume")
     return result
 
 
 def _set_mode(gates: dict[str, LogitGate], mode: str) -> None:
     for g in gates.values():
         g.mode = mode
-
-
-def _global(t: Tensor) -> Tensor:
-    """A reduction of a sharded DTensor as a plain tensor (a collective); plain tensors pass through."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _full_sum(logits: list[Tensor]) -> float:
-    """Sum of all logits across shards (a collective)."""
-    return sum(float(_global(p.detach().sum())) for p in logits)
-
-
-def _full_positive(logits: list[Tensor]) -> int:
-    """How many logits are > 0 across shards (a collective)."""
-    return sum(int(_global((p.detach() > 0).sum())) for p in logits)

@@ -178,11 +178,10 @@ def _agreement(a, b) -> float:
 
 
 @pytest.mark.slow
-def test_sharded_fsdp2_run_is_statistically_a_one_process_run(tmp_path, capsys):
-    """``--shard`` (FSDP2 on gloo) draws its noise per rank from torch generators, so its mask differs from a
-    one-process run with the same seed by design. Criterion: its density is within 0.03 of the one-process
-    run's, and it agrees with that run at least as well as a one-process run with another seed does, less
-    0.03 (the spread between seeds is the yardstick; measured: 0.83 vs 0.78, chance 0.52)."""
+def test_sharded_fsdp2_run_learns_the_one_process_mask(tmp_path, capsys):
+    """``--shard`` (FSDP2 on gloo) runs the same step as one process (the one training loop, the same hash noise,
+    regulariser, clip and Adam arithmetic), so it learns the same mask; only the order of floating-point sums
+    across ranks differs, which can flip a logit sitting at 0 (measured: agreement 1.0000, another seed 0.76)."""
     ckpt = make_checkpoint(tmp_path / "m.pt", hidden=HIDDEN, steps=200)
     flags = ("--samples", "4", "--init", "0.5", "--lr", "0.05", "--beta", "1e-4")
     paths = {}
@@ -201,9 +200,8 @@ def test_sharded_fsdp2_run_is_statistically_a_one_process_run(tmp_path, capsys):
     assert "fsdp2" in str(sharded.metadata["engine"])
     same_seed, other_seed = _agreement(one, sharded), _agreement(one, other)
     print(f"densities one {one.density:.4f} sharded {sharded.density:.4f}; agreement {same_seed:.4f} vs seeds {other_seed:.4f}")
-    assert abs(one.density - sharded.density) <= 0.03
-    assert same_seed >= other_seed - 0.03
-    assert 0.05 < sharded.density < 0.95
+    assert same_seed >= 0.999 and other_seed < 0.9
+    assert abs(one.density - sharded.density) <= 0.001
 
 
 def test_shard_needs_torchrun(tmp_path, capsys):

@@ -191,9 +191,9 @@ def _print_tables(out: Any, ov: Any, ab: Any, report: dict[str, Any]) -> None:
 def _ablate(ov, masks, checkpoint, task, task_arg, model, model_arg, trust, keep_io, io_layer, seed, device, allow_mismatch, say):
     from ..ablation import ablate
     from ..analysis import overlap
+    from ..devices import resolve_device
     from ..maskfile import load_masks
     from ..session import open_checkpoint, resolve_tasks, tasks_from_masks
-    from ..training import resolve_device
 
     if task:
         if len(task) != len(masks):

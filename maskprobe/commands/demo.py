@@ -34,12 +34,13 @@ def run_demo(*, out, hidden, base_steps, steps, beta, seed, device, json_out, qu
     from ..atomic import atomic_write
     from ..checkpoints import Checkpoint, sha256_of
     from ..cli import _stderr, _stdout
+    from ..devices import resolve_device
     from ..fitting import fit
     from ..maskfile import save_masks
     from ..progress import TrainProgress, status_line
     from ..render import ablation_tables, compare_json, dumps, overlap_table, pct, scores_table
     from ..tasks import load_task
-    from ..training import TrainConfig, evaluate_task, resolve_device, train_mask
+    from ..training import TrainConfig, evaluate_task, train_mask
 
     err = _stderr()
     say = status_line(err, quiet)

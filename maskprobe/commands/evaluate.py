@@ -7,12 +7,13 @@ def run_evaluate(
     *, checkpoint, task, mask, invert, task_arg, model, model_arg, trust_checkpoint, device, allow_mismatch, json_out
 ) -> None:
     from ..cli import _stdout
+    from ..devices import resolve_device
     from ..errors import BadInputError
+    from ..evaluation import evaluate_task
     from ..masked import masked_weights
     from ..maskfile import load_masks
     from ..render import dumps, metric_table
     from ..session import open_checkpoint, resolve_tasks
-    from ..training import evaluate_task, resolve_device
     from .compare import verify_masks_fit
 
     if invert and mask is None:

@@ -170,9 +170,9 @@ def _estimate_memory(module: Any, task: Any, config: Any, names: list[str]) -> A
     import torch
 
     from ..batching import batch_size_of, split_batch
+    from ..evaluation import task_loss as _task_loss
     from ..masked import MaskedModel, frozen
     from ..memory import activation_bytes_per_example, estimate
-    from ..training import _task_loss
 
     batch = next(iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed))))
     size = batch_size_of(batch)
@@ -342,11 +342,12 @@ def _train_all(
     """run_train after the checks and under the output lock: load, train every job, save, report."""
     from .. import distributed
     from ..cli import _Signals, _stdout
+    from ..devices import resolve_device
     from ..progress import TrainProgress
     from ..render import dumps, metric_table, selection_table, train_result_table
     from ..selection import Selection, describe_selection, parse_globs
     from ..session import open_checkpoint
-    from ..training import TrainConfig, resolve_device, train_mask
+    from ..training import TrainConfig, train_mask
 
     world, dev = distributed.setup(resolve_device(device))
     distributed.sample_share(samples, world)  # refuse a K that does not split, up front
@@ -415,7 +416,7 @@ def _train_all(
                             on_snapshot=_Snapshots(plan.state, key, lambda line: err.print(line, markup=False, highlight=False)),
                         )
             except NumericalError as exc:
-                good = getattr(exc, "state", None)
+                good = exc.state
                 if good is not None:
                     try:
                         _save_state(plan.state, good, key)

@@ -1,0 +1,122 @@
+"""The fused engine of the training loop: one process, or data-parallel ranks that each hold the whole model.
+
+:func:`maskprobe.training.run` owns the loop; an engine owns the logits and how one step's chunks run. This one
+keeps the logits, Adam's moments and the gate in :class:`maskprobe.maskstep.MaskLogits` (flat buffers, fused
+kernels, hash noise) and runs each chunk through ``torch.func.functional_call`` with that sample's gated weights.
+Under torchrun every rank runs its share of the K samples and the gradient is summed across ranks inside
+:meth:`MaskLogits.update` (the ``reduce`` hook), before the clip; ``--shard`` uses
+:class:`maskprobe.sharded.ShardedEngine` instead, through the same loop.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import distributed
+from .config import TrainConfig
+from .evaluation import evaluate_task
+from .masked import MaskedModel, frozen, masked_weights
+from .maskstep import NOISE, MaskLogits
+from .selection import select_parameters
+
+
+class FusedEngine:
+    """The mask state of one task on ``module`` (see the module docstring).
+
+    Args:
+        module: the frozen network; used in place when it is on ``config.device``, else a copy is moved there
+            (the caller's module is never moved).
+        config: the run's settings (init, lr, tau, seed, backend, selection, device).
+    """
+
+    def __init__(self, module: nn.Module, config: TrainConfig):
+        self.device = torch.device(config.device)
+        on_device = all(p.device == self.device for p in module.parameters())
+        self.module = module if on_device else copy.deepcopy(module).to(self.device)
+        self.names = select_parameters(self.module, config.selection)
+        params = dict(self.module.named_parameters())
+        self.mask = MaskLogits(
+            {n: params[n].detach() for n in self.names},
+            init=config.init, lr=config.lr, tau=config.tau, seed=config.seed, backend=config.backend,
+        )  # fmt: skip
+        self._logits = self.mask.logits()
+        self._grads: list[dict[str, Tensor | None]] = []
+        self.seed = config.seed
+
+    def frozen(self) -> Any:
+        return frozen(self.module)
+
+    def backward(self, step: int, chunks: Sequence[Any], share: range, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
+        """Run this rank's samples (global indices ``share``) on their chunks; returns their share of the mean loss."""
+        self.mask.sample_offset = share.start
+        total = torch.zeros((), device=self.device)
+        samples = []
+        for i, j in enumerate(share):
+            gated = self.mask.sample(step, i)
+            samples.append(gated)
+            total = total + loss_of(MaskedModel(self.module, gated), chunks[j]) / k
+        self._grads = _sample_grads(total, samples)
+        return float(total.detach())
+
+    def update(self, step: int, reg: float, clip: float) -> float:
+        """Gradient (with the regulariser on rank 0 only, so that the sum over ranks counts it once), the sum over
+        ranks, the clip and Adam; returns the global gradient norm (non-finite: nothing changed)."""
+        world = distributed.current()
+        reduce = (lambda buf: distributed.reduce_gradient(buf, world)) if world.distributed else None
+        return self.mask.update(step, self._grads, reg if world.is_main else 0.0, clip, reduce=reduce)
+
+    def logit_sum(self) -> float:
+        return self.mask.logit_sum
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.mask.flat_logits).all())
+
+    def nonfinite_gradient(self) -> str | None:
+        return self.mask.nonfinite_gradient()
+
+    def density(self) -> float:
+        return int((self.mask.flat_logits > 0).sum()) / self.mask.numel
+
+    def snapshot(self, step: int, history: list[list[float]]) -> Any:
+        from .training import TrainState
+
+        logits = {n: t.detach().cpu().clone() for n, t in self._logits.items()}
+        return TrainState(step, logits, self.mask.state_dict(), seed_bytes(self.seed), list(history))
+
+    def load_state(self, state: Any) -> None:
+        self.mask.load_state(state.logits, state.optimizer)
+
+    def masks(self) -> dict[str, Tensor]:
+        """The final mask: ``logit > 0`` (bool, on the CPU)."""
+        return {n: (t > 0).cpu() for n, t in self._logits.items()}
+
+    def evaluate(self, task: Any, masks: dict[str, Tensor] | None, batch_size: int, batches: int | None = None) -> dict:
+        overrides = masked_weights(self.module, masks) if masks is not None else None
+        return evaluate_task(self.module, task, overrides, device=self.device, batch_size=batch_size, batches=batches)
+
+    def info(self) -> dict[str, str]:
+        return {"backend": self.mask.backend, "noise": NOISE}
+
+    def layers(self) -> list[dict[str, str]]:
+        from .layout import model_layout
+
+        return model_layout(self.module, self.names).to_list()
+
+
+def seed_bytes(seed: int) -> Tensor:
+    """The seed as 8 bytes (a state file's ``noise_rng``: the noise is a hash of the seed, nothing else)."""
+    return torch.tensor(list((seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")), dtype=torch.uint8)
+
+
+def _sample_grads(loss: Tensor, samples: list[dict[str, Tensor]]) -> list[dict[str, Tensor | None]]:
+    """``dloss / d(gated weight)`` per sample and name (None where the loss does not use it)."""
+    leaves = [t for s in samples for t in s.values()]
+    if not loss.requires_grad:
+        return [dict.fromkeys(s) for s in samples]
+    grads = iter(torch.autograd.grad(loss, leaves, allow_unused=True))
+    return [{n: next(grads) for n in s} for s in samples]
