@@ -38,6 +38,7 @@ JSON_TYPES: dict[str, Any] = {
     "seed": _INT,
     "final_loss": _NUMBER,
     "history": _LIST,
+    "layers": _LIST,
     "packed": _OBJECT,
 }
 JSON_KEYS = frozenset(JSON_TYPES)
