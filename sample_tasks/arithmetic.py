@@ -5,12 +5,19 @@ the add-only / mul-only tasks), target ``(a op b) mod 100`` as two digits, least
 Input (42): one-hot digits of ``a`` (units, tens), of ``b`` (units, tens), one-hot operation (add, mul).
 Output (20): two groups of 10 logits, cross-entropy per digit. Accuracy: both digits right.
 
-Tasks: ``arith-add``, ``arith-mul`` and ``arith-both`` (the control: both operations). The model is a
-ReLU FNN, hidden sizes from the ``hidden`` argument (the paper: 2000,2000,2000,2000).
+Tasks: ``arith-add``, ``arith-mul`` and ``arith-both`` (the control: both operations). Task argument ``model``:
+
+* ``fnn`` (default): a ReLU FNN, hidden sizes from the ``hidden`` argument (the paper: 2000,2000,2000,2000);
+* ``lstm``: the paper's recurrent variant (:mod:`sample_tasks.recurrent`): the 42-dim input fed at each of 3
+  time steps into an ``nn.LSTM`` (``lstm``, ``lstm_layers`` x ``lstm_size``; the paper: 2 x 256), a linear
+  ``head`` to the 20 outputs on the last step (the paper code's ``RecurrentAddMulInterface(model, 3)``).
 
 Make a base checkpoint::
 
     python -m sample_tasks.arithmetic --out addmul.pt --hidden 256,256,256,256 --steps 10000
+    python -m sample_tasks.arithmetic --out addmul-lstm.pt --model lstm --lstm-size 128
+
+and pass the same architecture to maskprobe (``--task-arg model=lstm --task-arg lstm_size=128``).
 """
 
 from __future__ import annotations
@@ -25,11 +32,16 @@ from torch import nn
 
 from maskprobe.fitting import Recipe, fit
 from maskprobe.tasks import Task
+from sample_tasks.recurrent import RecurrentNet, check_model
 
 ADD, MUL = 0, 1
 IN_FEATURES = 42
 OUT_FEATURES = 20
 RECIPE = Recipe(steps=10_000, batch_size=128, lr=2e-3, warmup=0.05, schedule="cosine")  # base networks (fitting.py)
+# model=lstm (docs/paper.md, "LSTM base recipes"): lr 2e-3..5e-3 left the 2 x 128 LSTM at 25-57 % after 4-6k steps,
+# 2e-2 diverged on double addition; 1e-2 learns both operations. Clip 1: the paper code's default.
+LSTM_RECIPE = Recipe(steps=6000, batch_size=128, lr=1e-2, warmup=0.05, schedule="cosine", clip=1.0)
+LSTM_STEPS = 3  # time steps the input is fed (the paper code's RecurrentAddMulInterface(model, 3))
 
 
 def build_fnn(in_features: int, hidden: Iterable[int], out_features: int) -> nn.Sequential:
@@ -67,17 +79,36 @@ class ArithmeticTask(Task):
     ops: tuple[int, ...] = (ADD, MUL)
     metric = "accuracy"
 
-    def __init__(self, hidden: str = "2000,2000,2000,2000", eval_size: int = 10000):
+    def __init__(
+        self,
+        hidden: str = "2000,2000,2000,2000",
+        eval_size: int = 10000,
+        model: str = "fnn",
+        lstm_size: int = 256,
+        lstm_layers: int = 2,
+    ):
+        """Args:
+        hidden: hidden sizes of the ReLU FNN, comma separated (``model=fnn``; default the paper's 2000x4).
+        eval_size: number of evaluation samples.
+        model: ``fnn`` or ``lstm``.
+        lstm_size: LSTM units per layer (``model=lstm``; default the paper's 256).
+        lstm_layers: LSTM layers (``model=lstm``; default the paper's 2).
+        """
         self.hidden = parse_hidden(hidden)
         self.eval_size = int(eval_size)
+        self.model = check_model(model)
+        self.lstm_size, self.lstm_layers = int(lstm_size), int(lstm_layers)
 
     def build_model(self) -> nn.Module:
+        if self.model == "lstm":
+            return RecurrentNet(IN_FEATURES, OUT_FEATURES, self.lstm_size, self.lstm_layers, LSTM_STEPS)
         return build_fnn(IN_FEATURES, self.hidden, OUT_FEATURES)
 
     def base_recipe(self) -> Recipe:
-        """Adam, batch 128, 10,000 steps, lr 2e-3 with a 5 % warm-up and a cosine decay (docs/benchmarks.md,
-        "Base-network robustness": every seed 0-19 learns both operations; the paper's constant 1e-3 did not)."""
-        return RECIPE
+        """FNN: Adam, batch 128, 10,000 steps, lr 2e-3 with a 5 % warm-up and a cosine decay (docs/benchmarks.md,
+        "Base-network robustness": every seed 0-19 learns both operations; the paper's constant 1e-3 did not).
+        LSTM: :data:`LSTM_RECIPE` (docs/paper.md, "LSTM base recipes")."""
+        return LSTM_RECIPE if self.model == "lstm" else RECIPE
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.randint(0, 100, (n,), generator=generator)
@@ -136,15 +167,13 @@ class AddMulTask(ArithmeticTask):
     ops = (ADD, MUL)
 
 
-def train_base(
-    task: Task, steps: int | None = None, seed: int = 0, callback=None, recipe: Recipe | None = None
-) -> nn.Module:
+def train_base(task: Task, steps: int | None = None, seed: int = 0, callback=None, recipe: Recipe | None = None) -> nn.Module:
     """Train ``task``'s network from scratch with its base recipe (:func:`maskprobe.fitting.fit`); ``steps``
     overrides the recipe's. ``callback(step, loss)`` is called every 500 steps."""
     return fit(task, (recipe or task.base_recipe()).with_steps(steps), seed=seed, callback=callback)
 
 
-def train_and_save(task: Task, out: str, steps: int, seed: int) -> dict[str, float]:
+def train_and_save(task: Task, out: str, steps: int | None, seed: int) -> dict[str, float]:
     """The base recipe for a sample task's command line: train (progress lines on stdout), save the state dict
     atomically to ``out``, and return the task's metrics on the trained network."""
     from maskprobe.atomic import atomic_write
@@ -155,14 +184,26 @@ def train_and_save(task: Task, out: str, steps: int, seed: int) -> dict[str, flo
     return evaluate_task(model, task)
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The architecture options of the base-training command lines (the same names as the task arguments)."""
+    p.add_argument("--model", choices=("fnn", "lstm"), default="fnn")
+    p.add_argument("--hidden", default="2000,2000,2000,2000", help="FNN hidden sizes")
+    p.add_argument("--lstm-size", type=int, default=256, help="LSTM units per layer (the paper: 256)")
+    p.add_argument("--lstm-layers", type=int, default=2, help="LSTM layers (the paper: 2)")
+
+
+def model_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "hidden": args.hidden, "lstm_size": args.lstm_size, "lstm_layers": args.lstm_layers}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train the add/mul base network and save its state_dict.")
     p.add_argument("--out", required=True)
-    p.add_argument("--hidden", default="2000,2000,2000,2000")
-    p.add_argument("--steps", type=int, default=RECIPE.steps)
+    add_model_args(p)
+    p.add_argument("--steps", type=int, default=None, help="override the base recipe's steps (FNN 10,000, LSTM 6,000)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    metrics = train_and_save(AddMulTask(hidden=args.hidden), args.out, args.steps, args.seed)
+    metrics = train_and_save(AddMulTask(**model_args(args)), args.out, args.steps, args.seed)
     print(f"saved {args.out}; accuracy {metrics['accuracy']:.4f}")
 
 
