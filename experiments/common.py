@@ -1,0 +1,221 @@
+"""What the experiment scripts share: seeds, running maskprobe's CLI as subprocesses, mean ± std tables, output.
+
+The scripts talk to maskprobe only through its command line (``python -m maskprobe ... --json``) and the sample
+tasks' base-training command lines (``python -m sample_tasks.<task>``), the stable interfaces; they read mask files
+with ``maskprobe.maskfile.load_masks`` only where the CLI has no number for what the paper plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def seeds_arg(text: str) -> list[int]:
+    """``0-9`` / ``0,3,5`` / ``0-2,7`` -> a list of seeds."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    if not out or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
+    return out
+
+
+def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seeds", type=seeds_arg, default=seeds_arg("0-2"), help="one base network per seed (the paper: 0-9)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / default_out, help="results, tables, checkpoints, masks")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (each with --threads torch threads)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per subprocess (0: cores / jobs)")
+    p.add_argument("--force", action="store_true", help="redo every step, even those whose output exists")
+    return p
+
+
+def machine() -> dict[str, Any]:
+    """``lscpu``'s model name, the cores, Python and torch versions."""
+    model = platform.processor()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "torch": version("torch")}
+
+
+class Runner:
+    """Runs the command lines as subprocesses in the repository root; logs every command with its wall time."""
+
+    def __init__(self, out: Path, threads: int):
+        self.out = out
+        self.threads = threads
+        self.log_path = out / "commands.log"
+        self.lock = threading.Lock()
+        self.commands: list[dict[str, Any]] = []
+
+    def run(self, argv: Sequence[str], *, json_out: bool = False, skip_if: Path | None = None) -> Any:
+        """``argv[0]`` is a module (``maskprobe``, ``sample_tasks.scan``): run ``python -m argv...``. Returns the
+        parsed stdout with ``json_out``. ``skip_if``: an output file that, when it exists, means the step is done."""
+        if skip_if is not None and skip_if.exists():
+            return None
+        cmd = [sys.executable, "-m", *map(str, argv)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "CI": "true", "PYTHONPATH": str(ROOT)}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        seconds = time.perf_counter() - t0
+        shown = "python -m " + " ".join(shlex.quote(str(a)) for a in argv)
+        with self.lock:
+            self.commands.append({"command": shown, "seconds": round(seconds, 1), "rc": proc.returncode})
+            with open(self.log_path, "a") as log:
+                log.write(f"$ {shown}\n# rc {proc.returncode}, {seconds:.1f} s\n{proc.stderr[-4000:]}\n")
+        print(f"  [{seconds:6.0f} s] {shown}", file=sys.stderr, flush=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{shown} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
+        if json_out:
+            return json.loads(proc.stdout)
+        return proc.stdout
+
+
+def run_seeds(seeds: Iterable[int], jobs: int, one: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``one(seed)`` for every seed, ``jobs`` at a time; results in seed order."""
+    seeds = list(seeds)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(one, seeds))
+
+
+def threads_for(args: argparse.Namespace) -> int:
+    return args.threads if args.threads > 0 else max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1, as the paper's ``StatTracker``; 0 for one value); NaN and None
+    are left out."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        return math.nan, math.nan
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def pm(values: Iterable[float | None], scale: float = 100.0, digits: int = 1) -> str:
+    """``"93.1 ± 2.0"`` (percent by default)."""
+    m, sd = mean_std(values)
+    if math.isnan(m):
+        return "n/a"
+    return f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+
+
+def overlap_row(label: str, pooled: list[dict], key: str, i: int = 0, j: int = 1) -> list[str]:
+    """``[label, measured, chance]`` for ``key`` (``iou`` / ``iomin``) of masks i, j in compare's pooled summaries."""
+    return [label, pm((x[key][i][j] for x in pooled), 1, 3), pm((x[f"chance_{key}"][i][j] for x in pooled), 1, 3)]
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, name: str, results: dict[str, Any], markdown: str) -> None:
+    """``<out>/<name>.json`` (everything) and ``<out>/<name>.md`` (the tables)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    (out / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    print(markdown)
+    print(f"\nwrote {out / (name + '.json')} and {out / (name + '.md')}", file=sys.stderr)
+
+
+def task_args(pairs: dict[str, Any]) -> list[str]:
+    """``{"model": "lstm"}`` -> ``["--task-arg", "model=lstm"]``."""
+    return [x for k, v in pairs.items() for x in ("--task-arg", f"{k}={v}")]
+
+
+def scaled_beta(paper_beta: float, paper_steps: int, steps: int) -> float:
+    """The paper's beta at the paper's mask steps, scaled to keep ``beta * steps`` (the regulariser's total push on
+    a logit under Adam) when the masks train for fewer steps: ``paper_beta * paper_steps / steps``."""
+    return float(f"{paper_beta * paper_steps / steps:.3g}")
+
+
+def two_mask_seed(
+    runner: Runner,
+    seed: int,
+    out: Path,
+    base: list[str],
+    tasks: Sequence[str],
+    targs: dict[str, Any],
+    train_flags: list[str],
+    compare_variants: dict[str, list[str]],
+    force: bool,
+) -> dict[str, Any]:
+    """One seed of a two-mask experiment, all through the command lines: train the base network (``base`` is the
+    sample task's command line without ``--out``/``--seed``), train one mask per task (``maskprobe train --json``),
+    and compare them on the checkpoint (``maskprobe compare --checkpoint --json``), once per ``compare_variants``
+    entry (name -> extra flags, e.g. ``{"": [], "keep_io": ["--keep-io"]}``)."""
+    d = out / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    ckpt = d / "base.pt"
+    t0 = time.perf_counter()
+    runner.run([*base, "--out", ckpt, "--seed", seed], skip_if=None if force else ckpt)
+    base_s = time.perf_counter() - t0
+    masks = [d / "masks" / f"{t}.safetensors" for t in tasks]
+    train_json = d / "train.json"
+    t0 = time.perf_counter()
+    if force or not train_json.exists() or not all(m.exists() for m in masks):
+        cmd = ["maskprobe", "train", ckpt, *(x for t in tasks for x in ("--task", t)), *task_args(targs)]
+        cmd += [*train_flags, "--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
+        train_json.write_text(json.dumps(runner.run(cmd, json_out=True)))
+    masks_s = time.perf_counter() - t0
+    compares = {}
+    t0 = time.perf_counter()
+    for name, flags in compare_variants.items():
+        path = d / f"compare{'-' + name if name else ''}.json"
+        if force or not path.exists():
+            cmd = ["maskprobe", "compare", *masks, "--checkpoint", ckpt, "--seed", seed, *flags, "--json", "--quiet"]
+            path.write_text(json.dumps(runner.run(cmd, json_out=True)))
+        compares[name] = json.loads(path.read_text())
+    compare_s = time.perf_counter() - t0
+    return {
+        "seed": seed,
+        "train": json.loads(train_json.read_text()),
+        "compare": compares,
+        "seconds": {"base": round(base_s, 1), "masks": round(masks_s, 1), "compare": round(compare_s, 1)},
+    }
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of every finished subprocess of this process."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def header_lines(title: str, args: argparse.Namespace, started: float, extra: Sequence[str] = ()) -> list[str]:
+    m = machine()
+    argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return [
+        f"# {title}",
+        "",
+        f"Command: `python {Path(sys.argv[0]).as_posix()} {argv}`".replace(str(ROOT) + "/", ""),
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}; "
+        f"{args.jobs} job(s) x {threads_for(args)} thread(s). Wall time: {time.perf_counter() - started:.0f} s; "
+        f"CPU time of all commands: {children_cpu_seconds():.0f} s (steps skipped because their files existed not counted).",
+        f"Seeds: {', '.join(map(str, args.seeds))} (mean ± sample std over seeds).",
+        *extra,
+        "",
+    ]

@@ -1,0 +1,212 @@
+"""The paper's SCAN experiment (Csordás et al. 2021, §4.3 / §5, systematic generalization), end to end through
+maskprobe's command line, for the LSTM encoder-decoder or the Transformer.
+
+Per seed:
+
+1. a base network trained on SCAN's ``simple`` split (``python -m sample_tasks.scan``);
+2. one mask per split, each on that split's **train** set: ``simple`` (the control, "IID" mask), ``jump``,
+   ``length``, ``turn-left`` (``maskprobe train --task scan-simple --task scan-jump ...``); ``train --json`` gives
+   each split's **test** accuracy of the unmasked network and of the split's own mask (the tasks' ``eval_on=test``);
+3. the simple (control) mask scored on the jump, length and turn-left test sets (``maskprobe evaluate --mask``):
+   the paper's "before" bars, beside each split's own mask ("after");
+4. the overlap of every split's mask with the control mask (``maskprobe compare``, structural);
+5. the decoder's output layer (``output.weight``, one row per output token): for each token ``t``, the share of
+   the control mask's weights that the jump mask does not keep,
+
+       removed[t] = |{k : C[t, k] and not J[t, k]}| / |{k : C[t, k]}|
+
+   with ``C`` / ``J`` the control / jump masks of that row (the paper code's ``plot_scan_output_token_removed_
+   percentage.py``: ``(m_base & ~m_jump).sum(-1) / m_base.sum(-1)``), read from the two mask files with
+   ``safetensors``; the same for the turn-left and length masks.
+
+Sizes (``--size``): ``cpu`` (default) the tasks' ``size=cpu`` preset (LSTM 2 x 64, Transformer d_model 64, 2 + 2
+layers), the base recipe (2,000 steps) and 500 mask steps; ``paper``: the paper's sizes, its base recipe
+(25,000 steps, lr 1e-3, batch 256) and 25,000 mask steps. beta: the paper's 3e-5 (LSTM, ``sweeps/scan.yaml``) and
+6e-4 (Transformer, ``sweeps/trafo_scan.yaml``) at 25,000 steps, scaled to ``beta * 25000 / steps`` for shorter
+masks (LSTM 1.5e-3, Transformer 3e-2 at 500 steps); ``--beta`` overrides. The LSTM's biases stay unmasked as
+in the paper's code (``--exclude '*.bias_*'``).
+
+Run::
+
+    python experiments/scan.py --model lstm
+    python experiments/scan.py --model transformer --seeds 0-9 --size paper
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.common import (  # noqa: E402
+    Runner,
+    base_parser,
+    children_cpu_seconds,
+    header_lines,
+    machine,
+    mean_std,
+    pm,
+    run_seeds,
+    scaled_beta,
+    table,
+    task_args,
+    threads_for,
+    write_outputs,
+)
+
+PAPER_BETA, PAPER_STEPS = {"lstm": 3e-5, "transformer": 6e-4}, 25_000
+SPLITS = ("simple", "jump", "length", "turn-left")
+TASKS = tuple(f"scan-{s}" for s in SPLITS)
+TOKENS = ("<eos>", "I_WALK", "I_LOOK", "I_RUN", "I_JUMP", "I_TURN_LEFT", "I_TURN_RIGHT")  # output.weight rows
+SIZES = {
+    "cpu": {"base": [], "mask_steps": 500},
+    "paper": {"base": ["--size", "paper", "--lr", "1e-3", "--batch-size", "256", "--steps", "25000"], "mask_steps": 25_000},
+}
+
+
+def removed_share(control: Path, other: Path, layer: str = "output.weight") -> list[float]:
+    """Per output token (row of ``layer``): the share of the control mask's weights the other mask does not keep."""
+    from safetensors.torch import load_file
+
+    c, o = load_file(str(control))[layer], load_file(str(other))[layer]
+    kept = c.sum(1).clamp(min=1)
+    return ((c & ~o).sum(1) / kept).tolist()
+
+
+def one_seed(runner: Runner, args: Any, seed: int, targs: dict, base: list, train_flags: list) -> dict[str, Any]:
+    d = args.out / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    ckpt = d / "base.pt"
+    t0 = time.perf_counter()
+    runner.run([*base, "--out", ckpt, "--seed", seed, "--eval-size", args.eval_size], skip_if=None if args.force else ckpt)
+    base_s = time.perf_counter() - t0
+    masks = {s: d / "masks" / f"scan-{s}.safetensors" for s in SPLITS}
+    files = {name: d / f"{name}.json" for name in ("train", "evaluate", "compare")}
+    t0 = time.perf_counter()
+    if args.force or not files["train"].exists() or not all(m.exists() for m in masks.values()):
+        cmd = ["maskprobe", "train", ckpt, *(x for t in TASKS for x in ("--task", t)), *task_args(targs), *train_flags]
+        cmd += ["--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
+        files["train"].write_text(json.dumps(runner.run(cmd, json_out=True)))
+    masks_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if args.force or not files["evaluate"].exists():
+        cmd = ["maskprobe", "evaluate", ckpt, *(x for t in TASKS[1:] for x in ("--task", t)), *task_args(targs)]
+        files["evaluate"].write_text(json.dumps(runner.run([*cmd, "--mask", masks["simple"], "--json"], json_out=True)))
+    if args.force or not files["compare"].exists():
+        cmd = ["maskprobe", "compare", *masks.values(), "--json", "--quiet"]
+        files["compare"].write_text(json.dumps(runner.run(cmd, json_out=True)))
+    after_s = time.perf_counter() - t0
+    train = json.loads(files["train"].read_text())
+    evaluate = json.loads(files["evaluate"].read_text())
+    by_task = {m["task"]: m for m in train["masks"]}
+    control_on = {r["task"]: r["masked"] for r in evaluate["results"]}
+    control_on["scan-simple"] = by_task["scan-simple"]["metric_masked"]
+    metrics = {
+        "unmasked": {t: by_task[t]["metric_full"] for t in TASKS},
+        "own_mask": {t: by_task[t]["metric_masked"] for t in TASKS},
+        "control_mask": {t: control_on[t] for t in TASKS},
+    }
+    return {
+        "seed": seed,
+        **{k: {t: m["accuracy"] for t, m in v.items()} for k, v in metrics.items()},
+        **{f"{k}_token": {t: m["token_accuracy"] for t, m in v.items()} for k, v in metrics.items()},
+        "density": {t: by_task[t]["density"] for t in TASKS},
+        "removed_from_control": {s: removed_share(masks["simple"], masks[s]) for s in SPLITS[1:]},
+        "train": train,
+        "evaluate": evaluate,
+        "compare": json.loads(files["compare"].read_text()),
+        "seconds": {"base": round(base_s, 1), "masks": round(masks_s, 1), "evaluate_compare": round(after_s, 1)},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = base_parser(__doc__.split("\n")[0], "scan")
+    p.add_argument("--model", choices=("lstm", "transformer"), default="lstm")
+    p.add_argument("--size", choices=tuple(SIZES), default="cpu")
+    p.add_argument("--base-steps", type=int, help="base-network steps (default: the base recipe's)")
+    p.add_argument("--mask-steps", type=int, help="steps per mask (overrides --size)")
+    p.add_argument("--beta", type=float, help="mask regulariser (default: the paper's, scaled to --mask-steps)")
+    p.add_argument("--eval-size", type=int, default=1000, help="test commands scored per split, a seeded subset (0: all)")
+    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE", help="architecture override: hidden=32")
+    args = p.parse_args(argv)
+    if args.out.name == "scan":
+        args.out = args.out.with_name(f"scan-{args.model}-{args.size}")
+    started = time.perf_counter()
+    preset = SIZES[args.size]
+    steps = args.mask_steps or preset["mask_steps"]
+    beta = args.beta if args.beta is not None else scaled_beta(PAPER_BETA[args.model], PAPER_STEPS, steps)
+    arch = dict(a.split("=", 1) for a in args.arch)
+    targs: dict = {"model": args.model, "size": args.size, "eval_size": args.eval_size, **arch}
+    base = ["sample_tasks.scan", "--model", args.model, *preset["base"], *(x for k, v in arch.items() for x in (f"--{k}", v))]
+    if args.base_steps:
+        base += ["--steps", args.base_steps]
+    train_flags = ["--steps", steps, "--beta", beta]
+    if args.model == "lstm":
+        train_flags += ["--exclude", "*.bias_*"]  # the paper's bias_no_mask for nn.LSTM's bias_ih/bias_hh
+    args.out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(args.out, threads_for(args))
+    runs = run_seeds(args.seeds, args.jobs, lambda s: one_seed(runner, args, s, targs, base, train_flags))
+    results = {
+        "experiment": "scan",
+        "model": args.model,
+        "size": args.size,
+        "task_args": targs,
+        "mask_steps": steps,
+        "beta": beta,
+        "seeds": args.seeds,
+        "machine": machine(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(children_cpu_seconds(), 1),
+        "commands": runner.commands,
+        "tokens": TOKENS,
+        "runs": runs,
+    }
+    extra = [f"Model: {targs}; masks: {steps} steps, beta {beta}, lr 1e-2, batch 128, K 4."]
+    head = "\n".join(header_lines(f"SCAN ({args.model})", args, started, extra))
+    write_outputs(args.out, "results", results, head + report(runs))
+
+
+def report(runs: list[dict]) -> str:
+    rows, tok = [], []
+    for t in TASKS:
+        own = pm(r["own_mask"][t] for r in runs) if t != "scan-simple" else "(the control)"
+        rows.append([t, pm(r["unmasked"][t] for r in runs), pm(r["control_mask"][t] for r in runs), own])
+        tok.append([t, *(pm(r[k][t] for r in runs) for k in ("unmasked_token", "control_mask_token", "own_mask_token"))])
+    out = ["## Test-set accuracy (%, exact sequence, greedy)", ""]
+    out += [table(["split (its test set)", "unmasked network", "control (simple) mask", "the split's own mask"], rows), ""]
+    out += ["The control mask is trained on the simple split's train set; each split's own mask on that split's train set.", ""]
+    out += ["Token accuracy (%, per target position, greedy):", ""]
+    out += [table(["split (its test set)", "unmasked network", "control (simple) mask", "the split's own mask"], tok), ""]
+    shares = []
+    for s in SPLITS[1:]:
+        cells = [pm((r["removed_from_control"][s][k] for r in runs), digits=0) for k in range(len(TOKENS))]
+        shares.append([f"{s} mask", *cells])
+    out += ["## Output layer: control-mask weights absent from the split's mask, per output token (%)", ""]
+    out += [table(["", *TOKENS], shares), ""]
+    out += ["removed[t] = |C_t AND NOT M_t| / |C_t| over row t of `output.weight` (C: control mask, M: the split's mask).", ""]
+    ov = []
+    for i, t in enumerate(TASKS):
+        dens = pm(r["density"][t] for r in runs)
+        iou = [r["compare"]["summary"]["all"]["pooled"] for r in runs]
+        if i == 0:
+            ov.append([t, dens, "", ""])
+        else:
+            ov.append([t, dens, pm((x["iou"][0][i] for x in iou), 1, 3), pm((x["chance_iou"][0][i] for x in iou), 1, 3)])
+    out += ["## Masks", "", table(["mask", "density (%)", "IoU with control mask", "chance"], ov), ""]
+    per_seed = []
+    for r in runs:
+        secs = r["seconds"]
+        times = f"{secs['base']:.0f} / {secs['masks']:.0f} / {secs['evaluate_compare']:.0f}"
+        per_seed.append([r["seed"], f"{100 * r['unmasked']['scan-simple']:.1f}", times])
+    out += ["## Per seed", "", table(["seed", "unmasked, simple test (%)", "seconds: base / masks / evaluate+compare"], per_seed)]
+    m, _ = mean_std(r["removed_from_control"]["jump"][TOKENS.index("I_JUMP")] for r in runs)
+    out += ["", f"I_JUMP row, jump mask: {100 * m:.0f} % of the control mask's weights removed (mean over seeds)."]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
