@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from maskprobe import Task
 from maskprobe.checkpoints import detect_format, load_checkpoint, read_state_dict, sha256_of
 from maskprobe.cli import run
-from maskprobe.errors import CheckpointError
+from maskprobe.errors import CheckpointError, PluginError
 
 HERE = Path(__file__).parent
 HELPERS = HERE / "checkpoint_helpers.py"
@@ -392,3 +393,262 @@ def test_evaluate_on_torchscript_applies_the_mask_like_the_state_dict(tmp_path, 
     assert scripted["masked"]["loss"] == pytest.approx(eager["masked"]["loss"], rel=1e-5)
     assert scripted["unmasked"]["loss"] == pytest.approx(eager["unmasked"]["loss"], rel=1e-5)
     assert scripted["masked"]["loss"] != pytest.approx(scripted["unmasked"]["loss"], rel=1e-4)
+
+
+# ------------------------------------------------------------------------------ one way to open a checkpoint
+
+
+class _NoModel(Task):
+    name = "no-model"
+
+    def batches(self, split, batch_size, generator):
+        yield torch.zeros(1)
+
+    def loss(self, model, batch):
+        return torch.zeros(())
+
+    def evaluate(self, model, batches):
+        return {"accuracy": 1.0}
+
+
+class _BrokenModel(_NoModel):
+    name = "broken-model"
+
+    def build_model(self):
+        raise RuntimeError("boom")
+
+
+def _equal_to(module: torch.nn.Module, model: torch.nn.Module) -> bool:
+    return all(torch.equal(module.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_architecture_comes_from_the_builder_else_model_else_the_first_task_that_builds(tmp_path):
+    from sample_tasks.arithmetic import AddTask
+
+    model = fnn()
+    path = _save("safetensors", model, tmp_path)
+    unfit = AddTask(hidden="24,24")  # its build_model() does not fit the file: never asked while another source wins
+    assert _equal_to(load_checkpoint(path, fnn, tasks=[unfit], model="no.such:factory").model, model)
+    assert _equal_to(load_checkpoint(path, tasks=[unfit], model=f"{HELPERS}:fnn", model_args={"hidden": HIDDEN}).model, model)
+    task = AddTask(hidden=HIDDEN)
+    assert _equal_to(load_checkpoint(path, tasks=[_NoModel(), task]).model, model)
+    assert _equal_to(load_checkpoint(path, tasks=[(task, None)]).model, model)  # resolve_tasks()' pairs too
+
+
+def test_weights_without_architecture_is_one_error_naming_both_remedies(tmp_path):
+    path = _save("safetensors", fnn(), tmp_path)
+    message = (
+        f"{path} holds only weights: give the architecture with --model package.module:factory (and --model-arg "
+        "key=value), or a --task whose build_model() returns the module"
+    )
+    for kwargs in ({}, {"tasks": [_NoModel()]}):
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path, **kwargs)
+        assert str(err.value) == message
+    with pytest.raises(PluginError, match=r"^task plugin 'broken-model' \(.*test_checkpoints\.py\): build_model\(\) failed: "
+                       r"RuntimeError: boom$"):  # fmt: skip
+        load_checkpoint(path, tasks=[_BrokenModel()])
+    with pytest.raises(CheckpointError, match=r"^--model builtins:int returned int, not an nn.Module$"):
+        load_checkpoint(path, model="builtins:int")
+
+
+def test_meta_builds_the_architecture_without_reading_weights(tmp_path, monkeypatch):
+    import maskprobe.formats
+    from maskprobe.checkpoints import sha256_of
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("weights were read")
+
+    monkeypatch.setattr(maskprobe.formats, "_load_safetensors", no_reading)
+    model = fnn()
+    for kind in ("safetensors", "sharded-index"):
+        (folder := tmp_path / kind).mkdir()
+        path = _save(kind, model, folder)
+        ckpt = load_checkpoint(path, fnn, meta=True)
+        assert {p.device.type for p in ckpt.model.parameters()} == {"meta"}
+        assert ckpt.format == FORMATS[kind] and ckpt.sha256 == sha256_of(path)
+        fresh = ckpt.build()
+        assert fresh is not ckpt.model and {p.device.type for p in fresh.parameters()} == {"cpu"}
+        assert ckpt.dtypes == dict.fromkeys(model.state_dict(), "float32")
+    monkeypatch.undo()
+    path = _save("torch-zip", model, tmp_path)  # memory-mapped, not read
+    assert {p.device.type for p in load_checkpoint(path, fnn, meta=True).model.parameters()} == {"meta"}
+
+
+def test_meta_refuses_what_cannot_be_memory_mapped_and_what_does_not_fit(tmp_path, hf_folders):
+    from checkpoint_helpers import fnn as make
+
+    model = fnn()
+    for kind, phrase in (("torchscript", "torchscript, which cannot be memory-mapped"),
+                         ("torch-legacy", "torch-legacy, which cannot be memory-mapped")):  # fmt: skip
+        with pytest.raises(CheckpointError, match=phrase):
+            load_checkpoint(_save(kind, model, tmp_path), fnn, meta=True)
+    with pytest.raises(CheckpointError, match=r"holds no \*\.safetensors weights \(\.bin weights cannot be memory-mapped\)"):
+        load_checkpoint(hf_folders[1] / "bin", meta=True)
+    with pytest.raises(
+        CheckpointError,
+        match=r"m.safetensors does not fit the architecture: mis-shaped: 0.bias \(16,\) vs model \(24,\), 0.weight \(16, 42\)",
+    ):
+        load_checkpoint(_save("safetensors", model, tmp_path), lambda: make("24,24"), meta=True)
+
+
+def test_meta_hf_folder_uses_the_class_of_its_config(hf_folders):
+    model, root = hf_folders
+    ckpt = load_checkpoint(root / "safetensors", meta=True)
+    assert type(ckpt.model).__name__ == "GPT2LMHeadModel" and ckpt.format == "hf-folder"
+    assert {p.device.type for p in ckpt.model.parameters()} == {"meta"}
+    fresh = ckpt.build()
+    assert type(fresh).__name__ == "GPT2LMHeadModel" and sorted(fresh.state_dict()) == sorted(model.state_dict())
+
+
+def test_read_state_dict_memory_mapped_equals_read(tmp_path, hf_folders):
+    model = fnn()
+    paths = {}
+    for kind in ("safetensors", "sharded-index", "torch-zip", "safetensors-misnamed"):
+        (folder := tmp_path / kind).mkdir()
+        paths[kind] = _save(kind, model, folder)
+    paths["hf"] = hf_folders[1] / "safetensors"
+    for kind, path in paths.items():
+        fmt, mapped = read_state_dict(path, mmap=True)
+        _, read = read_state_dict(path)
+        assert fmt == detect_format(path)
+        if kind == "hf":  # the module's state dict holds the tied lm_head.weight the file stores once
+            read.pop("lm_head.weight")
+        assert sorted(mapped) == sorted(read), kind
+        assert all(torch.equal(mapped[k], read[k]) for k in read), kind
+    with pytest.raises(CheckpointError, match="torchscript, which cannot be memory-mapped"):
+        read_state_dict(_save("torchscript", model, tmp_path), mmap=True)
+
+
+def test_sha256_is_computed_once_per_file_and_again_when_it_changes(tmp_path, monkeypatch):
+    import hashlib
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    import maskprobe.digest
+
+    calls = []
+    monkeypatch.setattr(maskprobe.digest, "hashlib", SimpleNamespace(sha256=lambda: calls.append(1) or hashlib.sha256()))
+    path = _save("safetensors", fnn(), tmp_path)
+    first = load_checkpoint(path, fnn).sha256
+    assert first == hashlib.sha256(path.read_bytes()).hexdigest() and len(calls) == 1
+    assert load_checkpoint(path, fnn, meta=True).sha256 == first and sha256_of(path) == first and len(calls) == 1
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert load_checkpoint(path, fnn).sha256 == first and len(calls) == 2  # touched: hashed again
+    shutil.copy(path, copy := tmp_path / "copy.safetensors")
+    assert load_checkpoint(copy, fnn).sha256 == first and len(calls) == 3  # another file
+
+
+# ------------------------------------------------------------------------------------------ tied parameters
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Linear(4, 10, bias=False)
+        self.tok = torch.nn.Embedding(10, 4)
+        self.head.weight = self.tok.weight
+
+
+def test_tied_tensor_stored_once_loads(tmp_path, hf_folders):
+    from checkpoint_helpers import tiny_gpt2
+    from safetensors.torch import save_model
+
+    model, root = hf_folders
+    file = root / "safetensors" / "model.safetensors"  # save_pretrained wrote the tied lm_head.weight not at all
+    assert "lm_head.weight" not in load_file(str(file))
+    ckpt = load_checkpoint(file, tiny_gpt2)
+    assert ckpt.model.lm_head.weight is ckpt.model.transformer.wte.weight
+    assert _equal_to(ckpt.model, model)
+    save_model(_Tied(), str(path := tmp_path / "tied.safetensors"))  # keeps one of the two names
+    assert len(load_file(str(path))) == 1
+    loaded = load_checkpoint(path, _Tied).model
+    assert loaded.head.weight is loaded.tok.weight and torch.equal(loaded.tok.weight, _Tied().tok.weight)
+
+
+def test_tied_names_with_different_values_are_refused(tmp_path):
+    state = {"head.weight": torch.zeros(10, 4), "tok.weight": torch.ones(10, 4)}
+    save_file(state, str(path := tmp_path / "t.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path, _Tied)
+    assert str(err.value) == f"{path}: head.weight and tok.weight are one tensor in the architecture but differ in the file"
+
+
+# ----------------------------------------------------------------------------------------- dtypes as stored
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["safetensors", "torch-zip"])
+def test_one_dtype_file_gives_a_module_in_that_dtype(tmp_path, kind, dtype):
+    from maskprobe.selection import describe_selection
+
+    model = fnn().to(dtype)
+    path = _save(kind, model, tmp_path)
+    for meta in (False, True):
+        ckpt = load_checkpoint(path, fnn, meta=meta)
+        assert {p.dtype for p in ckpt.model.parameters()} == {dtype}
+        assert set(ckpt.dtypes.values()) == {str(dtype).removeprefix("torch.")}
+        assert {r.dtype for r in describe_selection(ckpt.model)} == {str(dtype).removeprefix("torch.")}
+    assert _equal_to(load_checkpoint(path, fnn).model, model)  # bit for bit, no round trip through float32
+    assert {p.dtype for p in load_checkpoint(path, fnn, meta=True).build().parameters()} == {dtype}
+
+
+def test_mixed_dtypes_load_into_the_architecture_and_rows_say_so(tmp_path):
+    from maskprobe.selection import describe_selection
+
+    state = {k: (v.half() if k.endswith("weight") else v) for k, v in fnn().state_dict().items()}
+    save_file(state, str(path := tmp_path / "mixed.safetensors"))
+    ckpt = load_checkpoint(path, fnn)
+    assert {p.dtype for p in ckpt.model.parameters()} == {torch.float32}
+    rows = {r.name: r.dtype for r in describe_selection(ckpt.model, stored_dtypes=ckpt.dtypes)}
+    assert rows == {k: ("float16→float32" if k.endswith("weight") else "float32") for k in state}
+
+
+def test_hf_folder_keeps_its_stored_dtype(hf_folders, tmp_path):
+    from checkpoint_helpers import tiny_gpt2
+
+    tiny_gpt2().half().save_pretrained(tmp_path / "fp16")
+    assert {p.dtype for p in load_checkpoint(tmp_path / "fp16").model.parameters()} == {torch.float16}
+    assert {p.dtype for p in load_checkpoint(tmp_path / "fp16", meta=True).model.parameters()} == {torch.float16}
+
+
+# ----------------------------------------------------------------------------------- transformers stays quiet
+
+
+def test_transformers_logs_nothing_and_its_settings_are_restored(hf_folders, tmp_path, capfd):
+    import shutil
+
+    from transformers.utils import logging as hf_logging
+
+    _, root = hf_folders
+    shutil.copytree(root / "safetensors", folder := tmp_path / "extra")
+    state = load_file(str(folder / "model.safetensors"))
+    state["unused.weight"] = torch.zeros(2)  # transformers reports unused tensors on stderr; ignored, as it does
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    hf_logging.set_verbosity_warning()
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    load_checkpoint(folder)
+    load_checkpoint(folder, meta=True)
+    assert capfd.readouterr().err == ""
+    assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()
+
+
+def test_hf_folder_missing_or_misshaped_weight_is_refused(hf_folders, tmp_path):
+    import shutil
+
+    _, root = hf_folders
+    shutil.copytree(root / "safetensors", folder := tmp_path / "short")
+    state = load_file(str(folder / "model.safetensors"))
+    del state["transformer.h.0.ln_1.bias"]  # transformers would initialise it at random
+    state["transformer.ln_f.weight"] = torch.zeros(3)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(folder)
+    assert str(err.value) == (
+        f"{folder} does not fit its class GPT2LMHeadModel: missing: transformer.h.0.ln_1.bias; "
+        "mis-shaped: transformer.ln_f.weight (3,) vs model (16,)"
+    )
