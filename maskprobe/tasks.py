@@ -11,7 +11,8 @@ Tasks are found three ways:
 * ``package.module:Class``;
 * ``path/to/file.py:Class``.
 
-Task arguments (``--task-arg key=value``) are typed from the class's ``__init__`` annotations.
+Task arguments (``--task-arg key=value``, ``--task-arg TASK:key=value``) are typed from the class's ``__init__``
+annotations; task_args.py parses them (:func:`resolve_tasks`, :func:`parse_task_args`, re-exported here).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import re
 import sys
 import typing
 from collections.abc import Callable, Iterable, Iterator
@@ -209,97 +211,38 @@ def task_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
     return out
 
 
-_SCALARS = (int, float, str, bool)
-
-
-def _json_value(value: str, key: str, ref: str, kind: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not valid JSON for a {kind} ({exc.msg})") from None
-
-
-def _check_items(items: Any, annotation: Any, key: str, ref: str, value: str) -> None:
-    """The items of a parsed JSON list/dict match ``list[int]``, ``dict[str, float]`` ... (plain types only)."""
-    args = typing.get_args(annotation)
-    want = args[-1] if args else None
-    if want not in _SCALARS:
-        return
-    for item in items:
-        ok = isinstance(item, want) and not (isinstance(item, bool) and want is not bool)
-        if want is float and isinstance(item, int) and not isinstance(item, bool):
-            ok = True
-        if not ok:
-            raise BadInputError(f"task {ref!r}: argument {key}={value!r}: {item!r} is not of type {want.__name__}")
-
-
-def _coerce(value: str, annotation: Any, key: str, ref: str) -> Any:
-    target = annotation
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        target = args[0] if len(args) == 1 else str
-    base = typing.get_origin(target) or target
-    if base is dict:  # JSON object: --task-arg cfg='{"a": 1}'
-        parsed = _json_value(value, key, ref, "dict")
-        if not isinstance(parsed, dict):
-            raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not a JSON object")
-        _check_items(parsed.values(), target, key, ref, value)
-        return parsed
-    if base in (list, tuple) and value.lstrip()[:1] == "[":  # JSON array: --task-arg sizes='[1, 2]'
-        parsed = _json_value(value, key, ref, "list")
-        if not isinstance(parsed, list):
-            raise BadInputError(f"task {ref!r}: argument {key}={value!r} is not a JSON array")
-        _check_items(parsed, target, key, ref, value)
-        return tuple(parsed) if base is tuple else parsed
-    try:
-        if target is bool:
-            low = value.lower()
-            if low not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return low in ("1", "true", "yes")
-        if target in (int, float, str):
-            return target(value)
-        if base in (list, tuple):  # comma list: --task-arg sizes=1,2,3
-            item = (typing.get_args(target) or (str,))[0]
-            item = item if item in (int, float, str) else str
-            seq = [item(x) for x in value.split(",") if x != ""]
-            return tuple(seq) if base is tuple else seq
-    except ValueError:
-        raise BadInputError(
-            f"task {ref!r}: argument {key}={value!r} is not a valid {getattr(target, '__name__', target)}"
-        ) from None
-    return _json_value(value, key, ref, "value") if value[:1] in "[{" else value
-
-
-def parse_task_args(ref: str, cls: type, pairs: Iterable[str]) -> dict[str, Any]:
-    """Turn ``["key=value", ...]`` into typed keyword arguments for ``cls``."""
-    known = task_arguments(cls)
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise BadInputError(f"--task-arg must be key=value, got {pair!r}")
-        if key not in known:
-            names = ", ".join(known) or "none"
-            raise BadInputError(f"task {ref!r} has no argument {key!r} (arguments: {names})")
-        out[key] = _coerce(value, known[key][0], key, ref)
-    return out
+NAME_ARG = "name"  # every task's reserved argument: --task-arg 2:name=legal renames that task's instance
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def load_task(ref: str, args: dict[str, Any] | None = None) -> tuple[Task, TaskRef]:
-    """Instantiate the task ``ref`` with typed ``args``; returns it with the record that rebuilds it."""
+    """Instantiate the task ``ref`` with typed ``args``; returns it with the record that rebuilds it.
+
+    ``args["name"]`` (reserved for every task) renames the instance, so one class can be trained twice in a run
+    (two masks, ``legal.safetensors`` and ``news.safetensors``); it stays in ``TaskRef.args``, so the mask's
+    metadata rebuilds the renamed task. A class whose ``__init__`` takes ``name`` itself gets it too.
+    """
     cls = task_class(ref)
     args = dict(args or {})
+    rename = args.get(NAME_ARG)
+    if rename is not None and not (isinstance(rename, str) and _SAFE_NAME.fullmatch(rename)):
+        raise BadInputError(
+            f"task {ref!r}: name={rename!r} must be a word of letters, digits and . _ + - (it names the mask file)"
+        )
+    init_args = args if NAME_ARG in task_arguments(cls) else {k: v for k, v in args.items() if k != NAME_ARG}
     try:
-        task = cls(**args)
+        task = cls(**init_args)
     except TypeError as exc:
         raise BadInputError(f"task {ref!r}: {exc}") from None
     except Exception as exc:
         raise PluginError(
             f"task plugin {ref!r} ({_describe_origin(cls)}) failed in __init__: {type(exc).__name__}: {exc}"
         ) from exc
+    if rename is not None:
+        try:
+            task.name = rename  # type: ignore[misc]  # an instance attribute over the class's name
+        except AttributeError as exc:
+            raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) cannot be renamed: {exc}") from None
     if not getattr(task, "name", ""):
         raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) has no name")
     stable_ref = ref
@@ -324,3 +267,12 @@ def discover_tasks() -> list[TaskInfo]:
         except Exception as exc:
             found.append(TaskInfo(name, source, None, f"{type(exc).__name__}: {exc}"))
     return found
+
+
+def __getattr__(name: str) -> Any:
+    # task_args.py imports this module; its two public functions are reachable from here as well
+    if name in ("parse_task_args", "resolve_tasks"):
+        from . import task_args
+
+        return getattr(task_args, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -241,3 +241,74 @@ def test_module_reference_and_entry_point_give_the_same_class():
     assert task_class("dadd-pair1") is task_class("sample_tasks.double_addition:Pair1Task")
     task, ref = load_task("dadd-both", {"hidden": "8"})
     assert task.name == "dadd-both" and task.hidden == [8] and ref.ref == "dadd-both"
+
+
+# ------------------------------------------------------------------------------------ per-task --task-arg
+
+
+def test_task_arg_per_task_by_ref_or_position_and_plain_for_all():
+    from maskprobe.tasks import resolve_tasks
+
+    (add, add_ref), (mul, mul_ref) = resolve_tasks(
+        ["arith-add", "arith-mul"], ["eval_size=5", "arith-mul:eval_size=7", "1:hidden=8,8", "2:eval-size=9"]
+    )
+    assert add_ref.args == {"eval_size": 5, "hidden": "8,8"}
+    assert mul_ref.args == {"eval_size": 9}  # TASK:key=value wins over key=value, the last of them over earlier ones
+    assert (add.name, mul.name) == ("arith-add", "arith-mul")
+
+
+def test_name_renames_one_instance_and_the_record_rebuilds_it():
+    from maskprobe.tasks import resolve_tasks
+
+    tasks = resolve_tasks(["arith-add", "arith-add"], ["hidden=8,8", "1:name=legal", "2:name=news", "2:eval_size=4"])
+    assert [t.name for t, _ in tasks] == ["legal", "news"]
+    assert [r.args for _, r in tasks] == [{"hidden": "8,8", "name": "legal"}, {"hidden": "8,8", "name": "news", "eval_size": 4}]
+    rebuilt, ref = load_task(tasks[1][1].ref, json.loads(tasks[1][1].to_json())["args"])  # as compare rebuilds a mask's task
+    assert rebuilt.name == "news" and ref.args == tasks[1][1].args and type(rebuilt).name == "arith-add"
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["arith-add:eval_size=3"], "--task-arg 'arith-add:eval_size=3': --task arith-add is given 2 times; name it by "
+                                    "position (1 or 2)"),
+        (["3:eval_size=1"], "--task-arg '3:eval_size=1': '3' is neither a --task nor a position among them "
+                            "(1 arith-add, 2 arith-add)"),
+        (["1:colour=red"], "task 'arith-add' has no argument 'colour' (arguments: "),
+        (["colour=red"], "no task accepts --task-arg 'colour=red'"),
+        ([":eval_size=1"], "--task-arg ':eval_size=1' must be key=value or TASK:key=value"),
+        (["2:name=a/b"], "task 'arith-add': name='a/b' must be a word of letters, digits and . _ + - (it names the mask file)"),
+    ],
+)  # fmt: skip
+def test_bad_per_task_arg_is_one_error(pairs, message):
+    from maskprobe.tasks import resolve_tasks
+
+    with pytest.raises(BadInputError) as err:
+        resolve_tasks(["arith-add", "arith-add"], pairs)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_two_tasks_of_one_name_are_refused_with_the_rename_remedy(tmp_path):
+    from maskprobe.paths import output_paths
+
+    with pytest.raises(BadInputError) as err:
+        output_paths(tmp_path / "out", ["arith-add", "arith-mul", "arith-add"])
+    assert str(err.value) == (
+        f"two tasks are both named 'arith-add' (both masks would be {tmp_path / 'out' / 'arith-add'}.safetensors): "
+        "rename one with --task-arg N:name=NEW, N its position among the --task options"
+    )
+
+
+def test_train_one_class_twice_into_two_named_masks(tmp_path, capsys):
+    from maskprobe.maskfile import load_masks
+    from sample_tasks.arithmetic import IN_FEATURES, OUT_FEATURES, build_fnn
+
+    torch.manual_seed(0)
+    torch.save(build_fnn(IN_FEATURES, [8, 8], OUT_FEATURES).state_dict(), ckpt := tmp_path / "c.pt")
+    argv = ["train", str(ckpt), "--task", "arith-add", "--task", "arith-add", "--task-arg", "hidden=8,8",
+            "--task-arg", "eval_size=16", "--task-arg", "1:name=legal", "--task-arg", "2:name=news", "--steps", "2",
+            "--batch-size", "8", "-q", "--out", str(tmp_path / "masks")]  # fmt: skip
+    assert run(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "masks").glob("*.safetensors")) == ["legal.safetensors", "news.safetensors"]
+    meta = load_masks(tmp_path / "masks" / "news.safetensors").metadata
+    assert meta["task"]["name"] == "news" and meta["task"]["args"] == {"hidden": "8,8", "eval_size": 16, "name": "news"}
