@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed, kernels
+from .checkpoints import read_state_dict
 from .errors import BadInputError, CheckpointError, Interrupted
 from .evaluation import evaluate_task
 from .gates import gate
@@ -72,68 +73,8 @@ class LogitGate(nn.Module):
 
 
 def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
-    """A checkpoint's tensors, memory-mapped: safetensors (a file, a sharded ``*.index.json`` set, or the
-    weights of a Hugging Face folder) or a ``torch.save`` state dict.
-
-    Raises:
-        CheckpointError: another format (TorchScript, pickled modules, ``.bin`` folders) or an unreadable file.
-    """
-    from .checkpoints import detect_format, torch_load, unwrap_state_dict
-
-    path = Path(path)
-    fmt = detect_format(path)
-    try:
-        if fmt in ("safetensors", "safetensors-sharded", "hf-folder"):
-            files = _safetensors_files(path)
-            if not files:
-                raise CheckpointError(f"{path} holds no *.safetensors weights (--shard does not read .bin folders)")
-            from safetensors import safe_open
-
-            state: dict[str, Tensor] = {}
-            for file in files:
-                with safe_open(str(file), "pt") as f:  # the file is memory-mapped; get_tensor reads from it
-                    state.update({k: f.get_tensor(k) for k in f.keys()})
-            return state
-        if fmt == "torch-zip":
-            return unwrap_state_dict(torch_load(path, map_location="cpu", weights_only=True, mmap=True))
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{path} could not be read memory-mapped ({type(exc).__name__}: {exc})") from None
-    raise CheckpointError(f"--shard reads single-file safetensors or torch.save state dicts; {path} is {fmt}")
-
-
-def _safetensors_files(path: Path) -> list[Path]:
-    """The safetensors files of a checkpoint: the file, the shards its index lists (checkpoints.read_shard_index,
-    which keeps them inside the folder), or a folder's ``*.safetensors``."""
-    from .checkpoints import read_shard_index
-
-    if path.is_file() and not path.name.endswith(".index.json"):
-        return [path]
-    folder = path if path.is_dir() else path.parent
-    if path.is_file() or list(folder.glob("*.safetensors.index.json")):
-        return read_shard_index(path)[2]
-    return sorted(folder.glob("*.safetensors"))
-
-
-def hf_architecture(path: str | Path) -> Callable[[], nn.Module]:
-    """The architecture of a Hugging Face folder from its ``config.json`` (weights not loaded; needs ``transformers``).
-
-    Raises:
-        CheckpointError: transformers is not installed.
-    """
-    try:
-        import transformers
-    except ImportError:
-        raise CheckpointError(f"{path} is a Hugging Face folder; install the extra: pip install 'maskprobe[hf]'") from None
-
-    def build() -> nn.Module:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        archs = getattr(config, "architectures", None) or []
-        cls = (getattr(transformers, archs[0], None) if archs else None) or transformers.AutoModel
-        return cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
-
-    return build
+    """Deprecated alias of ``maskprobe.checkpoints.read_state_dict(path, mmap=True)[1]``."""
+    return read_state_dict(path, mmap=True)[1]
 
 
 @contextlib.contextmanager

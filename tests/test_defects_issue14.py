@@ -311,7 +311,7 @@ def test_batch_smaller_than_samples_is_refused(env, tmp_path, capsys):
 
 
 def test_torch_zip_named_safetensors_loads_by_content(env, tmp_path, capsys):
-    from maskprobe.sharded import read_state_mmap
+    from maskprobe.checkpoints import read_state_dict
 
     ckpt = tmp_path / "weights.safetensors"
     ckpt.write_bytes((env / "c.pt").read_bytes())
@@ -319,7 +319,7 @@ def test_torch_zip_named_safetensors_loads_by_content(env, tmp_path, capsys):
     assert run(["inspect", str(ckpt), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["format"] == "torch-zip"
     assert run(train_argv(ckpt, tmp_path / "out")) == 0
-    assert set(read_state_mmap(ckpt)) == set(torch.load(env / "c.pt"))
+    assert set(read_state_dict(ckpt, mmap=True)[1]) == set(torch.load(env / "c.pt"))
 
 
 def test_safetensors_header_starting_like_a_pickle_is_safetensors(tmp_path):
@@ -403,8 +403,8 @@ def test_shard_index_reader_keeps_shards_inside_the_folder(env, tmp_path):
     import inspect
 
     import maskprobe.sharded
+    from maskprobe.checkpoints import read_state_dict, safetensors_files
     from maskprobe.errors import CheckpointError
-    from maskprobe.sharded import _safetensors_files, read_state_mmap
 
     state = torch.load(env / "c.pt")
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "outside.safetensors")
@@ -414,9 +414,9 @@ def test_shard_index_reader_keeps_shards_inside_the_folder(env, tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     for path in (folder, folder / "model.safetensors.index.json"):
         with pytest.raises(CheckpointError, match="is not a file name in"):
-            read_state_mmap(path)
+            read_state_dict(path, mmap=True)
     good = _sharded(tmp_path / "good", state)
-    assert _safetensors_files(good) == [(good / "model-00001.safetensors").resolve()]
+    assert safetensors_files(good) == [(good / "model-00001.safetensors").resolve()]
     assert "weight_map" not in inspect.getsource(maskprobe.sharded), "sharded.py parses the index itself again"
 
 

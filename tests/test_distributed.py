@@ -227,7 +227,8 @@ def test_build_sharded_keeps_computed_buffers_and_reads_a_sharded_safetensors_se
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from maskprobe.sharded import build_sharded, read_state_mmap
+    from maskprobe.checkpoints import read_state_dict
+    from maskprobe.sharded import build_sharded
 
     src = _WithRotary()
     save_file({"lin.weight": src.lin.weight.detach().clone()}, tmp_path / "a.safetensors")
@@ -236,7 +237,7 @@ def test_build_sharded_keeps_computed_buffers_and_reads_a_sharded_safetensors_se
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
-        state = read_state_mmap(tmp_path)
+        _, state = read_state_dict(tmp_path, mmap=True)
         model, gates = build_sharded(_WithRotary, state, lambda m: ["lin.weight"], device=torch.device("cpu"), init=2.0)
         assert list(gates) == ["lin.weight"]
         assert torch.equal(model.freq, src.freq)  # recomputed in __init__, not left uninitialised by to_empty
