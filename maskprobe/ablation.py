@@ -14,16 +14,16 @@ Drops ``D = clip((full - metric) / full, 0, 1)``; scores in :mod:`maskprobe.anal
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import analysis
+from .evaluation import evaluate_task
 from .masked import masked_weights
 from .tasks import Task
-from .training import evaluate_task
 
 REMOVALS = ("inverted", "exclusive", "control", "control_exclusive")
 
@@ -41,13 +41,12 @@ class Ablation:
     control_exclusive: list[list[float]]
     keep_io: bool = False
     io_tensors: tuple[str, ...] = ()
+    metric_ranges: list[Any] = field(default_factory=list)  # each task's metric_range (percent for [0, 1])
+    scores: dict[str, Any] = field(init=False)  # computed once, from the drops (docs/metrics.md)
 
-    def drops(self, which: str) -> list[list[float]]:
-        return analysis.drop_matrix(self.full, getattr(self, which), self.higher_is_better)
-
-    def scores(self) -> dict[str, Any]:
+    def __post_init__(self) -> None:
         d_excl, d_inv, d_ctrl = self.drops("exclusive"), self.drops("inverted"), self.drops("control")
-        return {
+        self.scores = {
             "specialization": analysis.specialization(d_excl),
             "p_specialize": analysis.p_specialize(d_excl),
             "p_specialize_control": analysis.p_specialize(self.drops("control_exclusive")),
@@ -55,21 +54,23 @@ class Ablation:
             "p_reuse": analysis.p_reuse(d_inv, d_ctrl),
         }
 
+    def drops(self, which: str) -> list[list[float]]:
+        return analysis.drop_matrix(self.full, getattr(self, which), self.higher_is_better)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("tasks", "metrics", "full", "kept", *REMOVALS)}
         d["drops"] = {k: self.drops(k) for k in ("kept", *REMOVALS)}
         d["keep_io"] = self.keep_io
         d["io_tensors"] = list(self.io_tensors)
+        d["metric_ranges"] = [None if r is None else list(r) for r in self.metric_ranges]
         return d
 
 
 def io_tensors(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
-    """The masked tensors of the input and output layers: the modules of the first and last masked weight
-    with two or more dimensions, in model order (:func:`maskprobe.analysis.layer_roles`)."""
-    chosen = set(names)
-    params = [(n, tuple(p.shape)) for n, p in module.named_parameters() if n in chosen]
-    roles = analysis.layer_roles([n for n, _ in params], dict(params))
-    return tuple(n for n, _ in params if roles[n] != "hidden")
+    """The masked tensors of the input and output layers of ``module``, in model order (:mod:`maskprobe.layout`)."""
+    from .layout import model_layout
+
+    return model_layout(module, names).io_tensors()
 
 
 def exclusive_masks(masks: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -153,5 +154,6 @@ def ablate(
         full,
         keep_io=keep_io,
         io_tensors=io,
+        metric_ranges=[t.metric_range for t in tasks],
         **results,
     )

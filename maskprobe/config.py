@@ -103,6 +103,6 @@ class TrainConfig:
                 raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < self.samples:
             raise BadInputError(
-                f"--batch-size {self.batch_size} is smaller than --samples {self.samples}: each mask sample runs on its "
-                f"own chunk of the batch, so the batch needs at least {self.samples} examples"
+                f"--batch-size {self.batch_size} is smaller than --samples {self.samples}: the batch must hold at least "
+                f"K={self.samples} examples, one chunk per mask sample (raise --batch-size or lower --samples)"
             )

@@ -115,3 +115,41 @@ def plugin_failure(exc: BaseException) -> str:
             "e.g. torch.zeros(n, device=x.device), never a fixed one)"
         )
     return f"{type(exc).__name__}: {text}"
+
+
+def evaluate_under_mask(
+    checkpoint: Any,
+    tasks: list[Task],
+    mask: str | None = None,
+    *,
+    invert: bool = False,
+    device: torch.device | str = "cpu",
+    allow_mismatch: bool = False,
+) -> list[tuple[str, dict[str, float], dict[str, float] | None]]:
+    """``maskprobe evaluate``: each task's metrics on ``checkpoint`` (a loaded Checkpoint) unmasked and, with
+    ``mask``, with only the mask's weights kept (``invert``: with them removed).
+
+    Returns ``(task name, unmasked metrics, masked metrics or None)`` per task.
+
+    Raises:
+        MaskFileError: the mask does not fit the checkpoint (names, shapes, recorded SHA-256).
+    """
+    from .compare import check_fits
+    from .masked import masked_weights
+    from .maskfile import load_masks, open_masks
+
+    module = checkpoint.model
+    if any(p.device != torch.device(device) for p in module.parameters()):
+        module = module.to(device)  # the task's batches go to device too (evaluate_task)
+    overrides = None
+    if mask is not None:
+        with open_masks(mask) as reader:
+            check_fits(module, checkpoint.sha256, [reader], allow_mismatch)
+        keep = {n: (~m if invert else m) for n, m in load_masks(mask).masks.items()}
+        overrides = masked_weights(module, keep)
+    rows = []
+    for t in tasks:
+        full = evaluate_task(module, t, device=device)
+        masked = evaluate_task(module, t, overrides, device=device) if overrides is not None else None
+        rows.append((t.name, full, masked))
+    return rows

@@ -37,6 +37,7 @@ class TaskCheck:
     task: str
     passed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # checks that could not run (no model to run them on)
 
     @property
     def ok(self) -> bool:
@@ -136,7 +137,10 @@ def check_task(
             report.problems.append(f"build_model() failed: {type(exc).__name__}: {exc}")
             return report
         if model is None:
-            report.passed.append("build_model() returns None: the checkpoint must hold the architecture (pass model= here)")
+            report.skipped.append(
+                "evaluate() and the mask steps: build_model() returns None, so there is no network to run them on "
+                "(pass model=, or maskprobe tasks --check NAME --checkpoint CKPT)"
+            )
             return report
     if not isinstance(model, nn.Module):
         report.problems.append(f"build_model() must return an nn.Module or None, got {type(model).__name__}")

@@ -9,6 +9,9 @@ import torch
 
 os.environ.setdefault("CI", "true")  # plain progress lines, never a live display, in every test
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# a fixed thread count in this process and the CLI subprocesses it starts: maskprobe's default follows the load
+# (maskprobe.devices.default_threads), and two runs compared bitwise must use the same count
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 TINY_HIDDEN = "24,24"
 

@@ -11,17 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskprobe import counting
-from maskprobe.analysis import (
-    chance_iomin,
-    chance_iou,
-    count_tensor,
-    layer_roles,
-    natural_order,
-    overlap,
-    sum_counts,
-)
+from maskprobe.analysis import chance_iomin, chance_iou
 from maskprobe.errors import MaskFileError
+from maskprobe.layout import names_layout, natural_order, with_io
 from maskprobe.maskfile import load_masks, open_masks, save_masks
+from maskprobe.overlap import count_tensor, overlap, sum_counts
 
 
 def _save(path, masks, task="t", pack=False):
@@ -166,10 +160,10 @@ def test_natural_order_and_io_roles():
     names = natural_order(["net.10.weight", "net.2.weight", "net.0.bias", "net.0.weight", "net.2.bias"])
     assert names == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight", "net.10.weight"]
     shapes = {"net.0.bias": (4,), "net.0.weight": (4, 3), "net.2.bias": (4,), "net.2.weight": (4, 4), "net.10.weight": (2, 4)}
-    roles = layer_roles(names, shapes)
+    roles = dict(names_layout(names, shapes).roles)
     assert roles == {"net.0.bias": "input", "net.0.weight": "input", "net.2.bias": "hidden", "net.2.weight": "hidden",
                      "net.10.weight": "output"}  # fmt: skip
-    by_glob = layer_roles(names, shapes, io=["net.0.*", "net.10.*"])
+    by_glob = with_io(names_layout(names, shapes), ["net.0.*", "net.10.*"]).roles
     assert by_glob["net.0.weight"] == "input" and by_glob["net.10.weight"] == "output" and by_glob["net.2.bias"] == "hidden"
 
 

@@ -10,11 +10,10 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from maskprobe import plots  # noqa: E402
-from maskprobe.analysis import overlap  # noqa: E402
 from maskprobe.cli import run  # noqa: E402
+from maskprobe.compare import compare  # noqa: E402
 from maskprobe.maskfile import save_masks  # noqa: E402
-from maskprobe.render import compare_json  # noqa: E402
+from maskprobe.render import plots  # noqa: E402
 
 
 def png_size(path):
@@ -42,21 +41,16 @@ def _masks(tmp_path, n):
     return paths
 
 
-class FakeAblation:
-    """What compare_json needs from an Ablation."""
-
-    def to_dict(self):
-        d = [[0.9, 0.1, 0.2], [0.05, 0.8, None], [0.3, 0.2, 1.0]]
-        drops = {k: d for k in ("kept", "inverted", "exclusive", "control", "control_exclusive")}
-        return {"tasks": ["task0", "task1", "task2"], "drops": drops}
-
-    def scores(self):
-        return {"p_specialize": 0.5}
+def with_ablation(report):
+    """A structural report plus the ablation section the drop heat maps read (no checkpoint needed)."""
+    d = [[0.9, 0.1, 0.2], [0.05, 0.8, None], [0.3, 0.2, 1.0]]
+    drops = {k: d for k in ("kept", "inverted", "exclusive", "control", "control_exclusive")}
+    return {**report, "ablation": {"tasks": ["task0", "task1", "task2"], "drops": drops}, "scores": {"p_specialize": 0.5}}
 
 
 def test_every_figure_is_a_png_of_the_documented_size(tmp_path):
     paths = _masks(tmp_path, 3)
-    report = compare_json(overlap(paths), FakeAblation())
+    report = with_ablation(compare(paths).to_dict())
     written = plots.plot_compare(report, tmp_path / "figs", masks=paths)
     names = sorted(p.name for p in written)
     assert names == sorted(
@@ -92,4 +86,4 @@ def test_plot_into_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     paths = _masks(tmp_path, 2)
     with pytest.raises(BadInputError, match="not a folder"):
-        plots.plot_compare(compare_json(overlap(paths), None), tmp_path / "f")
+        plots.plot_compare(compare(paths).to_dict(), tmp_path / "f")

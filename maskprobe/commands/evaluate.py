@@ -2,53 +2,45 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def run_evaluate(
-    *, checkpoint, task, mask, invert, task_arg, model, model_arg, trust_checkpoint, device, allow_mismatch, json_out
+import typer
+
+from .options import AllowMismatch, Device, Json, Model, ModelArgs, TaskArgs, Tasks, Trust
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint file or folder.")],
+    task: Tasks,
+    mask: Annotated[Path | None, typer.Option("--mask", "-m", help="Apply this mask (keep only its weights).")] = None,
+    invert: Annotated[bool, typer.Option("--invert", help="Remove the mask's weights instead of keeping only them.")] = False,
+    task_arg: TaskArgs = [],
+    model: Model = None,
+    model_arg: ModelArgs = [],
+    trust_checkpoint: Trust = False,
+    device: Device = "auto",
+    allow_mismatch: AllowMismatch = False,
+    json_out: Json = False,
 ) -> None:
-    from ..cli import _stdout
+    """The task metrics on the checkpoint, unmasked or under a mask."""
+    from .. import console
+    from ..checkpoints import load_checkpoint, parse_model_args
     from ..devices import resolve_device
     from ..errors import BadInputError
-    from ..evaluation import evaluate_task
-    from ..masked import masked_weights
-    from ..maskfile import load_masks
-    from ..render import dumps, metric_table
-    from ..session import open_checkpoint, resolve_tasks
-    from .compare import verify_masks_fit
+    from ..evaluation import evaluate_under_mask
+    from ..render import dumps
+    from ..render.train import evaluate_payload, metric_table
+    from ..task_args import resolve_tasks
 
     if invert and mask is None:
         raise BadInputError("--invert needs --mask")
-    tasks = resolve_tasks(task, task_arg)
-    ckpt = open_checkpoint(checkpoint, [t for t, _ in tasks], model, model_arg, trust_checkpoint)
-    dev = resolve_device(device)
-    ckpt.model.to(dev)  # with or without a mask: the task's batches go to dev (evaluate_task)
-    overrides = None
-    if mask is not None:
-        ms = load_masks(mask)
-        verify_masks_fit(ckpt, [ms.path], [ms.metadata], allow_mismatch)
-        keep = {n: (~m if invert else m) for n, m in ms.masks.items()}
-        overrides = masked_weights(ckpt.model, keep)
-    rows = []
-    for t, _ in tasks:
-        full = evaluate_task(ckpt.model, t, device=dev)
-        masked = evaluate_task(ckpt.model, t, overrides, device=dev) if overrides is not None else None
-        rows.append((t.name, full, masked))
-    out = _stdout()
+    tasks = [t for t, _ in resolve_tasks(task, task_arg)]
+    ckpt = load_checkpoint(checkpoint, tasks=tasks, model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint)
+    rows = evaluate_under_mask(ckpt, tasks, mask, invert=invert, device=resolve_device(device), allow_mismatch=allow_mismatch)
     if json_out:
-        out.out(
-            dumps(
-                {
-                    "schema": "maskprobe.evaluate/1",
-                    "checkpoint": ckpt.to_dict(),
-                    "mask": str(mask) if mask else None,
-                    "invert": invert,
-                    "results": [
-                        {"task": n, "metric": t.metric, "unmasked": f, "masked": m}
-                        for (n, f, m), (t, _) in zip(rows, tasks, strict=True)
-                    ],
-                }
-            )
-        )
-    else:
-        how = "" if mask is None else (f" with {mask} removed" if invert else f" with only {mask} kept")
-        out.print(metric_table(f"{checkpoint}{how}", rows))
+        console.print_json(dumps(evaluate_payload(ckpt.to_dict(), mask, invert, rows, tasks)))
+        return
+    how = "" if mask is None else (f" with {mask} removed" if invert else f" with only {mask} kept")
+    ranges = {t.name: t.metric_range for t in tasks}
+    console.out().print(metric_table(f"{checkpoint}{how}", rows, ranges))

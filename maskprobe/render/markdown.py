@@ -1,23 +1,17 @@
-"""``compare --format markdown``: the JSON report as GitHub-flavoured markdown, e.g. for a CI job summary
-(``maskprobe compare ... --format markdown >> "$GITHUB_STEP_SUMMARY"``). Built from the same dict as the JSON,
-so the two never disagree."""
+"""``compare --format markdown``: the compare report as GitHub-flavoured markdown, e.g. for a CI job summary
+(``maskprobe compare ... --format markdown >> "$GITHUB_STEP_SUMMARY"``). Built from the same report dict as the
+JSON and the tables, so they never disagree."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-
-def _n(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _sign(x: Any) -> str:
-    return "n/a" if x is None else f"{x:+.3f}"
+from . import at as _at
+from . import num as _n
+from . import pct as _pct
+from . import plus_minus as _pm
+from . import signed as _sign
 
 
 def _cell(text: str) -> str:
@@ -29,20 +23,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int 
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _pm(x: Any, sd: Any, fmt: Any = None) -> str:
-    """``mean ± std`` when a std is known (a ``--group`` report), else the value alone."""
-    fmt = fmt or _n
-    return fmt(x) if sd is None else f"{fmt(x)} ± {fmt(sd)}"
-
-
-def _at(sd: Any, *path: Any) -> Any:
-    for key in path:
-        if sd is None:
-            return None
-        sd = sd[key]
-    return sd
 
 
 def layer_row(c: dict[str, Any], i: int, j: int, sd: dict[str, Any] | None = None) -> list[str]:
@@ -78,9 +58,9 @@ def layer_rows(report: dict[str, Any], i: int, j: int) -> list[list[str]]:
 
 
 def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -> str:
-    """Markdown for a ``compare`` report (the dict of :func:`maskprobe.render.compare_json`)."""
+    """Markdown for a ``compare`` report (:meth:`maskprobe.compare.CompareReport.to_dict`)."""
     masks = report["masks"]
-    tasks = [m["task"] for m in masks]
+    tasks = [m.get("label", m["task"]) for m in masks]
     out = [f"## {title}"]
     checks = report.get("checks") or []
     if checks:
@@ -90,9 +70,9 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
         mark = {True: "✅", False: "❌"}
         rows = [[mark[c["passed"]], c["check"], _n(c["value"], 4), f"{bound[c['kind']]} {c['threshold']:g}"] for c in checks]
         out.append(table(["", "check", "value", "threshold"], rows, right_from=2))
-    out.append(table(["mask", "task", "kept", "density"], [
-        [m["path"].rsplit("/", 1)[-1], m["task"], f"{m['kept']:,} / {m['numel']:,}", _pct(m["density"])] for m in masks],
-        right_from=2))  # fmt: skip
+    rows = [[m["path"].rsplit("/", 1)[-1], m.get("label", m["task"]), f"{m['kept']:,} / {m['numel']:,}", _pct(m["density"])]
+            for m in masks]  # fmt: skip
+    out.append(table(["mask", "task", "kept", "density"], rows, right_from=2))
     n = len(tasks)
     if report.get("runs"):
         out.append(f"Mean ± standard deviation over {len(report['runs'])} runs (one mask file per task each).")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 DPI = 150
 FIGSIZE = {"overlap": (7.0, 3.2), "density": (7.0, 3.2), "drops": (7.5, 3.0), "kept": (6.4, 4.2)}
@@ -85,7 +85,7 @@ def _separate_io(ax: Any, layers: Sequence[dict[str, Any]]) -> None:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from .atomic import atomic_write
+    from ..atomic import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     import matplotlib.pyplot as plt
@@ -104,7 +104,7 @@ def plot_overlap(report: dict[str, Any], i: int, j: int, path: Path) -> Path:
     plt = _pyplot()
     layers = _ordered(report["layers"])
     rows = [*layers, *([report["hidden"]] if report.get("hidden") else []), report["total"]]
-    tasks = [m["task"] for m in report["masks"]]
+    tasks = [m.get("label", m["task"]) for m in report["masks"]]
     x = np.arange(len(rows), dtype=float)
     fig, ax = plt.subplots(figsize=FIGSIZE["overlap"])
     width = 0.38
@@ -134,7 +134,7 @@ def plot_density(report: dict[str, Any], path: Path) -> Path:
     """Bars per layer, one per mask: the fraction of weights each mask keeps."""
     plt = _pyplot()
     layers = _ordered(report["layers"])
-    tasks = [m["task"] for m in report["masks"]]
+    tasks = [m.get("label", m["task"]) for m in report["masks"]]
     n = len(tasks)
     x = np.arange(len(layers), dtype=float)
     fig, ax = plt.subplots(figsize=FIGSIZE["density"])
@@ -264,7 +264,7 @@ def plot_compare(
     if out.exists() and not out.is_dir():
         raise BadInputError(f"--plot {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [m["task"] for m in report["masks"]]
+    tasks = [m.get("label", m["task"]) for m in report["masks"]]
     paths = []
     pairs = [(i, j) for i in range(len(tasks)) for j in range(i + 1, len(tasks))][:max_pairs]
     for i, j in pairs:
@@ -273,7 +273,7 @@ def plot_compare(
     if report.get("ablation"):
         paths.append(plot_drops(report, out / "drops.png"))
     if masks:
-        from .maskfile import open_masks
+        from ..maskfile import open_masks
 
         readers = [open_masks(p) for p in masks]
         try:

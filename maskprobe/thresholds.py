@@ -1,8 +1,10 @@
-"""CI checks for ``compare``: thresholds on scores and overlaps, and moves against a baseline JSON.
+"""Thresholds that turn ``compare`` into a CI gate, and the moves against a baseline report (docs/compare.md).
 
-Every check is a plain dict ``{check, value, threshold, passed, reason}``; ``reason`` is the one line the CLI
-prints for a violation. Thresholds are written ``VALUE`` (the total: every pair, every mask, or the mean
-score) or ``TASK=VALUE`` / ``TASK:TASK=VALUE`` (one task, one ordered pair). docs/compare.md lists them.
+:class:`Thresholds` holds what the flags asked for; :meth:`Thresholds.apply` checks a finished
+:class:`maskprobe.compare.CompareReport` and writes ``checks``, ``passed`` and ``baseline`` into it. Every check is
+a plain dict ``{check, value, threshold, kind, passed, reason}``; ``reason`` is the one line the CLI prints for a
+violation. Thresholds are written ``VALUE`` (the total: every pair, every mask, or the mean score) or
+``TASK=VALUE`` / ``TASK:TASK=VALUE`` (one task, one ordered pair).
 """
 
 from __future__ import annotations
@@ -15,9 +17,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compare import SCHEMA
 from .errors import BadInputError
 
-SCHEMA = "maskprobe.compare/1"
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The CI checks a ``compare`` run was asked for (each a list of ``VALUE`` / ``TASK=VALUE`` / ``A:B=VALUE``)."""
+
+    min_specialize: Sequence[str] = ()
+    max_reuse: Sequence[str] = ()
+    max_iou: Sequence[str] = ()
+    max_iomin: Sequence[str] = ()
+    min_density: Sequence[str] = ()
+    baseline: dict[str, Any] | None = None  # a previous report (load_baseline)
+    baseline_path: str = ""
+    max_regression: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_regression is not None and self.baseline is None:
+            raise BadInputError("--max-regression needs --baseline OLD.json")
+        for flag, specs, arity in (("--min-specialize", self.min_specialize, 1), ("--max-reuse", self.max_reuse, 2),
+                                   ("--max-iou", self.max_iou, 2), ("--max-iomin", self.max_iomin, 2),
+                                   ("--min-density", self.min_density, 1)):  # fmt: skip
+            parse_thresholds(flag, specs, None, arity)  # malformed numbers fail before any long work
+
+    @property
+    def functional_flag(self) -> str | None:
+        """The first flag given whose check needs the ablation (a checkpoint), or None."""
+        return "--min-specialize" if self.min_specialize else "--max-reuse" if self.max_reuse else None
+
+    def apply(self, report: Any) -> list[dict[str, Any]]:
+        """Check ``report`` (a CompareReport); adds ``checks``, ``passed`` and ``baseline`` to its data.
+
+        Raises:
+            BadInputError: malformed thresholds, or a functional threshold without an ablation.
+        """
+        data = report.data
+        checks = evaluate_thresholds(
+            data, min_specialize=self.min_specialize, max_reuse=self.max_reuse, max_iou=self.max_iou,
+            max_iomin=self.max_iomin, min_density=self.min_density,
+        )  # fmt: skip
+        if self.baseline is not None:
+            moved = compare_baseline(self.baseline, data, self.max_regression)
+            checks += moved.pop("checks")
+            data["baseline"] = {"path": self.baseline_path, **moved}
+        data["checks"] = checks
+        data["passed"] = all(c["passed"] for c in checks)
+        return checks
 
 
 @dataclass(frozen=True)
@@ -29,8 +76,9 @@ class Threshold:
     value: float
 
 
-def parse_thresholds(flag: str, specs: Sequence[str], tasks: Sequence[str], arity: int) -> list[Threshold]:
-    """Parse ``VALUE`` / ``TASK=VALUE`` / ``A:B=VALUE`` (``arity`` 1 or 2 says which form a target takes).
+def parse_thresholds(flag: str, specs: Sequence[str], tasks: Sequence[str] | None, arity: int) -> list[Threshold]:
+    """Parse ``VALUE`` / ``TASK=VALUE`` / ``A:B=VALUE`` (``arity`` 1 or 2 says which form a target takes); task
+    names are checked against ``tasks`` unless it is None.
 
     Raises:
         BadInputError: not a number, an unknown task, or a target of the wrong form.
@@ -48,7 +96,7 @@ def parse_thresholds(flag: str, specs: Sequence[str], tasks: Sequence[str], arit
         if target and len(target) != arity:
             form = "TASK=VALUE" if arity == 1 else "TASK_A:TASK_B=VALUE"
             raise BadInputError(f"{flag} {spec!r}: a target here is written {form}")
-        unknown = [t for t in target if t not in tasks]
+        unknown = [t for t in target if tasks is not None and t not in tasks]
         if unknown:
             raise BadInputError(f"{flag} {spec!r}: no mask has task {unknown[0]!r} (tasks: {', '.join(tasks)})")
         out.append(Threshold(flag, target, value))

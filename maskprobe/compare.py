@@ -1,0 +1,328 @@
+"""``compare()``: mask files in, one :class:`CompareReport` out — what ``maskprobe compare`` prints, for a notebook.
+
+One pass: the files are opened once and checked against each other (and against the checkpoint, when one is
+given); the overlap is counted once (streamed from the files, or from memory when the ablation needs the masks
+there anyway); the ablation runs once and scores once; thresholds and a baseline are checked against the
+finished report. The report is one JSON-able document (schema ``maskprobe.compare/1``, docs/compare.md) from
+which the tables, the markdown, the plots and the CI checks are all drawn.
+
+    from maskprobe import compare
+    report = compare(["add.safetensors", "mul.safetensors"], checkpoint="addmul.pt")
+    report.scores["p_specialize"], report.passed
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError, MaskFileError
+from .layout import Layout, model_layout, names_layout, recorded_layout, with_io
+from .maskfile import MaskReader, open_masks
+
+SCHEMA = "maskprobe.compare/1"
+
+
+@dataclass
+class CompareReport:
+    """The result of :func:`compare`: ``data`` is the JSON document every renderer reads (docs/compare.md)."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    @property
+    def tasks(self) -> list[str]:
+        return [m["task"] for m in self.data["masks"]]
+
+    @property
+    def labels(self) -> list[str]:
+        """One distinct name per mask: the task, or ``task (file)`` where two masks share a task."""
+        return [m["label"] for m in self.data["masks"]]
+
+    @property
+    def scores(self) -> dict[str, Any] | None:
+        """``specialization``, ``p_specialize``, ``p_specialize_control``, ``reuse``, ``p_reuse`` (with a checkpoint)."""
+        return self.data.get("scores")
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        return self.data.get("checks", [])
+
+    @property
+    def passed(self) -> bool:
+        """Every threshold holds (True when none was given)."""
+        return all(c["passed"] for c in self.checks)
+
+
+def open_all(paths: Sequence[str | os.PathLike[str]]) -> list[MaskReader]:
+    """Open every mask file once; the same file given twice is refused (its scores would compare it with itself)."""
+    seen: dict[Any, Path] = {}
+    readers: list[MaskReader] = []
+    try:
+        for p in paths:
+            path = Path(p)
+            key = _identity(path)
+            if key in seen:
+                raise BadInputError(f"{path} is given twice (also as {seen[key]}): compare needs distinct mask files")
+            seen[key] = path
+            readers.append(open_masks(path))
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+    return readers
+
+
+def _identity(path: Path) -> Any:
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return str(path.absolute())
+
+
+def check_compatible(readers: Sequence[MaskReader], allow_mismatch: bool = False) -> list[str]:
+    """The common tensor names, after checking every mask has the same names and shapes and checkpoint.
+
+    Raises:
+        MaskFileError: names or shapes differ, or the masks record different checkpoints.
+    """
+    first = readers[0]
+    for r in readers[1:]:
+        a, b = set(first.names), set(r.names)
+        if a != b:
+            only_a, only_b = sorted(a - b)[:4], sorted(b - a)[:4]
+            raise MaskFileError(
+                f"{first.path.name} and {r.path.name} mask different parameters "
+                f"(only in the first: {only_a}; only in the second: {only_b})"
+            )
+        bad = [n for n in first.names if first.shape(n) != r.shape(n)]
+        if bad:
+            raise MaskFileError(
+                f"{first.path.name} and {r.path.name} differ in shape at {bad[0]!r}: {first.shape(bad[0])} vs {r.shape(bad[0])}"
+            )
+        sha_a, sha_b = _sha(first), _sha(r)
+        if sha_a and sha_b and sha_a != sha_b and not allow_mismatch:
+            raise MaskFileError(
+                f"{first.path.name} and {r.path.name} come from different checkpoints "
+                f"(sha256 {sha_a[:12]} vs {sha_b[:12]}); pass --allow-mismatch to compare anyway"
+            )
+    return list(first.names)
+
+
+def _sha(r: MaskReader) -> str | None:
+    ckpt = r.metadata.get("checkpoint")
+    return ckpt.get("sha256") if isinstance(ckpt, dict) else None
+
+
+def check_fits(module: Any, sha256: str | None, readers: Sequence[MaskReader], allow_mismatch: bool = False) -> None:
+    """Every mask tensor names a parameter of ``module`` with the same shape; recorded checkpoint hashes agree.
+
+    Raises:
+        MaskFileError: a tensor the module lacks or of another shape, or (without ``allow_mismatch``) a mask
+            trained on another checkpoint.
+    """
+    params = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    for r in readers:
+        for name in r.names:
+            if name not in params:
+                raise MaskFileError(
+                    f"{r.path} masks {name!r}, which the checkpoint does not have: the mask belongs to another model"
+                )
+            if r.shape(name) != params[name]:
+                raise MaskFileError(
+                    f"{r.path}: {name!r} has shape {r.shape(name)} but the checkpoint's is {params[name]}: "
+                    "the mask belongs to another model"
+                )
+        sha = _sha(r)
+        if sha and sha256 and sha != sha256 and not allow_mismatch:
+            raise MaskFileError(
+                f"{r.path} was trained on another checkpoint (sha256 {sha[:12]}, this one {sha256[:12]}); "
+                "pass --allow-mismatch if that is intended"
+            )
+
+
+def mask_layout(
+    readers: Sequence[MaskReader],
+    names: Sequence[str],
+    *,
+    module: Any = None,
+    order: Sequence[str] | None = None,
+    io: Sequence[str] | None = None,
+) -> Layout:
+    """Order and roles: recorded in the first mask file at train time, else from ``module``, else from the names;
+    then ``io`` (``--io-layer``) on top."""
+    layout = recorded_layout(readers[0].metadata, names)
+    if layout is None and module is not None:
+        layout = model_layout(module, names)
+    if layout is None:
+        layout = names_layout(names, {n: readers[0].shape(n) for n in names}, order)
+    return with_io(layout, io)
+
+
+def compare(
+    masks: Sequence[str | os.PathLike[str]],
+    *,
+    checkpoint: Any = None,
+    tasks: Sequence[Any] | None = None,
+    keep_io: bool = False,
+    io: Sequence[str] | None = None,
+    seed: int = 0,
+    device: Any = "cpu",
+    allow_mismatch: bool = False,
+    thresholds: Any = None,
+    progress: Callable[[str], None] | None = None,
+    open_checkpoint: Callable[[Sequence[Any]], Any] | None = None,
+) -> CompareReport:
+    """Compare two or more masks over the same checkpoint; with a checkpoint, run the ablation too.
+
+    Args:
+        masks: mask files (plain or packed bits).
+        checkpoint: a loaded :class:`maskprobe.checkpoints.Checkpoint` (or None: structure only).
+        tasks: one :class:`maskprobe.Task` per mask for the ablation (default: rebuilt from each file's metadata).
+        keep_io: the paper's "first full mask" variant: never remove input/output layer weights.
+        io: globs naming the input/output tensors, or ``["none"]`` (default: the roles recorded at train time).
+        seed: seed of the random-removal controls (default 0).
+        device: where the ablation evaluates.
+        allow_mismatch: compare masks recorded from different checkpoints.
+        thresholds: a :class:`maskprobe.thresholds.Thresholds` to check (exit 1 in the CLI when one fails).
+        progress: receives one line per stage.
+        open_checkpoint: ``f(tasks) -> Checkpoint``, called when ``checkpoint`` is None but an ablation is wanted
+            (the CLI passes its path this way, so that a weights-only file gets the tasks' architecture).
+
+    Raises:
+        MaskFileError, BadInputError: unreadable or incompatible files, a mask that does not fit the checkpoint.
+        PluginError: a task failed while evaluating.
+    """
+    if len(masks) < 2:
+        raise BadInputError("compare needs at least two mask files")
+    if keep_io and checkpoint is None and open_checkpoint is None:
+        raise BadInputError("--keep-io changes the ablation: it needs --checkpoint")
+    say = progress or (lambda _msg: None)
+    readers = open_all(masks)
+    try:
+        names = check_compatible(readers, allow_mismatch)
+        task_list = None
+        if checkpoint is not None or open_checkpoint is not None:
+            task_list = list(tasks) if tasks else tasks_from_metadata(readers)
+            if len(task_list) != len(readers):
+                raise BadInputError(f"give one --task per mask ({len(readers)}), or none to use the masks' metadata")
+            if checkpoint is None:
+                checkpoint = open_checkpoint(task_list)  # type: ignore[misc]
+            check_fits(checkpoint.model, checkpoint.sha256, readers, allow_mismatch)
+        layout = mask_layout(readers, names, module=checkpoint.model if checkpoint is not None else None, io=io)
+        ablation = None
+        if checkpoint is None:
+            ov = _count_streamed(readers, layout)
+        else:
+            ov, in_memory = _count_in_memory(readers, layout)
+            say(f"ablating {len(readers)} masks on {checkpoint.path} ...")
+            from .ablation import ablate
+
+            ablation = ablate(
+                checkpoint.model, task_list, in_memory, device=device, seed=seed, keep_io=keep_io,
+                io=layout.io_tensors() if keep_io else None, progress=say,
+            )  # fmt: skip
+        report = CompareReport(report_dict(readers, ov, ablation, layout))
+    finally:
+        for r in readers:
+            r.close()
+    if thresholds is not None:
+        thresholds.apply(report)
+    return report
+
+
+def _count_streamed(readers: Sequence[MaskReader], layout: Layout) -> Any:
+    from .overlap import count_files
+
+    return count_files(readers, layout)
+
+
+def _count_in_memory(readers: Sequence[MaskReader], layout: Layout) -> tuple[Any, list[dict[str, Any]]]:
+    """Read every mask tensor once, count from memory, and hand the same tensors to the ablation."""
+    import torch
+
+    from .overlap import count_arrays
+
+    arrays = {n: [r.get(n) for r in readers] for n in layout.names}
+    masks = [{n: torch.from_numpy(arrays[n][i].copy()) for n in layout.names} for i in range(len(readers))]
+    return count_arrays(arrays, layout), masks
+
+
+def tasks_from_metadata(readers: Sequence[MaskReader]) -> list[Any]:
+    """Rebuild each mask's task from its metadata (``task.ref`` and ``task.args``)."""
+    from .tasks import load_task
+
+    out = []
+    for r in readers:
+        task = r.metadata.get("task")
+        if not isinstance(task, dict) or "ref" not in task:
+            raise MaskFileError(f"{r.path} records no task; give the tasks with --task, one per mask")
+        out.append(load_task(task["ref"], task.get("args") or {})[0])
+    return out
+
+
+def mask_labels(tasks: Sequence[str]) -> list[str]:
+    """The task name, or ``task#1``, ``task#2``, ... where several masks share a task name."""
+    seen: dict[str, int] = {}
+    out = []
+    for t in tasks:
+        seen[t] = seen.get(t, 0) + 1
+        out.append(t if tasks.count(t) == 1 else f"{t}#{seen[t]}")
+    return out
+
+
+def report_dict(readers: Sequence[MaskReader], ov: Any, ablation: Any, layout: Layout) -> dict[str, Any]:
+    """The documented JSON report (docs/compare.md; schema :data:`SCHEMA`)."""
+    from .render import jsonable
+
+    tasks = [r.task_name for r in readers]
+    labels = mask_labels(tasks)
+    out: dict[str, Any] = {
+        "schema": SCHEMA,
+        "masks": [
+            {"path": str(r.path), "task": t, "label": lab, "density": ov.total.density(k), "kept": ov.total.counts[k],
+             "numel": ov.total.numel, "packed": r.packed}
+            for k, (r, t, lab) in enumerate(zip(readers, tasks, labels, strict=True))
+        ],
+        "layout": layout.source,
+        "layers": [c.to_dict() for c in ov.layers],
+        "total": ov.total.to_dict(),
+        "hidden": ov.hidden.to_dict() if ov.hidden is not None else None,
+        "summary": ov.summary(),
+    }  # fmt: skip
+    if ablation is not None:
+        out["ablation"] = {**ablation.to_dict(), "tasks": labels}
+        out["scores"] = ablation.scores
+    return jsonable(out)
+
+
+def compare_groups(groups: Mapping[str, Sequence[Path]], **kwargs: Any) -> CompareReport:
+    """Several mask files per task (seeds): each run compared with :func:`compare`, then every number as
+    mean (the report) and standard deviation (``std``, the same shape) over the runs (docs/compare.md)."""
+    from .groups import aggregate, match_runs
+
+    thresholds = kwargs.pop("thresholds", None)
+    say = kwargs.get("progress") or (lambda _msg: None)
+    runs = match_runs(dict(groups))
+    reports = []
+    for k, run in enumerate(runs):
+        say(f"run {k + 1}/{len(runs)}: {', '.join(p.name for p in run)}")
+        reports.append(compare(run, **kwargs).data)
+    mean, std = aggregate(reports)
+    for m, name in zip(mean["masks"], groups, strict=True):
+        m.update(path=f"{name} ({len(runs)} files)", task=name, label=name)
+    if mean.get("ablation"):
+        mean["ablation"]["tasks"] = list(groups)
+    mean.update(
+        std=std, runs=[[str(p) for p in run] for run in runs], groups={n: [str(p) for p in fs] for n, fs in groups.items()}
+    )
+    report = CompareReport(mean)
+    if thresholds is not None:
+        thresholds.apply(report)
+    return report

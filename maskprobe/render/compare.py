@@ -1,0 +1,229 @@
+"""Rich tables of a compare report (the JSON document of :class:`maskprobe.compare.CompareReport`).
+
+Every number comes from the report dict, the same one ``--json`` prints and ``--format markdown``, the plots
+and the thresholds read. A ``--group`` report (``std`` beside every number) shows ``mean ± std``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from . import add_row, at, layer_column, num, pct, plus_minus, signed
+
+ROLE_RANK = {"input": 0, "hidden": 1, "output": 2}
+REMOVALS = {
+    "kept": "only mask kept",
+    "inverted": "mask removed (¬M)",
+    "exclusive": "exclusive removed (E)",
+    "control": "random, |M| per layer",
+    "control_exclusive": "random, |E| per layer",
+}
+
+
+def _count(x: Any) -> str:
+    return "n/a" if x is None else f"{round(x):,}"
+
+
+def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1) -> Table:
+    """Per-layer overlap of masks i and j: input layer, hidden layers, output layer, then the hidden-layer total
+    and the total, so that trivially disjoint I/O layers cannot hide in the total."""
+    masks, std = report["masks"], report.get("std")
+    a, b = masks[i], masks[j]
+    t = Table(
+        title=f"Weight overlap per layer: A = {a['label']} ({_file(a)}), B = {b['label']} ({_file(b)}); "
+        "chance = independent random masks of the same per-layer densities",
+        title_justify="left",
+    )
+    layer_column(t, "layer")
+    for col in ("role", "shape", "|A|", "|B|", "|A∩B|", "IoU", "chance", "IoMin", "chance", "IoU-chance", "shared A→B"):
+        t.add_column(col, justify="left" if col == "role" else "right")
+    indexed = sorted(enumerate(report["layers"]), key=lambda kc: ROLE_RANK.get(kc[1]["role"], 1))
+    last = None
+    for k, c in indexed:
+        if last is not None and c["role"] != last:
+            t.add_section()
+        last = c["role"]
+        add_row(t, *_overlap_cells(c, i, j, at(std, "layers", k)))
+    t.add_section()
+    for key in ("hidden", "total"):
+        if report.get(key):
+            add_row(t, *_overlap_cells(report[key], i, j, at(std, key)))
+    return t
+
+
+def _file(mask: dict[str, Any]) -> str:
+    return str(mask["path"]).rsplit("/", 1)[-1]
+
+
+def _overlap_cells(c: dict[str, Any], i: int, j: int, sd: Any) -> list[str]:
+    shape = "x".join(str(s) for s in c["shape"]) if c["shape"] else "-"
+    head = [c["name"], "" if c["role"] == "total" else c["role"], shape]
+    sizes = [f"{_count(c['counts'][k])} ({plus_minus(c['density'][k], at(sd, 'density', k), pct)})" for k in (i, j)]
+    if not c["counts"][i] or not c["counts"][j]:
+        return [*head, *sizes, f"{_count(c['intersection'][i][j])}", *["empty"] * 6]
+    return [
+        *head,
+        *sizes,
+        _count(c["intersection"][i][j]),
+        plus_minus(c["iou"][i][j], at(sd, "iou", i, j)),
+        num(c["chance_iou"][i][j]),
+        plus_minus(c["iomin"][i][j], at(sd, "iomin", i, j)),
+        num(c["chance_iomin"][i][j]),
+        plus_minus(c["excess_iou"][i][j], at(sd, "excess_iou", i, j), signed),
+        plus_minus(c["shared"][i][j], at(sd, "shared", i, j)),
+    ]
+
+
+def matrix_table(title: str, labels: Sequence[str], cells: Sequence[Sequence[str]], corner: str = "") -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column(corner)
+    for lab in labels:
+        t.add_column(lab, justify="right")
+    for lab, row in zip(labels, cells, strict=True):
+        add_row(t, lab, *row)
+    return t
+
+
+def pairwise_tables(report: dict[str, Any]) -> list[Table]:
+    """Three or more masks: total IoU and IoMin per pair, each mask's share of the others' union, and how many
+    weights exactly k masks keep."""
+    c, sd = report["total"], at(report.get("std"), "total")
+    labels = [m["label"] for m in report["masks"]]
+    n = len(labels)
+    out = []
+    for key, label in (("iou", "IoU"), ("iomin", "IoMin")):
+        cells = [
+            [
+                "—" if r == s else f"{plus_minus(c[key][r][s], at(sd, key, r, s))} ({num(c['chance_' + key][r][s])})"
+                for s in range(n)
+            ]
+            for r in range(n)
+        ]
+        out.append(matrix_table(f"Total {label}, pairwise (chance in brackets)", labels, cells))
+    t = Table(title="Each mask against the union of the others", title_justify="left")
+    for col in ("mask", "kept", "density", "share in others' union"):
+        t.add_column(col, justify="left" if col == "mask" else "right")
+    for k, lab in enumerate(labels):
+        add_row(t, lab, _count(c["counts"][k]), plus_minus(c["density"][k], at(sd, "density", k), pct),
+                plus_minus(c["share_of_others"][k], at(sd, "share_of_others", k), pct))  # fmt: skip
+    out.append(t)
+    t2 = Table(title="Weights kept by exactly k masks", title_justify="left")
+    for col in ("k", "weights", "fraction"):
+        t2.add_column(col, justify="left" if col == "k" else "right")
+    for k, v in enumerate(c["by_k"]):
+        add_row(t2, str(k), _count(v), pct(v / c["numel"] if c["numel"] and v is not None else None))
+    out.append(t2)
+    return out
+
+
+def _metric_fmt(report: dict[str, Any]) -> Any:
+    """A metric whose range is [0, 1] (accuracy) in percent; others (cosine, perplexity, loss) as plain numbers."""
+    ab = report["ablation"]
+    ranges = ab.get("metric_ranges") or [[0.0, 1.0]] * len(ab["tasks"])
+    percent = [r is not None and list(r) == [0.0, 1.0] for r in ranges]
+    return lambda j, v: pct(v) if percent[j] else num(v, 4)
+
+
+def paper_table(report: dict[str, Any]) -> Table:
+    """The paper's table: each task's metric on the full network, with only mask i kept (``i``), and with mask i
+    removed (``¬i``)."""
+    ab, sd = report["ablation"], at(report.get("std"), "ablation")
+    labels = [m["label"] for m in report["masks"]]
+    fmt = _metric_fmt(report)
+    t = Table(title="Task metric: full network, only mask i kept (i), mask i removed (¬i)", title_justify="left")
+    t.add_column("task")
+    t.add_column("Full", justify="right")
+    for lab in labels:
+        t.add_column(lab, justify="right")
+        t.add_column(f"¬{lab}", justify="right")
+    for j, task in enumerate(ab["tasks"]):
+        cells = [plus_minus(ab["full"][j], at(sd, "full", j), lambda v, j=j: fmt(j, v))]
+        for i in range(len(labels)):
+            for kind in ("kept", "inverted"):
+                cells.append(plus_minus(ab[kind][i][j], at(sd, kind, i, j), lambda v, j=j: fmt(j, v)))
+        add_row(t, f"{task} ({ab['metrics'][j]})", *cells)
+    return t
+
+
+def ablation_tables(report: dict[str, Any]) -> list[Table]:
+    """Every removal's metric, then the four drop matrices."""
+    ab, sd = report["ablation"], at(report.get("std"), "ablation")
+    labels = [m["label"] for m in report["masks"]]
+    fmt = _metric_fmt(report)
+    t = Table(title="Task metric after removing weights (rows: whose weights; columns: task evaluated)", title_justify="left")
+    t.add_column("removal")
+    t.add_column("mask of")
+    for name, metric in zip(ab["tasks"], ab["metrics"], strict=True):
+        t.add_column(f"{name}\n{metric}", justify="right")
+    cell = lambda kind, i, j: plus_minus(ab[kind][i][j], at(sd, kind, i, j), lambda v: fmt(j, v))  # noqa: E731
+    add_row(
+        t,
+        "none (full network)",
+        "",
+        *[plus_minus(v, at(sd, "full", j), lambda v, j=j: fmt(j, v)) for j, v in enumerate(ab["full"])],
+    )
+    t.add_section()
+    for kind, label in REMOVALS.items():
+        for i in range(len(labels)):
+            add_row(t, label if i == 0 else "", labels[i], *[cell(kind, i, j) for j in range(len(ab["tasks"]))])
+        t.add_section()
+    out = [t]
+    for kind, title in (
+        ("exclusive", "Relative drop D, exclusive removal"),
+        ("control_exclusive", "Relative drop D, random removal of |E| (control)"),
+        ("inverted", "Relative drop D, whole-mask removal"),
+        ("control", "Relative drop D, random removal of |M| (control)"),
+    ):
+        d, dsd = ab["drops"][kind], at(sd, "drops", kind)
+        cells = [[plus_minus(v, at(dsd, i, j)) for j, v in enumerate(row)] for i, row in enumerate(d)]
+        out.append(matrix_table(title, labels, cells, corner="removed \\ task"))
+    return out
+
+
+def scores_table(report: dict[str, Any]) -> Table:
+    s, sd = report["scores"], at(report.get("std"), "scores")
+    t = Table(title="Scores (docs/metrics.md)", title_justify="left")
+    t.add_column("score")
+    t.add_column("value", justify="right")
+    t.add_column("meaning")
+    for i, m in enumerate(report["masks"]):
+        add_row(t, f"S[{m['label']}]", plus_minus(s["specialization"][i], at(sd, "specialization", i)),
+                "drop of own task minus largest other drop, exclusive weights removed")  # fmt: skip
+    rows = (
+        ("P_specialize", "p_specialize", "mean S_i; 1 = removing a task's exclusive weights breaks only that task"),
+        ("  control", "p_specialize_control", "the same with random removals of |E_i| per layer"),
+        ("P_reuse", "p_reuse", "mean over i≠j of max(0, Dinv[i][j] - Dctrl[i][j])"),
+    )
+    for label, key, meaning in rows:
+        add_row(t, label, plus_minus(s[key], at(sd, key)), meaning)
+    return t
+
+
+def baseline_table(base: dict[str, Any], limit: int = 15) -> Table:
+    t = Table(title=f"Against the baseline {base.get('path', '')}: the largest moves", title_justify="left")
+    for col in ("number", "baseline", "now", "change"):
+        t.add_column(col, justify="left" if col == "number" else "right")
+    for m in base["moves"][:limit]:
+        add_row(t, m["key"], num(m["old"]), num(m["new"]), signed(m["delta"]))
+    return t
+
+
+def compare_tables(report: dict[str, Any]) -> list[Any]:
+    """Everything ``maskprobe compare`` prints as tables, in order (checks as PASS/FAIL lines last)."""
+    out: list[Any] = []
+    if report.get("runs"):
+        out.append(f"Mean ± standard deviation over {len(report['runs'])} runs (one mask file per task each).")
+    out.append(overlap_table(report, 0, 1))
+    if len(report["masks"]) > 2:
+        out += pairwise_tables(report)
+    if report.get("ablation"):
+        out.append(paper_table(report))
+        out += ablation_tables(report)
+        out.append(scores_table(report))
+    if report.get("baseline"):
+        out.append(baseline_table(report["baseline"]))
+    out += [f"{'PASS' if c['passed'] else 'FAIL'} {c['reason']}" for c in report.get("checks", [])]
+    return out

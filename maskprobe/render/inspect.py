@@ -1,0 +1,66 @@
+"""Tables and JSON of ``maskprobe inspect`` (:mod:`maskprobe.inspection`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from . import add_row, dumps, layer_column, pct, shape_str
+from .train import selection_table
+
+
+def mask_tables(summary: Any) -> list[Table]:
+    meta = summary.metadata
+    m = Table(title=f"{summary.path}: maskprobe mask ({meta.get('format')})", title_justify="left", show_header=False)
+    m.add_column("key")
+    m.add_column("value", overflow="fold")
+    for k, v in meta.items():
+        if k in ("density", "layers"):
+            continue
+        add_row(m, k, v if isinstance(v, str) else dumps(v).replace("\n", " ").replace("  ", ""))
+    t = Table(title="Density per tensor (model order)", title_justify="left")
+    layer_column(t, "tensor")
+    for col in ("role", "shape", "kept", "density"):
+        t.add_column(col, justify="left" if col == "role" else "right")
+    for c in summary.layers:
+        add_row(t, c["name"], c["role"], shape_str(c["shape"]), f"{c['kept']:,}", pct(c["density"]))
+    t.add_section()
+    add_row(
+        t, "total", "", "", f"{summary.kept:,} / {summary.numel:,}", pct(summary.kept / summary.numel if summary.numel else 0)
+    )
+    return [m, t]
+
+
+def mask_payload(summary: Any) -> dict[str, Any]:
+    numel, kept = summary.numel, summary.kept
+    return {
+        "schema": "maskprobe.inspect/1",
+        "kind": "mask",
+        "path": str(summary.path),
+        "metadata": summary.metadata,
+        "layers": summary.layers,
+        "total": {"kept": kept, "numel": numel, "density": kept / numel if numel else 0.0},
+    }
+
+
+def checkpoint_table(summary: Any) -> Table:
+    return selection_table(summary.rows, title=f"{summary.path}: {summary.format} ({summary.note})")
+
+
+def checkpoint_payload(summary: Any) -> dict[str, Any]:
+    rows = summary.rows
+    return {
+        "schema": "maskprobe.inspect/1",
+        "kind": "checkpoint",
+        "path": str(summary.path),
+        "format": summary.format,
+        "note": summary.note,
+        "parameters": [vars(r) for r in rows],
+        "total": {
+            "tensors": len(rows),
+            "masked_tensors": sum(r.masked for r in rows),
+            "numel": sum(r.numel for r in rows),
+            "masked": sum(r.numel for r in rows if r.masked),
+        },
+    }

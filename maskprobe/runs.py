@@ -1,0 +1,339 @@
+"""``train_masks()``: every mask of one ``maskprobe train`` run on one loaded checkpoint, nothing lost.
+
+A run is one mask per (task, seed, beta), sharing the loaded checkpoint, the process and the compiled kernels.
+This module owns what lies around :func:`maskprobe.training.train_mask`: where each mask and its state file go
+(:func:`maskprobe.paths.output_paths`), that no output overwrites the checkpoint or an earlier result, the lock
+that keeps a second run out, the memory check, resuming, the state saved on a signal, a NaN or a full disk,
+and writing the mask files. It reports through a :class:`Reporter` (the CLI's draws tables and progress; a
+notebook may pass none) and never prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import TrainConfig
+from .errors import BadInputError, Interrupted, NumericalError
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What ``maskprobe train`` was asked for.
+
+    Attributes:
+        checkpoint: the checkpoint file or folder.
+        tasks: ``(Task, TaskRef)`` pairs (:func:`maskprobe.tasks.resolve_tasks`).
+        out: one ``NAME.safetensors`` (one mask) or a folder (``<task>[.seedS][.betaB].safetensors`` each).
+        config: the settings; ``seeds`` and ``betas`` vary its ``seed`` and ``beta`` per mask.
+        seeds, betas: one mask per value (default: the config's one).
+        model, model_args: the ``--model`` factory for weights-only checkpoints.
+        trust: allow unpickling (``--trust-checkpoint``).
+        force, resume: overwrite existing masks / continue interrupted ones from their state files.
+        save_every: snapshot the state every N steps (0: on signals only).
+        memory_limit: bytes, None for no check, or ``"auto"`` (the device's free memory).
+        shard: FSDP2 under torchrun (``--shard``).
+        pack_bits: 8 weights per byte in the mask files.
+        dry_run: estimate memory only.
+    """
+
+    checkpoint: Path
+    tasks: Sequence[tuple[Any, Any]]
+    out: Path
+    config: TrainConfig = field(default_factory=TrainConfig)
+    seeds: tuple[int, ...] = ()
+    betas: tuple[float, ...] = ()
+    model: str | None = None
+    model_args: dict[str, str] = field(default_factory=dict)
+    trust: bool = False
+    force: bool = False
+    resume: bool = False
+    save_every: int = 0
+    memory_limit: int | str | None = "auto"
+    shard: bool = False
+    pack_bits: bool = False
+    dry_run: bool = False
+
+    def jobs(self) -> list[tuple[Any, Any, TrainConfig, str]]:
+        """``(task, ref, config, file stem)`` per mask: the task, plus the seed and/or beta where several are trained."""
+        seeds = self.seeds or (self.config.seed,)
+        betas = self.betas or (self.config.beta,)
+        out = []
+        for t, ref in self.tasks:
+            for s in seeds:
+                for b in betas:
+                    stem = t.name + (f".seed{s}" if len(seeds) > 1 else "") + (f".beta{b:g}" if len(betas) > 1 else "")
+                    out.append((t, ref, dataclasses.replace(self.config, seed=s, beta=b), stem))
+        return out
+
+
+class Reporter(Protocol):
+    """What a run tells its caller (all optional to act on)."""
+
+    def selection(self, rows: list[Any], title: str) -> None: ...
+    def status(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def progress(self, task: str, steps: int, start: int) -> Any: ...  # a context manager giving callback(StepEvent)
+    def written(self, result: Any, path: Path) -> None: ...
+
+
+class Silent:
+    """A :class:`Reporter` that reports nothing (the library default)."""
+
+    def selection(self, rows: list[Any], title: str) -> None:
+        pass
+
+    def status(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        pass
+
+    def progress(self, task: str, steps: int, start: int) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext(None)
+
+    def written(self, result: Any, path: Path) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    """The masks a run wrote (``(MaskResult, path)`` each), or with ``dry_run`` the memory plan."""
+
+    checkpoint: dict[str, Any]
+    written: list[tuple[Any, Path]] = field(default_factory=list)
+    memory_plan: dict[str, Any] | None = None
+
+
+def train_masks(
+    request: TrainRequest, reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None
+) -> RunResult:
+    """Train every mask of ``request`` (see the module docstring).
+
+    Raises:
+        BadInputError: an output that would overwrite the checkpoint or an earlier result, a held lock, settings
+            that cannot run, a state file of another run, memory that does not suffice, a disk that is full.
+        Interrupted: ``should_stop`` (a signal); the state is saved beside the mask for ``--resume``.
+        NumericalError: NaN/inf; the last good state is saved when there is one.
+        CheckpointError, PluginError: as :func:`maskprobe.checkpoints.load_checkpoint` and the task.
+    """
+    from . import distributed
+    from .locking import OutputLock
+    from .paths import output_paths
+
+    reporter = reporter or Silent()
+    jobs = request.jobs()
+    plans = output_paths(request.out, [stem for *_, stem in jobs])
+    refuse_overwriting_checkpoint(request.checkpoint, plans)
+    if not (request.force or request.resume or request.dry_run):
+        refuse_existing(plans)
+    from .atomic import check_writable
+
+    for p in plans:  # before the checkpoint is loaded and hours are spent
+        check_writable(p.mask)
+    if request.save_every < 0:
+        raise BadInputError(f"--save-every must be >= 0, got {request.save_every}")
+    for _, _, cfg, _ in jobs:
+        cfg.check()
+    main = distributed.detect().is_main
+    lock = OutputLock([] if request.dry_run or not main else [p.mask for p in plans])
+    lock.acquire()  # a second train into the same --out refuses here (one line), before any work
+    try:
+        if not (request.force or request.resume or request.dry_run):
+            refuse_existing(plans)  # written meanwhile by a run that held the lock before us
+        result = _train_locked(request, jobs, plans, reporter, should_stop)
+    except BaseException:
+        lock.release()
+        lock.remove_created_folders()  # only the folders this run made, and only where empty
+        raise
+    lock.release()
+    return result
+
+
+def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Reporter, should_stop: Any) -> RunResult:
+    from . import distributed
+    from .devices import resolve_device
+    from .selection import describe_selection
+    from .statefile import Snapshots, load_state, resume_key, save_state
+    from .training import train_mask
+
+    world, dev = distributed.setup(resolve_device(request.config.device))
+    distributed.sample_share(request.config.samples, world)  # refuse a K that does not split, up front
+    config = dataclasses.replace(request.config, device=str(dev))
+    shard = request.shard and not request.dry_run  # --dry-run estimates every mode from the loaded model
+    ckpt = _open_checkpoint(request, world, shard)
+    rows = describe_selection(ckpt.model, config.selection)
+    reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
+    masked = [r.name for r in rows if r.masked]
+    task0 = request.tasks[0][0]
+    if request.dry_run:
+        plan = distributed.memory_plan(_estimate_memory(ckpt.model, task0, config, masked), world.size)
+        return RunResult(ckpt.to_dict(), memory_plan=plan)
+    if not shard:  # a meta-device model has no activations to measure
+        per_process = dataclasses.replace(config, samples=config.samples // world.size)  # K/R samples each
+        _check_memory(ckpt.model, task0, per_process, masked, request.memory_limit)
+    shapes = {r.name: tuple(r.shape) for r in rows if r.masked}
+    out = RunResult(ckpt.to_dict())
+    for (task, ref, job_config, _), plan in zip(jobs, plans, strict=True):
+        cfg = dataclasses.replace(job_config, device=str(dev))
+        if request.resume and plan.mask.exists() and not plan.state.exists():
+            reporter.status(f"{task.name}: {plan.mask} already complete, skipped")
+            continue
+        key = resume_key(cfg, ref, ckpt.sha256)
+        state = load_state(plan.state, key, shapes) if request.resume and plan.state.exists() else None
+        if state is not None:
+            reporter.status(f"{task.name}: resuming at step {state.step} from {plan.state}")
+        try:
+            with reporter.progress(task.name, cfg.steps, state.step if state else 0) as callback:
+                if shard:
+                    from .sharded import train_mask_sharded
+
+                    result = train_mask_sharded(ckpt.build, request.checkpoint, task, ref, cfg, callback=callback,
+                                                should_stop=should_stop)  # fmt: skip
+                else:
+                    snapshots = Snapshots(plan.state, key, reporter.warning)
+                    result = train_mask(ckpt.model, task, ref, cfg, callback=callback, should_stop=should_stop, resume=state,
+                                        save_every=request.save_every, on_snapshot=snapshots)  # fmt: skip
+        except NumericalError as exc:
+            raise _with_saved_state(exc, plan, key, save_state) from None
+        if not result.completed:
+            _save_interrupted(result, plan, key, should_stop)
+        try:
+            distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, request.pack_bits))
+        except BadInputError as write_error:  # the disk filled up at the end: keep what was learned if possible
+            try:
+                save_state(plan.state, result.state, key)
+            except BadInputError:
+                raise write_error from None
+            raise BadInputError(f"{write_error}; the learned state is in {plan.state} (--resume writes the mask)") from None
+        reporter.status(f"{task.name}: saved {plan.mask}")
+        for line in result.warnings():
+            reporter.warning(f"{task.name}: {line}")
+        reporter.written(result, plan.mask)
+        out.written.append((result, plan.mask))
+    return out
+
+
+def _open_checkpoint(request: TrainRequest, world: Any, shard: bool) -> Any:
+    from .checkpoints import load_checkpoint
+
+    if shard:
+        if not world.distributed:
+            raise BadInputError("--shard runs under torchrun with 2 or more processes (docs/distributed.md)")
+        if request.resume or request.save_every:
+            raise BadInputError("--shard keeps no resumable state yet: drop --resume/--save-every")
+    tasks = [t for t, _ in request.tasks]
+    return load_checkpoint(request.checkpoint, tasks=tasks, model=request.model, model_args=request.model_args,
+                           trust=request.trust, meta=shard)  # fmt: skip
+
+
+def _with_saved_state(exc: NumericalError, plan: Any, key: dict[str, str], save_state: Any) -> NumericalError:
+    if exc.state is not None:
+        try:
+            save_state(plan.state, exc.state, key)
+        except BadInputError as write_error:
+            return NumericalError(f"{exc}; the last good state could not be saved ({write_error})")
+    where = (
+        f"the last good state is in {plan.state} (--resume continues from it)" if plan.state.exists() else "no state was saved"
+    )
+    return NumericalError(f"{exc}; {where}")
+
+
+def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any) -> None:
+    import shlex
+    import sys
+
+    from .statefile import save_state
+
+    signum = getattr(should_stop, "signum", None) or 2
+    where = f"step {result.steps_run}/{result.config.steps} of {result.task.name}"
+    try:
+        save_state(plan.state, result.state, key)
+    except BadInputError as write_error:
+        raise Interrupted(f"interrupted at {where}; the state could not be saved ({write_error})", signum) from None
+    cmd = " ".join(shlex.quote(a) for a in ["maskprobe", *sys.argv[1:]] if a not in ("--force", "--resume"))
+    raise Interrupted(f"interrupted at {where}; state saved to {plan.state}; continue with: {cmd} --resume", signum)
+
+
+def _write_mask(plan: Any, result: Any, ckpt: Any, pack_bits: bool = False) -> None:
+    """Save the mask, then drop the run's state file (rank 0 only under torchrun)."""
+    from .maskfile import save_masks
+
+    save_masks(plan.mask, result.masks, result.metadata(ckpt.to_dict()), pack_bits=pack_bits)
+    if plan.state.exists():
+        plan.state.unlink()
+
+
+def refuse_overwriting_checkpoint(checkpoint: Any, plans: list) -> None:
+    """No output (mask, state or lock file) may be the checkpoint, one of its shards, or lie in its folder,
+    whatever the flags: ``--force`` overwrites masks, never the network they were learned on."""
+    import os
+
+    from .locking import lock_path
+
+    path = Path(checkpoint)
+    if not path.exists():
+        return  # loading reports it
+    if path.is_dir():
+        files, folder = [], path.resolve()
+    else:
+        files, folder = [path.resolve()], None
+        if path.name.endswith(".index.json"):
+            from .checkpoints import read_shard_index
+            from .errors import CheckpointError
+
+            try:
+                files += read_shard_index(path)[2]
+            except CheckpointError:
+                pass  # loading reports it
+    for plan in plans:
+        for target in (plan.mask, plan.state, lock_path(plan.mask)):
+            resolved = target.resolve()
+            if folder is not None and (resolved == folder or folder in resolved.parents):
+                raise BadInputError(f"--out: {target} lies inside the checkpoint folder {checkpoint}; write the masks elsewhere")
+            if resolved in files or (target.exists() and any(os.path.samefile(target, f) for f in files)):
+                raise BadInputError(
+                    f"--out: {target} is the checkpoint {checkpoint}; refusing to overwrite it, choose another --out"
+                )
+
+
+def refuse_existing(plans: list) -> None:
+    existing = [str(p.mask) for p in plans if p.mask.exists()]
+    if existing:
+        raise BadInputError(f"{existing[0]} exists; pass --force to overwrite or --resume to continue")
+    stale = [str(p.state) for p in plans if p.state.exists()]
+    if stale:  # hours of an interrupted run must not be overwritten by accident
+        raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
+
+
+def _check_memory(module: Any, task: Any, config: TrainConfig, names: list[str], limit: int | str | None) -> None:
+    """Refuse before the first step when the estimate exceeds ``limit`` (``"auto"``: the device's free memory)."""
+    from .memory import available_bytes, check_fits
+
+    if limit is None:  # --memory-limit off
+        return
+    budget = available_bytes(config.device) if limit == "auto" else int(limit)
+    if budget is not None:
+        check_fits(_estimate_memory(module, task, config, names), budget)
+
+
+def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[str]) -> Any:
+    """memory.estimate for this run; ``config.samples`` is what one process runs."""
+    import torch
+
+    from .batching import batch_size_of, split_batch
+    from .evaluation import task_loss
+    from .masked import MaskedModel, frozen
+    from .memory import activation_bytes_per_example, estimate
+
+    batch = next(iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed))))
+    one = split_batch(batch, max(1, batch_size_of(batch)))[0]  # a single example: cheap even for a large model
+    with frozen(module):
+        act = activation_bytes_per_example(module, lambda: task_loss(task, MaskedModel(module, {}), one, 0), 1)
+    return estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples,
+                    act_per_example=act)  # fmt: skip

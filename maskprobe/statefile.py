@@ -1,0 +1,94 @@
+"""The ``.state.pt`` file beside a mask: what an interrupted run learned, and what must agree to resume it.
+
+Written on SIGINT/SIGTERM, on a NaN (the last good state), every ``--save-every`` steps and when the final mask
+cannot be written; read by ``--resume``. A ``torch.save`` dict (read back with ``weights_only=True``): the
+format tag, the resume key (:func:`resume_key`) and :meth:`maskprobe.training.TrainState.to_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+FORMAT = "maskprobe.state/1"
+
+
+def resume_key(config: Any, task_ref: Any, sha256: str) -> dict[str, str]:
+    """What a state file must agree on to be resumed: settings, selection, task and its arguments, checkpoint."""
+    return {
+        "hparams": repr(sorted(config.hparams().items())),
+        "selection": json.dumps(config.selection.to_dict(), sort_keys=True),
+        "task": task_ref.to_json(),
+        "checkpoint_sha256": sha256,
+    }
+
+
+def save_state(path: Path, state: Any, key: dict[str, str]) -> None:
+    """Write the state atomically (rank 0 only under torchrun; every rank agrees on the outcome).
+
+    Raises:
+        BadInputError: the file cannot be written (disk full, no permission).
+    """
+    import torch
+
+    from . import distributed
+    from .atomic import atomic_write
+
+    payload = {"format": FORMAT, **key, **state.to_dict()}
+    distributed.on_main(distributed.current(), lambda: atomic_write(path, lambda tmp: torch.save(payload, tmp)))
+
+
+def load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> Any:
+    """The :class:`maskprobe.training.TrainState` in ``path``, after checking it belongs to this run.
+
+    Raises:
+        BadInputError: unreadable, not a state file, made with other settings/task/checkpoint, or logits that do
+            not fit the masked parameters.
+    """
+    import torch
+
+    from .training import TrainState
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BadInputError(f"cannot resume: {path} is not a readable state file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BadInputError(f"cannot resume: {path} is not a maskprobe state file")
+    differ = [k for k, v in key.items() if payload.get(k) != v]
+    if differ:
+        what = {"hparams": "settings", "selection": "--include/--exclude/--mask-biases/--mask-norms", "task": "task arguments"}
+        raise BadInputError(
+            f"cannot resume from {path}: it was made with other {', '.join(what.get(k, 'checkpoint') for k in differ)}; "
+            "rerun with the same flags and checkpoint, or pass --force instead of --resume to start over"
+        )
+    try:
+        state = TrainState.from_dict(payload)
+        bad = sorted(set(shapes) ^ set(state.logits)) or [n for n in shapes if tuple(state.logits[n].shape) != shapes[n]]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"cannot resume: {path} is damaged ({type(exc).__name__}: {exc})") from None
+    if bad:
+        raise BadInputError(f"cannot resume from {path}: its logits do not fit the masked parameters (first: {bad[0]!r})")
+    return state
+
+
+class Snapshots:
+    """``--save-every``: a snapshot that cannot be written (disk full) is a warning, not the end of the run; the
+    last good snapshot stays in place (atomic writes) and training goes on."""
+
+    def __init__(self, path: Path, key: dict[str, str], warn: Any) -> None:
+        self.path, self.key, self.warn, self.failing = path, key, warn, False
+
+    def __call__(self, state: Any) -> None:
+        try:
+            save_state(self.path, state, self.key)
+        except BadInputError as exc:
+            if not self.failing:  # once per stretch of failures, not every N steps
+                kept = f"{self.path} keeps the last good snapshot" if self.path.exists() else "no snapshot is kept yet"
+                self.warn(f"snapshot at step {state.step} failed ({exc}); training goes on, {kept}")
+            self.failing = True
+        else:
+            self.failing = False
