@@ -72,11 +72,6 @@ class LogitGate(nn.Module):
         return gate(w, self.logit, u, self.tau)
 
 
-def read_state_mmap(path: str | Path) -> dict[str, Tensor]:
-    """Deprecated alias of ``maskprobe.checkpoints.read_state_dict(path, mmap=True)[1]``."""
-    return read_state_dict(path, mmap=True)[1]
-
-
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     """Build a module with its parameters on ``meta`` and its buffers real: buffers that are not saved in
@@ -176,13 +171,14 @@ class ShardedEngine:
         self.device = torch.device(config.device)
         self.config = config
         self.model, self.gates = build_sharded(
-            build, read_state_mmap(checkpoint), lambda m: select_parameters(m, config.selection),
+            build, read_state_dict(checkpoint, mmap=True)[1], lambda m: select_parameters(m, config.selection),
             device=self.device, init=config.init, tau=config.tau, seed=config.seed,
         )  # fmt: skip
         self.logits = [g.logit for g in self.gates.values()]
         self.moments = [(torch.zeros_like(p.to_local()), torch.zeros_like(p.to_local())) for p in self.logits]
         self.adam_step = 0
         self.numel = sum(g.logit.numel() for g in self.gates.values())
+        self.build = build
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
@@ -254,7 +250,10 @@ class ShardedEngine:
         return {"backend": "fsdp2", "noise": NOISE, "processes": str(self.world.size)}
 
     def layers(self) -> list[dict[str, str]]:
-        return []  # the meta model's layout is recorded by the caller (same module structure)
+        from .layout import model_layout
+
+        with torch.device("meta"):  # the unsharded structure: names and shapes only, no memory
+            return model_layout(self.build(), list(self.gates)).to_list()
 
 
 def train_mask_sharded(
