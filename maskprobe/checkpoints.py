@@ -32,7 +32,7 @@ from .formats import (
     unwrap_state_dict,
 )
 from .hf_folder import hf_builder, hf_tokenizer, load_hf_folder
-from .weights import fit_state, floating_dtypes, load_state_into, misfit, one_dtype
+from .weights import fit_state, floating_dtypes, load_fitted, load_state_into, misfit, one_dtype
 
 __all__ = [
     "Checkpoint",
@@ -135,7 +135,7 @@ def _load(path: Path, fmt: str, build: Callable[[], Any], trust: bool) -> tuple[
         return obj, "pickled-module", {}
     module = build()
     state = fit_state(module, obj, str(path))
-    return load_state_into(module, state, str(path)), fmt, floating_dtypes(state)
+    return load_fitted(module, state), fmt, floating_dtypes(state)
 
 
 def load_checkpoint(

@@ -299,8 +299,8 @@ def unwrap_state_dict(obj: Any) -> dict[str, Any]:
 
 
 def read_tensors(path: Path, fmt: str, *, trust: bool = False, mmap: bool = False) -> Any:
-    """The ``{name: tensor}`` dict of a weights file (prefixes kept), or the ``nn.Module`` a trusted
-    ``torch.save(model)`` file holds. ``mmap=True``: tensors memory-mapped, not read (safetensors' ``safe_open``,
+    """The ``{name: tensor}`` dict of a weights file (prefixes kept), or the ``nn.Module`` of a trusted whole
+    pickled module. ``mmap=True``: tensors memory-mapped, not read (safetensors' ``safe_open``,
     ``torch.load(mmap=True)``), also the safetensors weights of a Hugging Face folder.
 
     Raises:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["fit_state", "floating_dtypes", "load_state_into", "misfit", "one_dtype"]
+__all__ = ["fit_state", "floating_dtypes", "load_fitted", "load_state_into", "misfit", "one_dtype"]
 
 
 def _strip_prefixes(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
@@ -106,16 +106,20 @@ def one_dtype(dtypes: Mapping[str, str]) -> Any:
     return getattr(torch, found.pop()) if len(found) == 1 else None
 
 
-def load_state_into(model: Any, state: Mapping[str, Any], source: str = "checkpoint") -> Any:
-    """Load ``state`` into ``model`` strictly (:func:`fit_state`), the module first cast to the file's dtype when
-    all its floating tensors have one (else ``load_state_dict`` converts each to the architecture's dtype).
+def load_fitted(model: Any, state: Mapping[str, Any]) -> Any:
+    """Load a :func:`fit_state` result into ``model``, the module first cast to the file's dtype when all its
+    floating tensors have one (else ``load_state_dict`` converts each to the architecture's dtype).
 
     Returns:
         the module (``model``, cast).
     """
-    state = fit_state(model, state, source)
     dtype = one_dtype(floating_dtypes(state))
     if dtype is not None:
         model = model.to(dtype)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def load_state_into(model: Any, state: Mapping[str, Any], source: str = "checkpoint") -> Any:
+    """Load ``state`` into ``model`` strictly: :func:`fit_state`, then :func:`load_fitted`."""
+    return load_fitted(model, fit_state(model, state, source))
