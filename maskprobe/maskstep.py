@@ -27,7 +27,10 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from .config import TrainConfig
 from .errors import BadInputError
+
+DEFAULTS = TrainConfig()  # the paper's defaults live on TrainConfig, once
 
 NOISE = "fmix32-hash/1"  # recorded in the metadata: which noise generator drew the samples
 BETAS = (0.9, 0.999)
@@ -66,9 +69,9 @@ class MaskLogits:
         self,
         weights: Mapping[str, Tensor],
         *,
-        init: float = 2.0,
-        lr: float = 1e-2,
-        tau: float = 1.0,
+        init: float = DEFAULTS.init,
+        lr: float = DEFAULTS.lr,
+        tau: float = DEFAULTS.tau,
         seed: int = 0,
         backend: str = "auto",
     ):

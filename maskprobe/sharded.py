@@ -34,7 +34,7 @@ from .errors import BadInputError, CheckpointError, Interrupted
 from .evaluation import evaluate_task
 from .gates import gate
 from .masked import MaskedModel
-from .maskstep import BETAS, EPS, NOISE, clip_factor
+from .maskstep import BETAS, DEFAULTS, EPS, NOISE, clip_factor
 from .selection import select_parameters
 from .tasks import Task, TaskRef
 
@@ -55,7 +55,9 @@ class LogitGate(nn.Module):
         seed: the run's seed.
     """
 
-    def __init__(self, shape: tuple[int, ...], index: int = 0, init: float = 2.0, tau: float = 1.0, seed: int = 0):
+    def __init__(
+        self, shape: tuple[int, ...], index: int = 0, init: float = DEFAULTS.init, tau: float = DEFAULTS.tau, seed: int = 0
+    ):
         super().__init__()
         self.logit = nn.Parameter(torch.full(shape, float(init)))
         self.index, self.tau, self.seed = int(index), float(tau), int(seed)
@@ -97,8 +99,8 @@ def build_sharded(
     names_of: Callable[[nn.Module], list[str]],
     *,
     device: torch.device,
-    init: float = 2.0,
-    tau: float = 1.0,
+    init: float = DEFAULTS.init,
+    tau: float = DEFAULTS.tau,
     seed: int = 0,
 ) -> tuple[nn.Module, dict[str, LogitGate]]:
     """Build on ``meta``, gate the selected weights, ``fully_shard``, materialise on ``device``, load ``state``.
