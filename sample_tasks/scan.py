@@ -29,10 +29,11 @@ size           lstm                                          transformer
 Make a base checkpoint (simple split) and masks::
 
     python -m sample_tasks.scan --model lstm --out scan-lstm.pt
-    maskprobe train scan-lstm.pt --task scan-simple --task scan-jump --task-arg model=lstm --exclude '*.bias_*' \
+    maskprobe train scan-lstm.pt --task scan-simple --task scan-jump --task-arg model=lstm \
         --beta 3e-5 --steps 3000 --out scan-masks/
 
-(``--exclude '*.bias_*'`` leaves ``nn.LSTM``'s biases unmasked, as the paper did; docs/plugins.md, SCAN.)
+(``nn.LSTM``'s ``bias_ih_l*``/``bias_hh_l*`` are biases and stay unmasked by default, as the paper did;
+docs/method.md, "What is masked".)
 """
 
 from __future__ import annotations
