@@ -24,7 +24,7 @@ beta: the paper's sweeps use 1e-4 for both models (``sweeps/addmul_feedforward_b
 with 20,000 mask steps; shorter masks get ``1e-4 * 20000 / steps`` (the same total push of the regulariser), so
 1e-3 at 2,000 steps (the FNN; ``maskprobe demo`` uses 1e-3 at 4,000) and 2e-3 at 1,000 (the LSTM). ``--beta``
 overrides. The LSTM's biases stay unmasked as in the paper's
-code (``bias_no_mask``; ``--exclude '*.bias_*'``).
+code (``bias_no_mask``): maskprobe's default selection leaves ``nn.LSTM``'s ``bias_ih``/``bias_hh`` out.
 
 Run::
 
@@ -43,15 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import (  # noqa: E402
     Runner,
     base_parser,
-    children_cpu_seconds,
     header_lines,
     machine,
     overlap_row,
     pm,
     run_seeds,
     scaled_beta,
+    step_times,
     table,
     threads_for,
+    totals,
     two_mask_seed,
     write_outputs,
 )
@@ -93,8 +94,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.base_steps:
         base += ["--steps", args.base_steps]
     train_flags = ["--steps", steps, "--beta", beta]
-    if args.model == "lstm":
-        train_flags += ["--exclude", "*.bias_*"]  # the paper's bias_no_mask for nn.LSTM's bias_ih/bias_hh
     args.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.out, threads_for(args))
     runs = run_seeds(
@@ -111,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         "beta": beta,
         "seeds": args.seeds,
         "machine": machine(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "cpu_seconds": round(children_cpu_seconds(), 1),
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        "totals": totals(args.out),
         "commands": runner.commands,
         "runs": runs,
     }
@@ -161,11 +160,12 @@ def report(runs: list[dict]) -> str:
             r["seed"],
             " / ".join(f"{100 * v:.1f}" for v in r["compare"][""]["ablation"]["full"]),
             f"{r['compare']['']['scores']['p_specialize']:.3f}",
-            f"{r['seconds']['base']:.0f} / {r['seconds']['masks']:.0f} / {r['seconds']['compare']:.0f}",
+            step_times(r["timings"], ("base", "masks", "compare")),
         ]
         for r in runs
     ]
-    out += ["## Per seed", "", table(["seed", "full add / mul (%)", "P_specialize", "seconds: base / masks / compare"], per_seed)]
+    header = ["seed", "full add / mul (%)", "P_specialize", "CPU seconds: base / masks / compare"]
+    out += ["## Per seed", "", table(header, per_seed)]
     return "\n".join(out) + "\n"
 
 

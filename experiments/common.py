@@ -12,10 +12,10 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -60,36 +60,78 @@ def machine() -> dict[str, Any]:
 
 
 class Runner:
-    """Runs the command lines as subprocesses in the repository root; logs every command with its wall time."""
+    """Runs the command lines as subprocesses in the repository root. Every command is appended, with its exit
+    code, wall time and CPU time (user + system of that process, from ``os.wait4``), to ``<out>/commands.jsonl``
+    (kept across reruns, so a rerun that skips finished steps still accounts for them) and, with its stderr, to
+    ``<out>/commands.log``."""
 
     def __init__(self, out: Path, threads: int):
         self.out = out
         self.threads = threads
-        self.log_path = out / "commands.log"
         self.lock = threading.Lock()
         self.commands: list[dict[str, Any]] = []
 
-    def run(self, argv: Sequence[str], *, json_out: bool = False, skip_if: Path | None = None) -> Any:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        json_out: bool = False,
+        skip_if: Path | None = None,
+        step: tuple[Path, str] | None = None,
+    ) -> Any:
         """``argv[0]`` is a module (``maskprobe``, ``sample_tasks.scan``): run ``python -m argv...``. Returns the
-        parsed stdout with ``json_out``. ``skip_if``: an output file that, when it exists, means the step is done."""
+        parsed stdout with ``json_out``, else the stdout. ``skip_if``: an output file that, when it exists, means
+        the step is done (returns None). ``step = (seed folder, name)`` records the wall and CPU seconds under
+        ``name`` in ``<seed folder>/timings.json``."""
         if skip_if is not None and skip_if.exists():
             return None
         cmd = [sys.executable, "-m", *map(str, argv)]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "CI": "true", "PYTHONPATH": str(ROOT)}
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-        seconds = time.perf_counter() - t0
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = rc = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
+        seconds, cpu = time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
         shown = "python -m " + " ".join(shlex.quote(str(a)) for a in argv)
+        record = {"command": shown, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "rc": rc}
         with self.lock:
-            self.commands.append({"command": shown, "seconds": round(seconds, 1), "rc": proc.returncode})
-            with open(self.log_path, "a") as log:
-                log.write(f"$ {shown}\n# rc {proc.returncode}, {seconds:.1f} s\n{proc.stderr[-4000:]}\n")
-        print(f"  [{seconds:6.0f} s] {shown}", file=sys.stderr, flush=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{shown} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
-        if json_out:
-            return json.loads(proc.stdout)
-        return proc.stdout
+            self.commands.append(record)
+            with open(self.out / "commands.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            with open(self.out / "commands.log", "a") as log:
+                log.write(f"$ {shown}\n# rc {rc}, {seconds:.1f} s, CPU {cpu:.1f} s\n{stderr[-4000:]}\n")
+            if step is not None:
+                path = step[0] / "timings.json"
+                timings = json.loads(path.read_text()) if path.exists() else {}
+                timings[step[1]] = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)}
+                path.write_text(json.dumps(timings))
+        print(f"  [{seconds:6.0f} s, CPU {cpu:6.0f} s] {shown}", file=sys.stderr, flush=True)
+        if rc != 0:
+            raise RuntimeError(f"{shown} failed with exit code {rc}:\n{stderr[-3000:]}")
+        return json.loads(stdout) if json_out else stdout
+
+
+def timings(seed_dir: Path) -> dict[str, dict[str, float]]:
+    """The recorded wall / CPU seconds of a seed's steps (``Runner.run(step=...)``)."""
+    path = seed_dir / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def step_times(recorded: dict[str, dict[str, float]], steps: Sequence[str]) -> str:
+    """``"61 / 120 / 15"``: the CPU seconds of ``steps`` from a seed's timings (``?`` where not recorded)."""
+    return " / ".join(f"{recorded[s]['cpu_seconds']:.0f}" if s in recorded else "?" for s in steps)
+
+
+def totals(out: Path) -> dict[str, float]:
+    """Wall and CPU seconds summed over every command ever recorded in ``<out>/commands.jsonl``."""
+    path = out / "commands.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return {"commands": len(rows), "seconds": round(sum(r["seconds"] for r in rows), 1),
+            "cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in rows), 1)}  # fmt: skip
 
 
 def run_seeds(seeds: Iterable[int], jobs: int, one: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,50 +213,35 @@ def two_mask_seed(
     d = out / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     ckpt = d / "base.pt"
-    t0 = time.perf_counter()
-    runner.run([*base, "--out", ckpt, "--seed", seed], skip_if=None if force else ckpt)
-    base_s = time.perf_counter() - t0
+    runner.run([*base, "--out", ckpt, "--seed", seed], skip_if=None if force else ckpt, step=(d, "base"))
     masks = [d / "masks" / f"{t}.safetensors" for t in tasks]
     train_json = d / "train.json"
-    t0 = time.perf_counter()
     if force or not train_json.exists() or not all(m.exists() for m in masks):
         cmd = ["maskprobe", "train", ckpt, *(x for t in tasks for x in ("--task", t)), *task_args(targs)]
         cmd += [*train_flags, "--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
-        train_json.write_text(json.dumps(runner.run(cmd, json_out=True)))
-    masks_s = time.perf_counter() - t0
+        train_json.write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, "masks"))))
     compares = {}
-    t0 = time.perf_counter()
     for name, flags in compare_variants.items():
         path = d / f"compare{'-' + name if name else ''}.json"
         if force or not path.exists():
             cmd = ["maskprobe", "compare", *masks, "--checkpoint", ckpt, "--seed", seed, *flags, "--json", "--quiet"]
-            path.write_text(json.dumps(runner.run(cmd, json_out=True)))
+            path.write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, f"compare{name}"))))
         compares[name] = json.loads(path.read_text())
-    compare_s = time.perf_counter() - t0
-    return {
-        "seed": seed,
-        "train": json.loads(train_json.read_text()),
-        "compare": compares,
-        "seconds": {"base": round(base_s, 1), "masks": round(masks_s, 1), "compare": round(compare_s, 1)},
-    }
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU time of every finished subprocess of this process."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+    return {"seed": seed, "train": json.loads(train_json.read_text()), "compare": compares, "timings": timings(d)}
 
 
 def header_lines(title: str, args: argparse.Namespace, started: float, extra: Sequence[str] = ()) -> list[str]:
     m = machine()
+    t = totals(args.out)
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
     return [
         f"# {title}",
         "",
         f"Command: `python {Path(sys.argv[0]).as_posix()} {argv}`".replace(str(ROOT) + "/", ""),
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}; "
-        f"{args.jobs} job(s) x {threads_for(args)} thread(s). Wall time: {time.perf_counter() - started:.0f} s; "
-        f"CPU time of all commands: {children_cpu_seconds():.0f} s (steps skipped because their files existed not counted).",
+        f"{args.jobs} job(s) x {threads_for(args)} thread(s). All {t['commands']} commands (over every invocation that "
+        f"wrote into the output folder): CPU {t['cpu_seconds'] / 60:.1f} min, wall {t['seconds'] / 60:.1f} min summed over "
+        f"commands; this invocation's wall time {time.perf_counter() - started:.0f} s.",
         f"Seeds: {', '.join(map(str, args.seeds))} (mean ± sample std over seeds).",
         *extra,
         "",

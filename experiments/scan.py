@@ -24,7 +24,7 @@ layers), the base recipe (2,000 steps) and 500 mask steps; ``paper``: the paper'
 (25,000 steps, lr 1e-3, batch 256) and 25,000 mask steps. beta: the paper's 3e-5 (LSTM, ``sweeps/scan.yaml``) and
 6e-4 (Transformer, ``sweeps/trafo_scan.yaml``) at 25,000 steps, scaled to ``beta * 25000 / steps`` for shorter
 masks (LSTM 1.5e-3, Transformer 3e-2 at 500 steps); ``--beta`` overrides. The LSTM's biases stay unmasked as
-in the paper's code (``--exclude '*.bias_*'``).
+in the paper's code (maskprobe's default selection).
 
 Run::
 
@@ -45,16 +45,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import (  # noqa: E402
     Runner,
     base_parser,
-    children_cpu_seconds,
     header_lines,
     machine,
     mean_std,
     pm,
     run_seeds,
     scaled_beta,
+    step_times,
     table,
     task_args,
     threads_for,
+    timings,
+    totals,
     write_outputs,
 )
 
@@ -81,25 +83,21 @@ def one_seed(runner: Runner, args: Any, seed: int, targs: dict, base: list, trai
     d = args.out / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     ckpt = d / "base.pt"
-    t0 = time.perf_counter()
-    runner.run([*base, "--out", ckpt, "--seed", seed, "--eval-size", args.eval_size], skip_if=None if args.force else ckpt)
-    base_s = time.perf_counter() - t0
+    base_cmd = [*base, "--out", ckpt, "--seed", seed, "--eval-size", args.eval_size]
+    runner.run(base_cmd, skip_if=None if args.force else ckpt, step=(d, "base"))
     masks = {s: d / "masks" / f"scan-{s}.safetensors" for s in SPLITS}
     files = {name: d / f"{name}.json" for name in ("train", "evaluate", "compare")}
-    t0 = time.perf_counter()
     if args.force or not files["train"].exists() or not all(m.exists() for m in masks.values()):
         cmd = ["maskprobe", "train", ckpt, *(x for t in TASKS for x in ("--task", t)), *task_args(targs), *train_flags]
         cmd += ["--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
-        files["train"].write_text(json.dumps(runner.run(cmd, json_out=True)))
-    masks_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+        files["train"].write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, "masks"))))
     if args.force or not files["evaluate"].exists():
         cmd = ["maskprobe", "evaluate", ckpt, *(x for t in TASKS[1:] for x in ("--task", t)), *task_args(targs)]
-        files["evaluate"].write_text(json.dumps(runner.run([*cmd, "--mask", masks["simple"], "--json"], json_out=True)))
+        res = runner.run([*cmd, "--mask", masks["simple"], "--json"], json_out=True, step=(d, "evaluate"))
+        files["evaluate"].write_text(json.dumps(res))
     if args.force or not files["compare"].exists():
         cmd = ["maskprobe", "compare", *masks.values(), "--json", "--quiet"]
-        files["compare"].write_text(json.dumps(runner.run(cmd, json_out=True)))
-    after_s = time.perf_counter() - t0
+        files["compare"].write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, "compare"))))
     train = json.loads(files["train"].read_text())
     evaluate = json.loads(files["evaluate"].read_text())
     by_task = {m["task"]: m for m in train["masks"]}
@@ -119,7 +117,7 @@ def one_seed(runner: Runner, args: Any, seed: int, targs: dict, base: list, trai
         "train": train,
         "evaluate": evaluate,
         "compare": json.loads(files["compare"].read_text()),
-        "seconds": {"base": round(base_s, 1), "masks": round(masks_s, 1), "evaluate_compare": round(after_s, 1)},
+        "timings": timings(d),
     }
 
 
@@ -145,8 +143,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.base_steps:
         base += ["--steps", args.base_steps]
     train_flags = ["--steps", steps, "--beta", beta]
-    if args.model == "lstm":
-        train_flags += ["--exclude", "*.bias_*"]  # the paper's bias_no_mask for nn.LSTM's bias_ih/bias_hh
     args.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.out, threads_for(args))
     runs = run_seeds(args.seeds, args.jobs, lambda s: one_seed(runner, args, s, targs, base, train_flags))
@@ -159,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         "beta": beta,
         "seeds": args.seeds,
         "machine": machine(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "cpu_seconds": round(children_cpu_seconds(), 1),
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        "totals": totals(args.out),
         "commands": runner.commands,
         "tokens": TOKENS,
         "runs": runs,
@@ -199,10 +195,9 @@ def report(runs: list[dict]) -> str:
     out += ["## Masks", "", table(["mask", "density (%)", "IoU with control mask", "chance"], ov), ""]
     per_seed = []
     for r in runs:
-        secs = r["seconds"]
-        times = f"{secs['base']:.0f} / {secs['masks']:.0f} / {secs['evaluate_compare']:.0f}"
+        times = step_times(r["timings"], ("base", "masks", "evaluate", "compare"))
         per_seed.append([r["seed"], f"{100 * r['unmasked']['scan-simple']:.1f}", times])
-    out += ["## Per seed", "", table(["seed", "unmasked, simple test (%)", "seconds: base / masks / evaluate+compare"], per_seed)]
+    out += ["## Per seed", "", table(["seed", "unmasked, simple test (%)", "CPU s: base / masks / evaluate / compare"], per_seed)]
     m, _ = mean_std(r["removed_from_control"]["jump"][TOKENS.index("I_JUMP")] for r in runs)
     out += ["", f"I_JUMP row, jump mask: {100 * m:.0f} % of the control mask's weights removed (mean over seeds)."]
     return "\n".join(out) + "\n"
