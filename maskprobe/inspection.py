@@ -100,7 +100,8 @@ def inspect_checkpoint(
 
     if tasks or model:
         ckpt = load_checkpoint(path, tasks=tasks, model=model, model_args=model_args, trust=trust)
-        return CheckpointSummary(Path(path), ckpt.format, "architecture built", describe_selection(ckpt.model, selection))
+        rows = describe_selection(ckpt.model, selection, stored_dtypes=ckpt.dtypes)
+        return CheckpointSummary(Path(path), ckpt.format, "architecture built", rows)
     fmt, contents = read_contents(path, trust=trust)
     if isinstance(contents, dict):
         note = "weights only: selection judged by names; pass --task or --model to build the module"

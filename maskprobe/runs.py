@@ -167,7 +167,7 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     config = dataclasses.replace(request.config, device=str(dev))
     shard = request.shard and not request.dry_run  # --dry-run estimates every mode from the loaded model
     ckpt = _open_checkpoint(request, world, shard)
-    rows = describe_selection(ckpt.model, config.selection)
+    rows = describe_selection(ckpt.model, config.selection, stored_dtypes=ckpt.dtypes)
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
     masked = [r.name for r in rows if r.masked]
     task0 = request.tasks[0][0]

@@ -102,6 +102,8 @@ def build_sharded(
     init: float = DEFAULTS.init,
     tau: float = DEFAULTS.tau,
     seed: int = 0,
+    source: str = "checkpoint",
+    extra_ok: bool = False,
 ) -> tuple[nn.Module, dict[str, LogitGate]]:
     """Build on ``meta``, gate the selected weights, ``fully_shard``, materialise on ``device``, load ``state``.
 
@@ -112,8 +114,11 @@ def build_sharded(
     from torch.distributed.fsdp import fully_shard
     from torch.nn.utils import parametrize
 
+    from .weights import fit_state
+
     with _parameters_on_meta():
         model = build()
+    state = fit_state(model, state, source, extra_ok=extra_ok)  # prefixes, tied names, the file's names checked
     kept = {n: b.detach().clone() for n, b in model.named_buffers() if b.device.type != "meta"}
     with torch.device("meta"):
         names = names_of(model)
@@ -172,9 +177,10 @@ class ShardedEngine:
         self.world = distributed.current()
         self.device = torch.device(config.device)
         self.config = config
+        fmt, state = read_state_dict(checkpoint, mmap=True)
         self.model, self.gates = build_sharded(
-            build, read_state_dict(checkpoint, mmap=True)[1], lambda m: select_parameters(m, config.selection),
-            device=self.device, init=config.init, tau=config.tau, seed=config.seed,
+            build, state, lambda m: select_parameters(m, config.selection), device=self.device, init=config.init,
+            tau=config.tau, seed=config.seed, source=str(checkpoint), extra_ok=fmt == "hf-folder",
         )  # fmt: skip
         self.logits = [g.logit for g in self.gates.values()]
         self.moments = [(torch.zeros_like(p.to_local()), torch.zeros_like(p.to_local())) for p in self.logits]

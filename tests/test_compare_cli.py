@@ -151,8 +151,10 @@ def test_packed_masks_compare_like_plain_ones(masks, capsys):
     )
     assert code == code2 == 0
     p, q = json.loads(plain), json.loads(packed)
-    assert p["layers"] == q["layers"] and p["total"] == q["total"]
     assert [m["packed"] for m in q["masks"]] == [True, True]
+    for m in (*p["masks"], *q["masks"]):  # the file names and the storage differ; every number must not
+        del m["path"], m["packed"]
+    assert p == q
 
 
 def test_plot_without_matplotlib_is_bad_input(masks, capsys, monkeypatch, tmp_path):

@@ -17,7 +17,9 @@ def selection_table(rows: Sequence[Any], title: str = "Parameters") -> Table:
     for col, just in (("shape", "right"), ("dtype", "left"), ("numel", "right"), ("masked", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in rows:
-        add_row(t, r.name, shape_str(r.shape), r.dtype, f"{r.numel:,}", "yes" if r.masked else f"no ({r.reason})")
+        verdict = "yes" if r.masked else f"no ({r.reason})"
+        tied = getattr(r, "tied", ())
+        add_row(t, r.name, shape_str(r.shape), r.dtype, f"{r.numel:,}", verdict + (f"; tied: {', '.join(tied)}" if tied else ""))
     masked = sum(r.numel for r in rows if r.masked)
     total = sum(r.numel for r in rows)
     t.add_section()
