@@ -215,6 +215,9 @@ def compare(
             if checkpoint is None:
                 checkpoint = open_checkpoint(task_list)  # type: ignore[misc]
             check_fits(checkpoint.model, checkpoint.sha256, readers, allow_mismatch)
+            from .tasks import setup_tasks
+
+            setup_tasks(task_list, checkpoint)
         layout = mask_layout(readers, names, module=checkpoint.model if checkpoint is not None else None, io=io)
         ablation = None
         if checkpoint is None:

@@ -160,6 +160,7 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     from .devices import resolve_device
     from .selection import describe_selection
     from .statefile import Snapshots, load_state, resume_key, save_state
+    from .tasks import setup_tasks
     from .training import train_mask
 
     world, dev = distributed.setup(resolve_device(request.config.device))
@@ -167,6 +168,7 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     config = dataclasses.replace(request.config, device=str(dev))
     shard = request.shard and not request.dry_run  # --dry-run estimates every mode from the loaded model
     ckpt = _open_checkpoint(request, world, shard)
+    setup_tasks([t for t, _ in request.tasks], ckpt)
     rows = describe_selection(ckpt.model, config.selection, stored_dtypes=ckpt.dtypes)
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
     masked = [r.name for r in rows if r.masked]

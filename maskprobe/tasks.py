@@ -54,6 +54,15 @@ class Task:
         """The architecture (an ``nn.Module`` with fresh weights) for weights-only checkpoints, or None."""
         return None
 
+    def setup(self, context: TaskContext) -> None:
+        """Called once with the checkpoint the task will run on, before any ``batches()``: a task that tokenizes
+        its data with the checkpoint's tokenizer, or reads its config, does it here (default: nothing)."""
+
+    def base_recipe(self) -> Any:
+        """How to train :meth:`build_model`'s network from scratch (a :class:`maskprobe.fitting.Recipe`), or
+        None (default): used by the demo and the sample tasks' base networks."""
+        return None
+
     def batches(self, split: str, batch_size: int, generator: Any) -> Iterator[Any]:
         """Batches for ``split``: ``"train"`` is endless, ``"eval"`` finite and the same on every call.
 
@@ -70,6 +79,60 @@ class Task:
     def evaluate(self, model: Callable[..., Any], batches: Iterable[Any]) -> dict[str, float]:
         """Metrics over the finite ``batches``; must contain ``self.metric``."""
         raise NotImplementedError
+
+
+@dataclass
+class TaskContext:
+    """What a task may use of the checkpoint it runs on (:meth:`Task.setup`).
+
+    Attributes:
+        module: the frozen network (read its ``config``; calling it directly bypasses the masks: inside
+            ``loss``/``evaluate`` use the ``model`` argument, and ``model.unmasked(...)`` for the unmasked outputs).
+        path: the checkpoint file or folder (None for a module given in memory).
+        format: the checkpoint's format (``hf-folder``, ``safetensors``, ...).
+    """
+
+    module: Any
+    path: Path | None = None
+    format: str = ""
+    _tokenizer: Any = None
+
+    @classmethod
+    def of(cls, checkpoint: Any) -> TaskContext:
+        """The context of a loaded :class:`maskprobe.checkpoints.Checkpoint`."""
+        return cls(checkpoint.model, Path(checkpoint.path) if checkpoint.path else None, checkpoint.format)
+
+    @property
+    def config(self) -> Any:
+        """The module's configuration (a Hugging Face ``PretrainedConfig``), or None."""
+        return getattr(self.module, "config", None)
+
+    def tokenizer(self) -> Any:
+        """The tokenizer saved with the checkpoint (a Hugging Face folder), loaded once, offline.
+
+        Raises:
+            CheckpointError: not a folder with tokenizer files, or transformers missing.
+        """
+        if self._tokenizer is None:
+            from .errors import CheckpointError
+            from .hf_folder import hf_tokenizer
+
+            if self.path is None or not self.path.is_dir():
+                raise CheckpointError(f"{self.path or 'the checkpoint'} is not a Hugging Face folder: it has no tokenizer")
+            self._tokenizer = hf_tokenizer(self.path)
+        return self._tokenizer
+
+
+def setup_tasks(tasks: Iterable[Task], checkpoint: Any) -> None:
+    """:meth:`Task.setup` of every task with the loaded ``checkpoint``; a plugin's failure is one PluginError."""
+    context = TaskContext.of(checkpoint)
+    for task in tasks:
+        try:
+            task.setup(context)
+        except (PluginError, BadInputError):
+            raise
+        except Exception as exc:
+            raise PluginError(f"{describe_task(task)}: setup() failed: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
