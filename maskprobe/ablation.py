@@ -42,6 +42,8 @@ class Ablation:
     keep_io: bool = False
     io_tensors: tuple[str, ...] = ()
     metric_ranges: list[Any] = field(default_factory=list)  # each task's metric_range (percent for [0, 1])
+    kept_metrics: list[list[dict[str, float]]] = field(default_factory=list)  # every metric of task j, only mask i kept
+    classes_removed: list[list[Any]] = field(default_factory=list)  # per task: the classes its data leaves out
     scores: dict[str, Any] = field(init=False)  # computed once, from the drops (docs/metrics.md)
 
     def __post_init__(self) -> None:
@@ -63,7 +65,40 @@ class Ablation:
         d["keep_io"] = self.keep_io
         d["io_tensors"] = list(self.io_tensors)
         d["metric_ranges"] = [None if r is None else list(r) for r in self.metric_ranges]
+        d["kept_metrics"] = self.kept_metrics
+        class_removal = self.class_removal()
+        if class_removal is not None:
+            d["class_removal"] = class_removal
         return d
+
+    def class_removal(self) -> list[dict[str, Any]] | None:
+        """The paper's class-removal reading (its §4, CIFAR-10): for each mask trained without some classes,
+        the relative drop of each class's accuracy with only that mask kept against the control mask (the one
+        whose task removes no class), evaluated by the control task; the removed classes' drop beside the largest
+        drop of any other class. None without a control mask or per-class metrics (``accuracy_class_<k>``)."""
+        controls = [j for j, removed in enumerate(self.classes_removed) if not removed]
+        if len(controls) != 1 or not any(self.classes_removed) or not self.kept_metrics:
+            return None
+        c = controls[0]
+        base = self.kept_metrics[c][c]
+        per_class = {key.removeprefix("accuracy_class_"): v for key, v in base.items() if key.startswith("accuracy_class_")}
+        if not per_class:
+            return None
+        out = []
+        for i, removed in enumerate(self.classes_removed):
+            if not removed:
+                continue
+            under = self.kept_metrics[i][c]
+            drops = {k: analysis.relative_drop(v, under.get(f"accuracy_class_{k}", float("nan"))) for k, v in per_class.items()}
+            removed_keys = [str(r) for r in removed]
+            others = [d for k, d in drops.items() if k not in removed_keys and d == d]
+            out.append({
+                "mask": self.tasks[i], "removed": removed_keys,
+                "removed_drop": analysis.nanmean([drops.get(k, float("nan")) for k in removed_keys]),
+                "largest_other_drop": max(others) if others else float("nan"),
+                "drops": drops,
+            })  # fmt: skip
+        return out
 
 
 def io_tensors(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
@@ -121,9 +156,9 @@ def ablate(
     names = list(masks[0])
     io = (tuple(io) if io is not None else io_tensors(module, names)) if keep_io else ()
 
-    def run(task: Task, keep: dict[str, Tensor] | None) -> float:
+    def run(task: Task, keep: dict[str, Tensor] | None) -> dict[str, float]:
         overrides = masked_weights(module, keep) if keep is not None else None
-        return evaluate_task(module, task, overrides, device=device, batch_size=batch_size)[task.metric]
+        return evaluate_task(module, task, overrides, device=device, batch_size=batch_size)
 
     def without(remove: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: (~r if k not in io else torch.ones_like(r)) for k, r in remove.items()}
@@ -141,12 +176,16 @@ def ablate(
     for t in tasks:
         if progress:
             progress(f"full network on {t.name}")
-        full.append(run(t, None))
+        full.append(run(t, None)[t.metric])
     results: dict[str, list[list[float]]] = {}
+    kept_metrics: list[list[dict[str, float]]] = []
     for kind, keeps in removals.items():
         if progress:
             progress(f"{kind} removals")
-        results[kind] = [[run(t, keep) for t in tasks] for keep in keeps]
+        rows = [[run(t, keep) for t in tasks] for keep in keeps]
+        results[kind] = [[m[t.metric] for m, t in zip(row, tasks, strict=True)] for row in rows]
+        if kind == "kept":
+            kept_metrics = rows
     return Ablation(
         [t.name for t in tasks],
         [t.metric for t in tasks],
@@ -155,5 +194,7 @@ def ablate(
         keep_io=keep_io,
         io_tensors=io,
         metric_ranges=[t.metric_range for t in tasks],
+        kept_metrics=kept_metrics,
+        classes_removed=[list(getattr(t, "classes_removed", ()) or ()) for t in tasks],
         **results,
     )

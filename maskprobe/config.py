@@ -53,6 +53,11 @@ class TrainConfig:
         log_every: progress events every this many steps (default 25).
         eval_every: the task metric under the current mask every this many steps, on one evaluation batch
             (default None: ten times per run).
+        fixed_from: a mask file whose tensors ``fixed`` are copied into this mask and not trained (the paper's
+            class removal keeps the control mask's output layer, so that removal happens in the features);
+            default None: every masked tensor is trained.
+        fixed: with ``fixed_from``: globs of the tensors held fixed, or ``"output"`` for the output layer's
+            (the recorded roles, maskprobe.layout; the default).
         selection: which parameters get a mask.
     """
 
@@ -70,6 +75,8 @@ class TrainConfig:
     eval_batch_size: int = 1024
     log_every: int = 25
     eval_every: int | None = None
+    fixed_from: str | None = None
+    fixed: tuple[str, ...] = ("output",)
     selection: Selection = field(default_factory=Selection)
 
     def hparams(self) -> dict[str, Any]:
@@ -78,6 +85,7 @@ class TrainConfig:
         d = asdict(self)
         for key in ("selection", "log_every", "eval_every"):
             d.pop(key)
+        d["fixed"] = list(self.fixed)
         return d
 
     def check(self) -> None:

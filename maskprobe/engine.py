@@ -40,10 +40,16 @@ class FusedEngine:
         self.module = module if on_device else copy.deepcopy(module).to(self.device)
         self.names = select_parameters(self.module, config.selection)
         params = dict(self.module.named_parameters())
+        self.fixed = fixed_masks(self.module, self.names, config)  # held as given, never trained
+        if len(self.fixed) == len(self.names):
+            from .errors import BadInputError
+
+            raise BadInputError("--fix holds every masked tensor fixed: nothing is left to train")
         self.mask = MaskLogits(
-            {n: params[n].detach() for n in self.names},
+            {n: params[n].detach() for n in self.names if n not in self.fixed},
             init=config.init, lr=config.lr, tau=config.tau, seed=config.seed, backend=config.backend,
         )  # fmt: skip
+        self._fixed_weights = masked_weights(self.module, self.fixed)
         self._logits = self.mask.logits()
         self._grads: list[dict[str, Tensor | None]] = []
         self.seed = config.seed
@@ -59,7 +65,7 @@ class FusedEngine:
         for i, j in enumerate(share):
             gated = self.mask.sample(step, i)
             samples.append(gated)
-            total = total + loss_of(MaskedModel(self.module, gated), chunks[j]) / k
+            total = total + loss_of(MaskedModel(self.module, {**self._fixed_weights, **gated}), chunks[j]) / k
         self._grads = _sample_grads(total, samples)
         return float(total.detach())
 
@@ -92,8 +98,9 @@ class FusedEngine:
         self.mask.load_state(state.logits, state.optimizer)
 
     def masks(self) -> dict[str, Tensor]:
-        """The final mask: ``logit > 0`` (bool, on the CPU)."""
-        return {n: (t > 0).cpu() for n, t in self._logits.items()}
+        """The final mask: ``logit > 0`` (bool, on the CPU), with the fixed tensors as given; in model order."""
+        trained = {n: (t > 0).cpu() for n, t in self._logits.items()}
+        return {n: self.fixed[n].cpu() if n in self.fixed else trained[n] for n in self.names}
 
     def evaluate(self, task: Any, masks: dict[str, Tensor] | None, batch_size: int, batches: int | None = None) -> dict:
         overrides = masked_weights(self.module, masks) if masks is not None else None
@@ -106,6 +113,36 @@ class FusedEngine:
         from .layout import model_layout
 
         return model_layout(self.module, self.names).to_list()
+
+
+def fixed_masks(module: nn.Module, names: Sequence[str], config: TrainConfig) -> dict[str, Tensor]:
+    """The tensors ``config.fixed`` names (globs, or ``"output"``: the output layer's), read from
+    ``config.fixed_from`` (bool, the parameters' shapes); empty without ``fixed_from``.
+
+    Raises:
+        BadInputError: nothing matches, or the file lacks a tensor or holds it in another shape.
+    """
+    if not config.fixed_from:
+        return {}
+    from fnmatch import fnmatchcase
+
+    from .errors import BadInputError
+    from .layout import model_layout
+    from .maskfile import load_masks
+
+    roles = model_layout(module, names).roles
+    chosen = [n for n in names if any((g == "output" and roles[n] == "output") or fnmatchcase(n, g) for g in config.fixed)]
+    if not chosen:
+        raise BadInputError(f"--fix {','.join(config.fixed)} matches no masked tensor (the output layer: role 'output')")
+    source = load_masks(config.fixed_from).masks
+    params = dict(module.named_parameters())
+    for n in chosen:
+        if n not in source:
+            raise BadInputError(f"--fix-from {config.fixed_from} has no mask for {n!r}")
+        if tuple(source[n].shape) != tuple(params[n].shape):
+            raise BadInputError(f"--fix-from {config.fixed_from}: {n!r} has shape {tuple(source[n].shape)}, the model's is "
+                                f"{tuple(params[n].shape)}")  # fmt: skip
+    return {n: source[n].to(params[n].device) for n in chosen}
 
 
 def seed_bytes(seed: int) -> Tensor:

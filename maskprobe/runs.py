@@ -180,6 +180,11 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
         per_process = dataclasses.replace(config, samples=config.samples // world.size)  # K/R samples each
         _check_memory(ckpt.model, task0, per_process, masked, request.memory_limit)
     shapes = {r.name: tuple(r.shape) for r in rows if r.masked}
+    if config.fixed_from and not shard:  # the fixed tensors keep no logits in a state file
+        from .engine import fixed_masks
+
+        for name in fixed_masks(ckpt.model, masked, config):
+            shapes.pop(name)
     out = RunResult(ckpt.to_dict())
     for (task, ref, job_config, _), plan in zip(jobs, plans, strict=True):
         cfg = dataclasses.replace(job_config, device=str(dev))

@@ -174,6 +174,8 @@ class ShardedEngine:
     """
 
     def __init__(self, build: Callable[[], nn.Module], checkpoint: str | Path, config: Any):
+        if config.fixed_from:
+            raise BadInputError("--fix-from does not run with --shard yet: train those masks without --shard")
         self.world = distributed.current()
         self.device = torch.device(config.device)
         self.config = config

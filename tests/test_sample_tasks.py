@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -74,32 +72,19 @@ def test_double_addition_base_recipe(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
-def test_digits_removal_task_data_metrics_and_keep_output(tmp_path):
+def test_digits_removal_task_data_metrics_and_classes_removed():
     pytest.importorskip("sklearn")
-    from maskprobe.maskfile import load_masks, save_masks
-    from sample_tasks.digits import DigitsTask, keep_output, load_digits_split
+    from sample_tasks.digits import DigitsTask, load_digits_split
 
     x_tr, y_tr, x_ev, y_ev = load_digits_split()
     assert x_tr.shape == (1437, 1, 8, 8) and x_ev.shape == (360, 1, 8, 8) and float(x_tr.max()) <= 1.0
     task = DigitsTask(removed=3)
-    assert task.name == "digits-without-3"
+    assert task.name == "digits-without-3" and task.classes_removed == (3,) and DigitsTask().classes_removed == ()
     batch = next(task.batches("train", 512, torch.Generator().manual_seed(0)))
     assert (batch[1] != 3).all()
     assert check_task(task).ok
     model = task.build_model()
     m = task.evaluate(model, task.batches("eval", 128, None))
     assert "accuracy_removed" in m and len([k for k in m if k.startswith("accuracy_class_")]) == 10
-    control = tmp_path / "c.safetensors"
-    names = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n.endswith("weight")}
-    save_masks(control, names, {"format": "maskprobe.mask/1"})
-    removal = tmp_path / "r.safetensors"
-    save_masks(removal, {n: ~m for n, m in names.items() if not n.startswith("head.")}, {"format": "maskprobe.mask/1"})
-    keep_output(str(control), str(removal))
-    merged = load_masks(removal)
-    assert merged.masks["head.weight"].all() and not merged.masks["fc.weight"].any()
-    assert json.loads(merged.metadata["output_layer_from"])["tensors"] == ["head.weight"]
-    # with control_mask, loss runs the output layer under the control's head mask
-    with_head = DigitsTask(removed=3, control_mask=str(removal))
-    assert set(with_head.head_mask) == {"head.weight"}
     with pytest.raises(ValueError, match="removed must be"):
         DigitsTask(removed=10)

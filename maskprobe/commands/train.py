@@ -54,6 +54,13 @@ def train(
     mask_norms: Annotated[
         bool, typer.Option("--mask-norms/--no-mask-norms", help="Mask normalisation-layer gains (LayerNorm.weight ...).")
     ] = Selection.mask_norms,
+    fix_from: Annotated[
+        Path | None,
+        typer.Option("--fix-from", help="Copy tensors of this mask file into each mask and do not train them (class removal)."),
+    ] = None,
+    fix: Annotated[
+        list[str], typer.Option("--fix", help="With --fix-from: the tensors held fixed, globs or 'output' (the default).")
+    ] = [],
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing mask files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their .state.pt files.")] = False,
     save_every: Annotated[
@@ -81,19 +88,23 @@ def train(
     from .. import console, distributed
     from ..checkpoints import parse_model_args
     from ..devices import set_threads
+    from ..errors import BadInputError
     from ..memory import parse_size
     from ..render import dumps
     from ..runs import TrainRequest, train_masks
     from ..selection import parse_globs
     from ..task_args import resolve_tasks
 
+    if fix and fix_from is None:
+        raise BadInputError("--fix needs --fix-from MASK (the mask file the fixed tensors come from)")
     set_threads(threads)
     quiet = quiet or not distributed.detect().is_main  # under torchrun only rank 0 prints
     betas = parse_numbers(beta, float, "--beta")
     seed_list = parse_numbers(seeds, int, "--seeds") if seeds is not None else [seed]
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases, mask_norms)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, beta=betas[0], samples=samples, init=init, tau=tau,
-                         clip=clip, seed=seed_list[0], device=device, backend=backend, selection=selection)  # fmt: skip
+                         clip=clip, seed=seed_list[0], device=device, backend=backend, selection=selection,
+                         fixed_from=str(fix_from) if fix_from else None, fixed=parse_globs(fix) or D.fixed)  # fmt: skip
     request = TrainRequest(
         checkpoint=checkpoint, tasks=resolve_tasks(task, task_arg), out=out, config=config, seeds=tuple(seed_list),
         betas=tuple(betas), model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint, force=force,

@@ -202,6 +202,20 @@ def scores_table(report: dict[str, Any]) -> Table:
     return t
 
 
+def class_removal_table(report: dict[str, Any]) -> Table:
+    """Per removal mask: the removed classes' relative drop against the control mask, beside the largest drop of any
+    other class (the paper's class-removal reading)."""
+    t = Table(title="Class removal: relative drop of each class's accuracy, mask kept vs the control mask kept",
+              title_justify="left")  # fmt: skip
+    for col in ("mask", "removed", "drop of removed", "largest other drop", "class with it"):
+        t.add_column(col, justify="left" if col in ("mask", "removed", "class with it") else "right")
+    for row in report["ablation"]["class_removal"]:
+        others = {k: v for k, v in row["drops"].items() if k not in row["removed"] and v is not None}
+        worst = max(others, key=others.get) if others else "-"
+        add_row(t, row["mask"], ", ".join(row["removed"]), num(row["removed_drop"]), num(row["largest_other_drop"]), worst)
+    return t
+
+
 def baseline_table(base: dict[str, Any], limit: int = 15) -> Table:
     t = Table(title=f"Against the baseline {base.get('path', '')}: the largest moves", title_justify="left")
     for col in ("number", "baseline", "now", "change"):
@@ -223,6 +237,8 @@ def compare_tables(report: dict[str, Any]) -> list[Any]:
         out.append(paper_table(report))
         out += ablation_tables(report)
         out.append(scores_table(report))
+        if report["ablation"].get("class_removal"):
+            out.append(class_removal_table(report))
     if report.get("baseline"):
         out.append(baseline_table(report["baseline"]))
     out += [f"{'PASS' if c['passed'] else 'FAIL'} {c['reason']}" for c in report.get("checks", [])]

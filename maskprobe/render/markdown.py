@@ -110,6 +110,11 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
         labels = {"p_specialize": "P_specialize", "p_specialize_control": "P_specialize, control", "p_reuse": "P_reuse"}
         rows += [[label, _pm(s[key], _at(sd, key))] for key, label in labels.items()]
         out.append(table(["score", "value"], rows))
+        if ab.get("class_removal"):
+            out.append("### Class removal (relative drop against the control mask)")
+            out.append(table(["mask", "removed", "drop of removed", "largest other drop"],
+                             [[r["mask"], ", ".join(r["removed"]), _n(r["removed_drop"]), _n(r["largest_other_drop"])]
+                              for r in ab["class_removal"]], right_from=2))  # fmt: skip
     base = report.get("baseline")
     if base:
         out.append(f"### Against the baseline {base.get('path', '')}")
