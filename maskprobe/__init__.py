@@ -5,8 +5,9 @@ Modularity Through Differentiable Weight Masks" (ICLR 2021).
 
 Public API (imported lazily, so ``import maskprobe`` stays fast)::
 
-    from maskprobe import Task, load_checkpoint, load_task, TrainConfig, train_mask,
-                          save_masks, load_masks, open_masks, overlap, ablate, evaluate_task
+    from maskprobe import (Task, TaskContext, load_task, load_checkpoint, TrainConfig, Selection, train_mask,
+                           train_masks, TrainRequest, save_masks, load_masks, open_masks, compare, CompareReport,
+                           overlap, ablate, evaluate_task, fit, Recipe)
 """
 
 from __future__ import annotations
@@ -18,21 +19,29 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Task": "tasks",
+    "TaskContext": "tasks",
+    "resolve_tasks": "task_args",
     "load_task": "tasks",
     "discover_tasks": "tasks",
     "load_checkpoint": "checkpoints",
     "Checkpoint": "checkpoints",
-    "TrainConfig": "training",
+    "TrainConfig": "config",
+    "Selection": "config",
     "train_mask": "training",
-    "evaluate_task": "training",
     "MaskResult": "training",
-    "Selection": "selection",
+    "evaluate_task": "evaluation",
+    "train_masks": "runs",
+    "TrainRequest": "runs",
+    "fit": "fitting",
+    "Recipe": "fitting",
     "select_parameters": "selection",
     "save_masks": "maskfile",
     "load_masks": "maskfile",
     "open_masks": "maskfile",
     "MaskSet": "maskfile",
-    "overlap": "analysis",
+    "overlap": "overlap",
+    "compare": "compare",
+    "CompareReport": "compare",
     "ablate": "ablation",
     "Ablation": "ablation",
     "MaskprobeError": "errors",
