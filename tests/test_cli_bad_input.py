@@ -233,7 +233,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_matrix(env, tmp_path, capsys, case):
+def test_cli_bad_input_matrix(env, tmp_path, capsys, case):
     argv, expected, needle = CASES[case]
     out = tmp_path / "out"
     out.mkdir()

@@ -69,7 +69,7 @@ def test_thresholds_that_hold_exit_0_and_violations_exit_1_one_line_each(masks, 
         (["--keep-io"], "needs --checkpoint"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(masks, capsys, argv, message):
+def test_cli_bad_input_exits_2_with_one_line(masks, capsys, argv, message):
     _, (a, b), out_dir = masks
     (out_dir / "not-json.json").write_text("{")
     argv = [x.replace("{tmp}", str(out_dir)) for x in argv]
