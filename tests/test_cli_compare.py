@@ -95,7 +95,7 @@ MASK_KEYS = {"path", "task", "label", "density", "kept", "numel", "packed"}
 COUNT_KEYS = {"name", "role", "shape", "numel", "counts", "density", "intersection", "union", "iou", "iomin", "shared",
               "chance_iou", "chance_iomin", "excess_iou", "excess_iomin", "share_of_others", "by_k"}  # fmt: skip
 ABLATION_KEYS = {"tasks", "metrics", "full", "kept", "inverted", "exclusive", "control", "control_exclusive", "drops",
-                 "keep_io", "io_tensors", "metric_ranges"}  # fmt: skip
+                 "keep_io", "io_tensors", "metric_ranges", "kept_metrics"}  # fmt: skip
 SCORE_KEYS = {"specialization", "p_specialize", "p_specialize_control", "reuse", "p_reuse"}
 CHECK_KEYS = {"check", "value", "threshold", "kind", "passed", "reason"}
 
