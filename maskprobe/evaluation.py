@@ -137,7 +137,9 @@ def evaluate_under_mask(
     from .compare import check_fits
     from .masked import masked_weights
     from .maskfile import load_masks, open_masks
+    from .tasks import setup_tasks
 
+    setup_tasks(tasks, checkpoint)  # the contract: setup() with the checkpoint before any batches()
     module = checkpoint.model
     if any(p.device != torch.device(device) for p in module.parameters()):
         module = module.to(device)  # the task's batches go to device too (evaluate_task)

@@ -39,29 +39,37 @@ class TrainProgress:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:>9}  density {task.fields[density]:>6}  {task.fields[rate]:>9}"),
+                TextColumn(
+                    "task loss {task.fields[loss]:>9}  density {task.fields[density]:>6}  {task.fields[metric]}  "
+                    "{task.fields[rate]:>9}"
+                ),  # fmt: skip
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
             )
             self._bar.start()
-            self._id = self._bar.add_task(self.task, total=self.steps, completed=self.start, loss="-", density="-", rate="-")
+            self._id = self._bar.add_task(self.task, total=self.steps, completed=self.start, loss="-", density="-", metric="",
+                                          rate="-")  # fmt: skip
         return self.update
 
     def update(self, ev: Any) -> None:
         if self.quiet:
             return
         rate = (ev.step - self.start) / ev.elapsed if ev.elapsed > 0 else 0.0
+        # the task's own loss and metric, not the total: the regulariser dominates the total and hides a collapse
+        metric = f"{ev.metric_name or 'metric'} {ev.metric:.4f}" if ev.metric is not None else ""
         if self._bar is not None:
-            self._bar.update(
-                self._id, completed=ev.step, loss=f"{ev.loss:.4f}", density=f"{ev.density:.3f}", rate=f"{rate:.1f} it/s"
-            )
+            self._bar.update(self._id, completed=ev.step, loss=f"{ev.task_loss:.4f}", density=f"{ev.density:.3f}", metric=metric,
+                             rate=f"{rate:.1f} it/s")  # fmt: skip
             return
         now = time.monotonic()
         if now - self._last_plain >= self.plain_every or ev.step == ev.steps:
             self._last_plain = now
             self.console.print(
-                f"{ev.task}: step {ev.step}/{ev.steps} loss {ev.loss:.4f} density {ev.density:.4f} {rate:.1f} steps/s"
+                f"{ev.task}: step {ev.step}/{ev.steps} task loss {ev.task_loss:.4f} (total {ev.loss:.4f}) density "
+                f"{ev.density:.4f}{'  ' + metric if metric else ''} {rate:.1f} steps/s",
+                markup=False,
+                highlight=False,
             )
 
     def __exit__(self, *exc: object) -> None:

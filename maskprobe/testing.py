@@ -25,7 +25,7 @@ from torch import nn
 
 from .batching import batch_size_of
 from .errors import MaskprobeError
-from .tasks import Task, TaskRef, contract_problems, describe_task
+from .tasks import Task, TaskContext, TaskRef, contract_problems, describe_task
 
 MAX_EVAL_BATCHES = 100_000  # an 'eval' stream longer than this is taken to be endless
 
@@ -101,6 +101,7 @@ def check_task(
     steps: int = 2,
     batch_size: int = 8,
     device: str = "cpu",
+    context: TaskContext | None = None,
 ) -> TaskCheck:
     """Run ``task`` through the contract's checks and a few real mask-training steps.
 
@@ -110,6 +111,8 @@ def check_task(
         steps: mask-training steps to run (default 2).
         batch_size: train batch size (default 8; split into 4 mask samples as in training).
         device: where the engine runs (default ``"cpu"``).
+        context: what :meth:`Task.setup` is called with before any check (default: ``TaskContext(model)`` when
+            ``model`` is given; no setup without either).
 
     Returns:
         A :class:`TaskCheck`; ``ok`` is True when nothing violated the contract. Nothing is raised for a
@@ -124,6 +127,15 @@ def check_task(
     if report.problems:
         return report
     report.passed.append("declares name, metric, higher_is_better, metric_range and implements batches/loss/evaluate")
+    if context is not None or model is not None:
+        try:
+            task.setup(context if context is not None else TaskContext(model))
+        except MaskprobeError as exc:
+            report.problems.append(f"setup() failed: {str(exc).removeprefix(f'{describe_task(task)}: ')}")
+            return report
+        except Exception as exc:
+            report.problems.append(f"setup() failed: {type(exc).__name__}: {exc}")
+            return report
     try:
         _check_stream(task, report, batch_size)
     except Exception as exc:  # the plugin's own error: report it, keep going only if something can run

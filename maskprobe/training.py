@@ -56,6 +56,7 @@ class StepEvent:
     density: float
     elapsed: float
     metric: float | None = None
+    metric_name: str = ""
 
     @property
     def steps_per_s(self) -> float:
@@ -270,7 +271,8 @@ def run(
                 d = engine.density()
                 history.append([step, last_loss, d])
                 if callback is not None and world.is_main:
-                    callback(StepEvent(task.name, step, config.steps, last_loss, last_task, d, time.perf_counter() - t0, metric))
+                    callback(StepEvent(task.name, step, config.steps, last_loss, last_task, d, time.perf_counter() - t0, metric,
+                                       task.metric))  # fmt: skip
     state = engine.snapshot(step, history)
     masks = engine.masks()
     metric_full = engine.evaluate(task, None, config.eval_batch_size)

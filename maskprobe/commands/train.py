@@ -159,10 +159,11 @@ class CliReporter:
         if not self.tables:
             return
         from .. import console
-        from ..render.train import mask_table, metric_table
+        from ..render.train import mask_table, metric_table, train_summary
 
         o = console.out()
         o.print(mask_table(result))
+        o.print(train_summary(result), markup=False, highlight=False)
         ranges = {result.task.name: result.task.metric_range}
         o.print(
             metric_table(f"{result.task.name}: metrics", [(result.task.name, result.metric_full, result.metric_masked)], ranges)

@@ -56,12 +56,14 @@ def metric_table(title: str, rows: Sequence[tuple[str, dict[str, float], dict[st
 
 
 def train_summary(result: Any) -> str:
-    """One line under the mask table: the task's metric unmasked and under the mask, and a warning when the mask
-    collapsed (metric far below the unmasked one) or stayed dense."""
+    """One line under a mask's tables: density, the task loss of the last step, the metric unmasked and masked."""
     task = result.task
     full, kept = result.metric_full.get(task.metric), result.metric_masked.get(task.metric)
     rng = task.metric_range
-    return f"{task.name}: {task.metric} {metric_text(full, rng)} unmasked, {metric_text(kept, rng)} with the mask"
+    return (
+        f"{task.name}: density {pct(result.density()['total'])}, task loss {num(result.final_task_loss, 4)} at step "
+        f"{result.steps_run}; {task.metric} {metric_text(full, rng)} unmasked, {metric_text(kept, rng)} with the mask"
+    )
 
 
 def train_payload(checkpoint: dict[str, Any], summaries: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
