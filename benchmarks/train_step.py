@@ -8,6 +8,10 @@ For each model (the paper's FNN 42-2000x4-20 at batch 128, a small CNN, a small 
 * ``mask K=k``: maskprobe's mask step with k samples (the batch split into k chunks), exactly the calls
   ``maskprobe.training.train_mask`` makes: ``MaskLogits.sample`` per chunk, the task loss through
   ``functional_call``, ``autograd.grad`` w.r.t. the gated weights, the fused gradient + clip + Adam;
+* ``floor K=k`` (unless ``--no-floor``): the same K chunks with plain leaf weights, no gate and no Adam: the
+  matrix work any K-sample step must do;
+* ``vmap K=k`` (with ``--vmap``): ``FusedEngine`` with ``batched_samples`` (the K samples as one
+  ``torch.func.vmap`` over stacked gated weights);
 
 and prints each step's time and its ratio to ``plain``. For the FNN it also measures the gate kernels'
 effective bandwidth (bytes they must move / time) against a plain copy of the same size, and the memory the
@@ -147,6 +151,48 @@ def mask_step(
     return step, engine
 
 
+def floor_step(model: nn.Module, batch, loss_fn, k: int, include: tuple[str, ...] = ()) -> Callable[[], None]:
+    """The chunked-matmul floor: the same K chunks, each with its own leaf copy of the masked weights (the original
+    tensors, detached), forward and ``autograd.grad`` w.r.t. them; no gate, no gradient kernel, no Adam."""
+    params = dict(model.named_parameters())
+    names = select_parameters(model, Selection(include=include))
+
+    def step() -> None:
+        with frozen(model):
+            leaves = [{n: params[n].detach().requires_grad_(True) for n in names} for _ in range(k)]
+            total = torch.zeros((), device=batch[0].device)
+            for j, chunk in enumerate(split_batch(batch, k)):
+                total = total + loss_fn(MaskedModel(model, leaves[j]), chunk) / k
+            float(total.detach())
+            torch.autograd.grad(total, [t for leaf in leaves for t in leaf.values()])
+
+    return step
+
+
+def engine_step(model: nn.Module, batch, loss_fn, k: int, backend: str, batched: bool, include=()) -> Callable[[], None]:
+    """One step through :class:`maskprobe.engine.FusedEngine` (``backward`` + ``update``, as ``training.run`` calls
+    them), with ``batched_samples`` on or off."""
+    from maskprobe.config import TrainConfig
+    from maskprobe.engine import FusedEngine
+
+    cfg = TrainConfig(samples=k, backend=backend, batched_samples=batched, device=str(batch[0].device),
+                      selection=Selection(include=tuple(include)))  # fmt: skip
+    engine = FusedEngine(model, cfg)
+    bsz = batch[0].shape[0]
+    counter = [0]
+
+    def step() -> None:
+        t = counter[0]
+        with engine.frozen():
+            engine.backward(t, split_batch(batch, k), range(k), k, loss_fn)
+            engine.update(t, 1e-4 / bsz, 1.0)
+        if batched and not engine.batched:
+            raise RuntimeError(f"vmap fell back to the loop: {engine.fallback}")
+        counter[0] += 1
+
+    return step
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -168,7 +214,9 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int, device: to
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench_model(name: str, device: torch.device, samples: list[int], rounds: int, backend: str, include=()) -> dict:
+def bench_model(
+    name: str, device: torch.device, samples: list[int], rounds: int, backend: str, include=(), floor=True, vmap=False
+) -> dict:
     model, batch, loss_fn = MODELS[name](device)
     chosen = set(select_parameters(model, Selection(include=tuple(include))))
     masked = sum(p.numel() for n, p in model.named_parameters() if n in chosen)
@@ -177,6 +225,15 @@ def bench_model(name: str, device: torch.device, samples: list[int], rounds: int
     engines = {}
     for k in samples:
         variants[f"mask K={k}"], engines[k] = mask_step(model, batch, loss_fn, k, backend, tuple(include))
+        if floor:
+            variants[f"floor K={k}"] = floor_step(model, batch, loss_fn, k, tuple(include))
+        if vmap and k > 1:
+            try:
+                variants[f"vmap K={k}"] = engine_step(model, batch, loss_fn, k, backend, True, include)
+                variants[f"vmap K={k}"]()
+            except Exception as exc:  # noqa: BLE001 - reported, not timed
+                print(f"  [{name}] vmap K={k} not timed: {type(exc).__name__}: {str(exc)[:200]}")
+                variants.pop(f"vmap K={k}", None)
     med = interleaved(variants, rounds, device)
     base = med["plain"]
     return {
@@ -239,6 +296,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     info["cpus"] = len(__import__("os").sched_getaffinity(0))
+    info["load_before"] = [round(x, 2) for x in __import__("os").getloadavg()]
     if torch.cuda.is_available():
         info["cuda"] = torch.cuda.get_device_name()
     return info
@@ -253,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", help="mask-step kernels: auto, numba or torch")
     p.add_argument("--threads", type=int, default=0, help="torch (and numba) threads; 0 = leave as is")
     p.add_argument("--no-bandwidth", action="store_true")
+    p.add_argument("--no-floor", action="store_true", help="skip the chunked-matmul floor (K leaf copies, no gate)")
+    p.add_argument("--vmap", action="store_true", help="also time FusedEngine with batched_samples (torch.func.vmap)")
     p.add_argument("--include", action="append", default=[], help="mask only these parameters (globs, as train)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
@@ -278,13 +338,15 @@ def main(argv: list[str] | None = None) -> int:
             for v in bw["ms"]:
                 print(f"  {v:<14} {bw['ms'][v]:8.2f} ms  {bw['GB_per_s'][v]:6.1f} GB/s  {bw['fraction_of_copy'][v]:5.2f}")
         for name in args.models.split(","):
-            r = bench_model(name, dev, samples, args.rounds, backend, args.include)
+            r = bench_model(name, dev, samples, args.rounds, backend, args.include, not args.no_floor, args.vmap)
             results["models"].append(r)
             print(f"\n[{dev}] {name}: {r['masked_weights']:,} masked weights, batch {r['batch']}, backend {r['backend']}")
             for v in r["ms"]:
                 print(f"  {v:<14} {r['ms'][v]:8.2f} ms  x{r['ratio'][v]:.2f}")
             print(f"  mask state {r['state_bytes_per_weight']:.1f} B/weight; with K gated copies: "
                   + ", ".join(f"K={k}: {b:.1f}" for k, b in r["mask_bytes_per_weight"].items()))  # fmt: skip
+    results["load_after"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    print(f"\nload average before {results['machine']['load_before']}, after {results['load_after']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

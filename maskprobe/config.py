@@ -49,6 +49,10 @@ class TrainConfig:
         seed: data order and mask noise (default 0).
         device: where the run happens (default ``"cpu"``).
         backend: mask-step kernels: ``auto``, ``numba`` or ``torch`` (maskprobe/maskstep.py).
+        batched_samples: run the K samples of a step as one ``torch.func.vmap`` over stacked gated weights instead
+            of a loop over chunks, where the task's loss allows it and the chunks have equal sizes (the loop
+            otherwise); the same noise, the same mask up to float rounding. Default False (docs/benchmarks.md,
+            "K samples batched").
         eval_batch_size: batch size of the evaluations (default 1024).
         log_every: progress events every this many steps (default 25).
         eval_every: the task metric under the current mask every this many steps, on one evaluation batch
@@ -72,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    batched_samples: bool = False
     eval_batch_size: int = 1024
     log_every: int = 25
     eval_every: int | None = None

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
+from .batching import to_device
 from .config import TrainConfig
 from .evaluation import evaluate_task
 from .masked import MaskedModel, frozen, masked_weights
@@ -53,13 +54,27 @@ class FusedEngine:
         self._logits = self.mask.logits()
         self._grads: list[dict[str, Tensor | None]] = []
         self.seed = config.seed
+        self.batched_asked = self.batched = bool(config.batched_samples)
+        self.fallback: str | None = None  # why vmap gave way to the loop, when it did
 
     def frozen(self) -> Any:
         return frozen(self.module)
 
     def backward(self, step: int, chunks: Sequence[Any], share: range, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
-        """Run this rank's samples (global indices ``share``) on their chunks; returns their share of the mean loss."""
+        """Run this rank's samples (global indices ``share``) on their chunks; returns their share of the mean loss.
+
+        With ``config.batched_samples`` the samples run as one ``torch.func.vmap`` over stacked gated weights and
+        stacked chunks when the chunks have equal shapes; the first failure (an op or a task loss that vmap cannot
+        batch) switches this engine to the loop for the rest of the run, and the step is rerun by the loop."""
         self.mask.sample_offset = share.start
+        if self.batched and len(share) > 1:
+            stacked = stack_chunks([chunks[j] for j in share])
+            if stacked is not None:
+                try:
+                    return self._backward_vmap(step, stacked, len(share), k, loss_of)
+                except Exception as exc:  # noqa: BLE001 - the loop below reruns the step and raises real errors
+                    self.batched = False
+                    self.fallback = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         total = torch.zeros((), device=self.device)
         samples = []
         for i, j in enumerate(share):
@@ -67,6 +82,26 @@ class FusedEngine:
             samples.append(gated)
             total = total + loss_of(MaskedModel(self.module, {**self._fixed_weights, **gated}), chunks[j]) / k
         self._grads = _sample_grads(total, samples)
+        return float(total.detach())
+
+    def _backward_vmap(self, step: int, stacked: tuple[Any, Any], n: int, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
+        data, dims = stacked
+        gated = self.mask.sample_stacked(step, n)  # row i: bitwise the loop's sample i (same kernel and key)
+        fixed = self._fixed_weights
+
+        def one(weights: dict[str, Tensor], chunk: Any) -> Tensor:
+            return loss_of(MaskedModel(self.module, {**fixed, **weights}), chunk)
+
+        losses = torch.func.vmap(one, in_dims=(0, dims), randomness="error")(gated, to_device(data, self.device))
+        total = torch.zeros((), device=self.device)
+        for i in range(n):  # the loop's order of additions
+            total = total + losses[i] / k
+        names = list(gated)
+        if total.requires_grad:
+            grads = torch.autograd.grad(total, [gated[m] for m in names], allow_unused=True)
+        else:
+            grads = (None,) * len(names)
+        self._grads = [{m: None if g is None else g[i] for m, g in zip(names, grads, strict=True)} for i in range(n)]
         return float(total.detach())
 
     def update(self, step: int, reg: float, clip: float) -> float:
@@ -107,7 +142,10 @@ class FusedEngine:
         return evaluate_task(self.module, task, overrides, device=self.device, batch_size=batch_size, batches=batches)
 
     def info(self) -> dict[str, str]:
-        return {"backend": self.mask.backend, "noise": NOISE}
+        out = {"backend": self.mask.backend, "noise": NOISE}
+        if self.batched_asked:  # recorded only when asked for: the default's metadata stays as it was
+            out["samples"] = "vmap" if self.batched else f"loop (vmap failed: {self.fallback})" if self.fallback else "loop"
+        return out
 
     def layers(self) -> list[dict[str, str]]:
         from .layout import model_layout
@@ -157,3 +195,33 @@ def _sample_grads(loss: Tensor, samples: list[dict[str, Tensor]]) -> list[dict[s
         return [dict.fromkeys(s) for s in samples]
     grads = iter(torch.autograd.grad(loss, leaves, allow_unused=True))
     return [{n: next(grads) for n in s} for s in samples]
+
+
+def stack_chunks(chunks: Sequence[Any]) -> tuple[Any, Any] | None:
+    """Equal-shaped chunks (as :func:`maskprobe.batching.split_batch` makes them) as one batch with a leading sample
+    dimension, and the ``in_dims`` of ``torch.func.vmap`` for it (0 for stacked tensors, None for what split_batch
+    repeats: 0-d tensors and non-tensors); None when the chunks differ in shape or structure."""
+    first = chunks[0]
+    if isinstance(first, Tensor):
+        if not all(isinstance(c, Tensor) for c in chunks):
+            return None
+        if first.dim() == 0:
+            return (first, None) if all(c is first for c in chunks) else None
+        if any(c.shape != first.shape or c.dtype != first.dtype or c.device != first.device for c in chunks):
+            return None
+        return torch.stack(list(chunks)), 0
+    if isinstance(first, dict):
+        if any(not isinstance(c, dict) or c.keys() != first.keys() for c in chunks):
+            return None
+        parts = {key: stack_chunks([c[key] for c in chunks]) for key in first}
+        if any(v is None for v in parts.values()):
+            return None
+        return {key: v[0] for key, v in parts.items()}, {key: v[1] for key, v in parts.items()}
+    if isinstance(first, list | tuple):
+        if any(type(c) is not type(first) or len(c) != len(first) for c in chunks):
+            return None
+        items = [stack_chunks([c[i] for c in chunks]) for i in range(len(first))]
+        if any(v is None for v in items):
+            return None
+        return type(first)(v[0] for v in items), type(first)(v[1] for v in items)
+    return (first, None) if all(c is first for c in chunks) else None

@@ -96,6 +96,7 @@ class MaskLogits:
         self.adam_step = 0
         self.logit_sum = float(self.flat_logits.sum())
         self._gated: list[list[Tensor]] = []  # reusable output buffers, one set per sample index
+        self._stacks: list[Tensor] | None = None  # (K, n) buffers of sample_stacked; _gated then holds their rows
         self.sample_offset = 0  # global index of local sample 0 (data-parallel runs)
         self._nonfinite: str | None = None
 
@@ -149,12 +150,33 @@ class MaskLogits:
         """
         while len(self._gated) <= k:
             self._gated.append([torch.empty_like(w) for w in self._w])
-        fwd = kernels.gate_forward_numba if self.backend == "numba" else kernels.gate_forward_torch
         out = {}
-        for j, (name, w) in enumerate(zip(self.names, self._w, strict=True)):
-            buf = self._gated[k][j]
-            fwd(w, self._piece(self._buf, j), self.key(step, k, j), buf)
-            out[name] = buf.view(self._shapes[j]).detach().requires_grad_(True)
+        for j, name in enumerate(self.names):
+            out[name] = self._draw(step, k, j).view(self._shapes[j]).detach().requires_grad_(True)
+        return out
+
+    def _draw(self, step: int, k: int, j: int) -> Tensor:
+        """Gate tensor ``j`` for sample ``k`` into its buffer ``self._gated[k][j]`` (flat) and return it."""
+        fwd = kernels.gate_forward_numba if self.backend == "numba" else kernels.gate_forward_torch
+        buf = self._gated[k][j]
+        fwd(self._w[j], self._piece(self._buf, j), self.key(step, k, j), buf)
+        return buf
+
+    def sample_stacked(self, step: int, count: int) -> dict[str, Tensor]:
+        """Samples ``0..count-1`` of step ``step`` at once: name -> ``(count, *shape)`` leaf requiring grad whose row
+        ``k`` is bitwise :meth:`sample` ``(step, k)`` (the same kernel, key and buffer), for ``torch.func.vmap``.
+
+        The stacked buffers are allocated once; afterwards :meth:`sample` writes into their rows (no second copy).
+        """
+        stacks = self._stacks
+        if stacks is None or stacks[0].shape[0] < count:
+            self._stacks = stacks = [torch.empty((count, w.numel()), dtype=w.dtype, device=w.device) for w in self._w]
+            self._gated = [[s[k] for s in stacks] for k in range(count)]
+        out = {}
+        for j, name in enumerate(self.names):
+            for k in range(count):
+                self._draw(step, k, j)
+            out[name] = stacks[j][:count].view(count, *self._shapes[j]).detach().requires_grad_(True)
         return out
 
     def gradient(self, step: int, grads: Sequence[Mapping[str, Tensor | None]], reg: float) -> float:

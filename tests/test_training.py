@@ -62,3 +62,37 @@ def test_warnings_name_a_dense_mask_and_a_collapsed_one(net_and_task):
     collapsed = train_mask(model, task, TaskRef("arith-add", {}), TrainConfig(steps=60, batch_size=16, beta=50.0, lr=0.2))
     assert collapsed.density()["total"] < 0.2
     assert any("collapsed" in w for w in collapsed.warnings())
+
+
+def test_batched_samples_learn_the_loops_mask_and_fall_back_when_vmap_cannot(net_and_task):
+    """--batched-samples: the K samples as one vmap draw bitwise the loop's gates, so the logits agree to float
+    rounding and the binary masks all but exactly; a loss vmap cannot batch falls back to the loop, said in the
+    metadata, with the loop's result."""
+    from maskprobe.engine import stack_chunks
+
+    model, task = net_and_task
+    ref = TaskRef("arith-add", {})
+    loop = train_mask(model, task, ref, TrainConfig(steps=30, batch_size=32, samples=4))
+    vmap = train_mask(model, task, ref, TrainConfig(steps=30, batch_size=32, samples=4, batched_samples=True))
+    assert vmap.metadata()["engine"]["samples"] == "vmap" and "samples" not in loop.metadata()["engine"]
+    for name, t in loop.state.logits.items():
+        torch.testing.assert_close(vmap.state.logits[name], t, rtol=1e-4, atol=1e-5)
+    agree = sum(int((loop.masks[n] == vmap.masks[n]).sum()) for n in loop.masks) / sum(m.numel() for m in loop.masks.values())
+    assert agree > 0.999
+    assert vmap.final_task_loss == pytest.approx(loop.final_task_loss, rel=1e-4)
+
+    class ItemLoss(AddTask):  # .item() inside the loss: vmap refuses data-dependent Python values
+        def loss(self, model, batch):
+            out = super().loss(model, batch)
+            return out * (1.0 if float(out.detach()) > -1 else 2.0)
+
+    odd = ItemLoss(hidden=task.hidden, eval_size=128)
+    fell = train_mask(model, odd, ref, TrainConfig(steps=5, batch_size=32, samples=4, batched_samples=True))
+    plain = train_mask(model, odd, ref, TrainConfig(steps=5, batch_size=32, samples=4))
+    assert fell.metadata()["engine"]["samples"].startswith("loop (vmap failed:")
+    assert all(torch.equal(fell.state.logits[n], plain.state.logits[n]) for n in plain.state.logits)
+
+    x, y = torch.zeros(3, 2), torch.ones(3)
+    stacked, dims = stack_chunks([(x, y, 7), (x + 1, y, 7)])
+    assert stacked[0].shape == (2, 3, 2) and dims == (0, 0, None)
+    assert stack_chunks([(x, y), (torch.zeros(2, 2), y)]) is None  # unequal chunks: the loop

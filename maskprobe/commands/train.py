@@ -44,6 +44,10 @@ def train(
     backend: Annotated[
         str, typer.Option("--backend", help="Mask-step kernels: auto (numba on the CPU when installed), numba or torch.")
     ] = D.backend,
+    batched_samples: Annotated[
+        bool,
+        typer.Option("--batched-samples", help="Run the K samples as one vmap where the task allows it (docs/benchmarks.md)."),
+    ] = D.batched_samples,
     device: Device = "auto",
     threads: Threads = None,
     include: Annotated[
@@ -104,6 +108,7 @@ def train(
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases, mask_norms)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, beta=betas[0], samples=samples, init=init, tau=tau,
                          clip=clip, seed=seed_list[0], device=device, backend=backend, selection=selection,
+                         batched_samples=batched_samples,
                          fixed_from=str(fix_from) if fix_from else None, fixed=parse_globs(fix) or D.fixed)  # fmt: skip
     request = TrainRequest(
         checkpoint=checkpoint, tasks=resolve_tasks(task, task_arg), out=out, config=config, seeds=tuple(seed_list),
