@@ -199,6 +199,7 @@ def _flat(report: dict[str, Any]) -> dict[str, float]:
     for m in report.get("masks", []):
         out[f"density[{m['task']}]"] = m.get("density")
     n = len(tasks)
+    pair = lambda i, j: ",".join(sorted((tasks[i], tasks[j])))  # noqa: E731  (symmetric numbers: any mask order)
     for section, label in (("total", "total"), ("hidden", "hidden")):
         c = report.get(section)
         if not c:
@@ -206,11 +207,11 @@ def _flat(report: dict[str, Any]) -> dict[str, float]:
         for key in ("iou", "iomin", "excess_iou"):
             for i in range(n):
                 for j in range(i + 1, n):
-                    out[f"{label}.{key}[{tasks[i]},{tasks[j]}]"] = c[key][i][j]
+                    out[f"{label}.{key}[{pair(i, j)}]"] = c[key][i][j]
     for layer in report.get("layers", []):
         for i in range(n):
             for j in range(i + 1, n):
-                out[f"layer.iou[{layer['name']}][{tasks[i]},{tasks[j]}]"] = layer["iou"][i][j]
+                out[f"layer.iou[{layer['name']}][{pair(i, j)}]"] = layer["iou"][i][j]
     s = report.get("scores")
     if s:
         out["p_specialize"] = s.get("p_specialize")
