@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     write_outputs(args.out, "results", results, head + "\n" + report(runs, args.classes))
 
 
+HEADER = ["class removed", "its relative drop (%)", "largest drop of another class (%)", "mask density (%)",
+          "share of the control's weights (%)"]  # fmt: skip
+
+
 def report(runs: list[dict], classes: list[int]) -> str:
     rows = []
     gaps = []
@@ -145,8 +149,7 @@ def report(runs: list[dict], classes: list[int]) -> str:
     out = [
         "## Per removed class",
         "",
-        table(["class removed", "its relative drop (%)", "largest drop of another class (%)", "mask density (%)",
-               "share of the control's weights (%)"], rows),  # fmt: skip
+        table(HEADER, rows),
         "",
         "Relative drop of a class's accuracy with only the removal mask kept, against the control mask, evaluated on "
         "every class (docs/metrics.md, 'Class removal').",
