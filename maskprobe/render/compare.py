@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import add_row, at, layer_column, num, pct, plus_minus, signed
@@ -33,7 +34,8 @@ def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1) -> Table:
     masks, std = report["masks"], report.get("std")
     a, b = masks[i], masks[j]
     t = Table(
-        title=f"Weight overlap per layer: A = {a['label']} ({_file(a)}), B = {b['label']} ({_file(b)}); "
+        title=f"Weight overlap per layer: A = {escape(a['label'])} ({escape(_file(a))}), "
+        f"B = {escape(b['label'])} ({escape(_file(b))}); "
         "chance = independent random masks of the same per-layer densities",
         title_justify="left",
     )
@@ -81,7 +83,7 @@ def matrix_table(title: str, labels: Sequence[str], cells: Sequence[Sequence[str
     t = Table(title=title, title_justify="left")
     t.add_column(corner)
     for lab in labels:
-        t.add_column(lab, justify="right")
+        t.add_column(escape(lab), justify="right")
     for lab, row in zip(labels, cells, strict=True):
         add_row(t, lab, *row)
     return t
@@ -137,8 +139,8 @@ def paper_table(report: dict[str, Any]) -> Table:
     t.add_column("task")
     t.add_column("Full", justify="right")
     for lab in labels:
-        t.add_column(lab, justify="right")
-        t.add_column(f"¬{lab}", justify="right")
+        t.add_column(escape(lab), justify="right")
+        t.add_column(f"¬{escape(lab)}", justify="right")
     for j, task in enumerate(ab["tasks"]):
         cells = [plus_minus(ab["full"][j], at(sd, "full", j), lambda v, j=j: fmt(j, v))]
         for i in range(len(labels)):
@@ -157,7 +159,7 @@ def ablation_tables(report: dict[str, Any]) -> list[Table]:
     t.add_column("removal")
     t.add_column("mask of")
     for name, metric in zip(ab["tasks"], ab["metrics"], strict=True):
-        t.add_column(f"{name}\n{metric}", justify="right")
+        t.add_column(escape(f"{name}\n{metric}"), justify="right")
     cell = lambda kind, i, j: plus_minus(ab[kind][i][j], at(sd, kind, i, j), lambda v: fmt(j, v))  # noqa: E731
     add_row(
         t,
@@ -217,7 +219,7 @@ def class_removal_table(report: dict[str, Any]) -> Table:
 
 
 def baseline_table(base: dict[str, Any], limit: int = 15) -> Table:
-    t = Table(title=f"Against the baseline {base.get('path', '')}: the largest moves", title_justify="left")
+    t = Table(title=f"Against the baseline {escape(str(base.get('path', '')))}: the largest moves", title_justify="left")
     for col in ("number", "baseline", "now", "change"):
         t.add_column(col, justify="left" if col == "number" else "right")
     for m in base["moves"][:limit]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import add_row, dumps, layer_column, pct, shape_str
@@ -12,7 +13,8 @@ from .train import selection_table
 
 def mask_tables(summary: Any) -> list[Table]:
     meta = summary.metadata
-    m = Table(title=f"{summary.path}: maskprobe mask ({meta.get('format')})", title_justify="left", show_header=False)
+    title = f"{escape(str(summary.path))}: maskprobe mask ({meta.get('format')})"
+    m = Table(title=title, title_justify="left", show_header=False)
     m.add_column("key")
     m.add_column("value", overflow="fold")
     for k, v in meta.items():

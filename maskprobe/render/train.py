@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import add_row, layer_column, metric_text, num, pct, shape_str
@@ -12,7 +13,7 @@ from . import add_row, layer_column, metric_text, num, pct, shape_str
 
 def selection_table(rows: Sequence[Any], title: str = "Parameters") -> Table:
     """What would be masked: one row per parameter (:class:`maskprobe.selection.SelectedParameter`)."""
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     layer_column(t)
     for col, just in (("shape", "right"), ("dtype", "left"), ("numel", "right"), ("masked", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -30,7 +31,7 @@ def selection_table(rows: Sequence[Any], title: str = "Parameters") -> Table:
 def mask_table(result: Any) -> Table:
     """One trained mask: kept weights per tensor (in model order) and in total."""
     dens = result.density()
-    t = Table(title=f"Mask for task {result.task.name}", title_justify="left")
+    t = Table(title=f"Mask for task {escape(result.task.name)}", title_justify="left")
     layer_column(t)
     for col in ("shape", "kept", "density"):
         t.add_column(col, justify="right")
@@ -44,7 +45,7 @@ def mask_table(result: Any) -> Table:
 def metric_table(title: str, rows: Sequence[tuple[str, dict[str, float], dict[str, float] | None]], ranges: Any = None) -> Table:
     """rows: (task, metrics unmasked, metrics masked or None); ``ranges`` maps a task to its metric's range
     (percent for [0, 1]); other metrics are plain numbers."""
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     t.add_column("task")
     t.add_column("metric")
     t.add_column("unmasked", justify="right")
