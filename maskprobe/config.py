@@ -97,7 +97,8 @@ class TrainConfig:
         """Refuse settings that would make NaN logits or a different run than the one recorded.
 
         Raises:
-            BadInputError: a non-finite or non-positive setting, or a batch smaller than ``samples``.
+            BadInputError: a non-finite or non-positive setting, a cadence or evaluation batch below 1, or a batch
+                smaller than ``samples``.
         """
         import math
 
@@ -114,6 +115,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "samples"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_batch_size", "log_every"):  # library settings (no flags): 0 would fail after the first step
+            if getattr(self, name) < 1:
+                raise BadInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise BadInputError(f"eval_every must be >= 1 (or None: ten times per run), got {self.eval_every}")
         if self.batch_size < self.samples:
             raise BadInputError(
                 f"--batch-size {self.batch_size} is smaller than --samples {self.samples}: the batch must hold at least "
