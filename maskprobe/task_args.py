@@ -4,7 +4,8 @@
 task given as ``--task TASK`` (or the TASK-th ``--task``, counting from 1), and wins over a plain ``key=value``.
 ``name`` is every task's (tasks.py's :func:`~maskprobe.tasks.load_task` renames the instance with it):
 ``--task legal-lm --task legal-lm --task-arg 1:name=legal --task-arg 2:name=news --task-arg 2:data=news.txt``.
-Values: ``int``/``float``/``bool``/``str`` by annotation, lists as ``1,2,3`` or JSON, dicts as JSON.
+Values: ``int``/``float``/``bool``/``str`` by annotation, lists as ``1,2,3`` or JSON, dicts as JSON; a ``Path``
+becomes an absolute path string, so a mask's metadata rebuilds the task from any working directory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
@@ -51,6 +53,8 @@ def _coerce(value: str, annotation: Any, key: str, ref: str) -> Any:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         target = args[0] if len(args) == 1 else str
     base = typing.get_origin(target) or target
+    if target is Path:  # a file the task reads: absolute, because the mask's metadata must rebuild the task anywhere
+        return str(Path(value).expanduser().absolute()) if value else ""
     if base is dict:  # JSON object: --task-arg cfg='{"a": 1}'
         parsed = _json_value(value, key, ref, "dict")
         if not isinstance(parsed, dict):
