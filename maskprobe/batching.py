@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 
-def _rebuild(batch: list[Any] | tuple[Any, ...], items: Any) -> Any:
+def rebuild(batch: list[Any] | tuple[Any, ...], items: Any) -> Any:
     """A list/tuple of ``batch``'s type holding ``items`` (a NamedTuple takes its fields as arguments)."""
     return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
 
@@ -18,7 +18,7 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, list | tuple):
-        return _rebuild(batch, [to_device(v, device) for v in batch])
+        return rebuild(batch, [to_device(v, device) for v in batch])
     return batch
 
 
@@ -52,5 +52,5 @@ def split_batch(batch: Any, parts: int) -> list[Any]:
         return [{k: split[k][i] for k in batch} for i in range(parts)]
     if isinstance(batch, list | tuple):
         cols = [split_batch(v, parts) for v in batch]
-        return [_rebuild(batch, [c[i] for c in cols]) for i in range(parts)]
+        return [rebuild(batch, [c[i] for c in cols]) for i in range(parts)]
     return [batch] * parts

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .batching import to_device
+from .batching import rebuild, to_device
 from .config import TrainConfig
 from .evaluation import evaluate_task
 from .masked import MaskedModel, frozen, masked_weights
@@ -223,5 +223,5 @@ def stack_chunks(chunks: Sequence[Any]) -> tuple[Any, Any] | None:
         items = [stack_chunks([c[i] for c in chunks]) for i in range(len(first))]
         if any(v is None for v in items):
             return None
-        return type(first)(v[0] for v in items), type(first)(v[1] for v in items)
+        return rebuild(first, [v[0] for v in items]), rebuild(first, [v[1] for v in items])
     return (first, None) if all(c is first for c in chunks) else None

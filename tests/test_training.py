@@ -3,6 +3,7 @@ events carry the task loss and metric, warnings say when a mask collapsed or sta
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import pytest
@@ -96,3 +97,6 @@ def test_batched_samples_learn_the_loops_mask_and_fall_back_when_vmap_cannot(net
     stacked, dims = stack_chunks([(x, y, 7), (x + 1, y, 7)])
     assert stacked[0].shape == (2, 3, 2) and dims == (0, 0, None)
     assert stack_chunks([(x, y), (torch.zeros(2, 2), y)]) is None  # unequal chunks: the loop
+    pair = collections.namedtuple("Pair", "x y")
+    stacked, dims = stack_chunks([pair(x, y), pair(x, y)])
+    assert isinstance(stacked, pair) and stacked.x.shape == (2, 3, 2) and dims == pair(0, 0)
