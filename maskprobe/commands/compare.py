@@ -134,7 +134,7 @@ def compare(
         from ..render.compare import compare_tables
 
         o = console.out()
-        for item in compare_tables(data):
+        for item in compare_tables(data, o.width):
             o.print(item, markup=False) if isinstance(item, str) else o.print(item)
     failed = [c for c in report.checks if not c["passed"]]
     for c in failed:  # one line per violation, where a CI log shows it

@@ -28,9 +28,15 @@ def _count(x: Any) -> str:
     return "n/a" if x is None else f"{round(x):,}"
 
 
-def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1) -> Table:
+WIDE = 130  # columns the full overlap table needs; narrower terminals get the compact one
+
+
+def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1, width: int | None = None) -> Table:
     """Per-layer overlap of masks i and j: input layer, hidden layers, output layer, then the hidden-layer total
-    and the total, so that trivially disjoint I/O layers cannot hide in the total."""
+    and the total, so that trivially disjoint I/O layers cannot hide in the total. ``width`` below :data:`WIDE`
+    (an 80-column terminal): the compact form, each ratio with its chance level in one cell and no counts."""
+    if width is not None and width < WIDE:
+        return _compact_overlap_table(report, i, j)
     masks, std = report["masks"], report.get("std")
     a, b = masks[i], masks[j]
     t = Table(
@@ -53,6 +59,38 @@ def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1) -> Table:
     for key in ("hidden", "total"):
         if report.get(key):
             add_row(t, *_overlap_cells(report[key], i, j, at(std, key)))
+    return t
+
+
+def _compact_overlap_table(report: dict[str, Any], i: int, j: int) -> Table:
+    masks, std = report["masks"], report.get("std")
+    a, b = masks[i], masks[j]
+    t = Table(
+        title=f"Weight overlap per layer: A = {escape(a['label'])}, B = {escape(b['label'])}; (chance) = random masks "
+        "of the same per-layer densities",
+        title_justify="left",
+    )
+    layer_column(t, "layer")
+    for col in ("role", "A", "B", "IoU (chance)", "IoMin (chance)", "A→B"):
+        t.add_column(col, justify="left" if col == "role" else "right", no_wrap=True)
+    indexed = sorted(enumerate(report["layers"]), key=lambda kc: ROLE_RANK.get(kc[1]["role"], 1))
+    rows = [(c, at(std, "layers", k)) for k, c in indexed]
+    rows += [(report[key], at(std, key)) for key in ("hidden", "total") if report.get(key)]
+    last = None
+    for c, sd in rows:
+        role = c["role"]
+        if last is not None and role != last:
+            t.add_section()
+        last = role
+        head = [c["name"], "" if role == "total" else role[:3]]
+        dens = [plus_minus(c["density"][k], at(sd, "density", k), pct) for k in (i, j)]
+        if not c["counts"][i] or not c["counts"][j]:
+            add_row(t, *head, *dens, "empty", "empty", "empty")
+            continue
+        add_row(t, *head, *dens,
+                f"{plus_minus(c['iou'][i][j], at(sd, 'iou', i, j))} ({num(c['chance_iou'][i][j])})",
+                f"{plus_minus(c['iomin'][i][j], at(sd, 'iomin', i, j))} ({num(c['chance_iomin'][i][j])})",
+                plus_minus(c["shared"][i][j], at(sd, "shared", i, j)))  # fmt: skip
     return t
 
 
@@ -227,12 +265,13 @@ def baseline_table(base: dict[str, Any], limit: int = 15) -> Table:
     return t
 
 
-def compare_tables(report: dict[str, Any]) -> list[Any]:
-    """Everything ``maskprobe compare`` prints as tables, in order (checks as PASS/FAIL lines last)."""
+def compare_tables(report: dict[str, Any], width: int | None = None) -> list[Any]:
+    """Everything ``maskprobe compare`` prints as tables, in order (checks as PASS/FAIL lines last); ``width``: the
+    terminal's columns (narrow ones get the compact overlap table)."""
     out: list[Any] = []
     if report.get("runs"):
         out.append(f"Mean ± standard deviation over {len(report['runs'])} runs (one mask file per task each).")
-    out.append(overlap_table(report, 0, 1))
+    out.append(overlap_table(report, 0, 1, width))
     if len(report["masks"]) > 2:
         out += pairwise_tables(report)
     if report.get("ablation"):
