@@ -125,9 +125,10 @@ class MaskResult:
                 )
         density = self.density()["total"]
         if density > 0.9 and self.completed:
+            init, lr = self.config.init, self.config.lr
             out.append(
                 f"the mask stayed dense ({100 * density:.1f} % kept): nothing was pruned; try more --steps or a larger --beta "
-                "(a logit moves about --lr per step: from 2.0 to 0 takes ~200 steps at lr 1e-2)"
+                f"(a logit moves about --lr per step: from {init:g} to 0 takes ~{max(1, round(init / lr))} steps at lr {lr:g})"
             )
         return out
 
