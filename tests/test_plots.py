@@ -87,3 +87,29 @@ def test_plot_into_a_file_is_refused(tmp_path):
     paths = _masks(tmp_path, 2)
     with pytest.raises(BadInputError, match="not a folder"):
         plots.plot_compare(compare(paths).to_dict(), tmp_path / "f")
+
+
+def test_a_hundred_tensors_are_pooled_by_block_with_exact_ratios(tmp_path):
+    """A 12-layer transformer's names (8 tensors a block, 96 in all): the bar charts get one bar per block, whose
+    IoU / density are the pooled sums of its tensors, and the figures keep their documented size."""
+    rng = np.random.default_rng(0)
+    kinds = ["attn.q", "attn.k", "attn.v", "attn.o", "ffn.in", "ffn.out", "ln1", "ln2"]
+    shapes = {f"encoder.layer.{b}.{k}.weight": ((6,) if k.startswith("ln") else (6, 5)) for b in range(12) for k in kinds}
+    paths = []
+    for t in range(2):
+        m = {name: torch.as_tensor(rng.random(s) < 0.3 + 0.3 * t) for name, s in shapes.items()}
+        paths.append(save_masks(tmp_path / f"m{t}.safetensors", m, {"task": {"name": f"t{t}"}}))
+    report = compare(paths).to_dict()
+    rows, pooled = plots.grouped(report["layers"])
+    assert pooled and [r["name"] for r in rows] == [f"layer.{b} (8)" for b in range(12)]
+    members = [c for c in report["layers"] if c["name"].startswith("encoder.layer.3.")]
+    inter = sum(c["intersection"][0][1] for c in members)
+    union = sum(c["union"][0][1] for c in members)
+    assert rows[3]["iou"][0][1] == pytest.approx(inter / union)
+    assert rows[3]["density"][1] == pytest.approx(sum(c["counts"][1] for c in members) / sum(c["numel"] for c in members))
+    assert 0 < rows[3]["chance_iou"][0][1] < rows[3]["iou"][0][0] == 1.0
+    few, pooled_few = plots.grouped(report["layers"][:5])
+    assert not pooled_few and len(few) == 5
+    written = plots.plot_compare(report, tmp_path / "figs")
+    for p in written:
+        assert png_size(p) == expected(p.name.split("_")[0].removesuffix(".png"))

@@ -99,16 +99,63 @@ def _ordered(layers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(layers, key=lambda c: rank.get(c.get("role", "hidden"), 1))
 
 
+MAX_BARS = 24  # more masked tensors than this are pooled by block (``encoder.layer.3``) in the bar charts
+
+
+def _block(name: str) -> str:
+    """``encoder.layer.3.attention.self.query.weight`` -> ``encoder.layer.3``; no numbered part: the first part."""
+    parts = name.split(".")
+    for k, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: k + 1])
+    return parts[0] if len(parts) > 1 else name
+
+
+def grouped(layers: Sequence[dict[str, Any]], limit: int = MAX_BARS) -> tuple[list[dict[str, Any]], bool]:
+    """``(rows, pooled)``: the layers themselves when there are at most ``limit``, else one row per block (in model
+    order) with the counts summed and every ratio pooled from the sums (chance: the expected intersection of
+    independent random masks of each tensor's densities, summed), so that 100 tensors stay readable."""
+    if len(layers) <= limit:
+        return list(layers), False
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for c in layers:
+        blocks.setdefault(_block(c["name"]), []).append(c)
+    rows = []
+    for name, members in blocks.items():
+        n = len(members[0]["counts"])
+        numel = sum(c["numel"] for c in members)
+        counts = [sum(c["counts"][k] for c in members) for k in range(n)]
+        inter = [[sum(c["intersection"][a][b] for c in members) for b in range(n)] for a in range(n)]
+        union = [[counts[a] + counts[b] - inter[a][b] for b in range(n)] for a in range(n)]
+        exp = [[sum(c["counts"][a] * c["counts"][b] / c["numel"] for c in members if c["numel"]) for b in range(n)]
+               for a in range(n)]  # fmt: skip
+
+        def ratio(x: float, y: float) -> float:
+            return x / y if y else 0.0
+
+        roles = {c.get("role", "hidden") for c in members}
+        rows.append({
+            "name": f"{'.'.join(name.split('.')[-2:])} ({len(members)})",  # encoder.layer.3 -> layer.3 (8) "role": roles.pop() if len(roles) == 1 else "hidden", "numel": numel,
+            "counts": counts, "density": [ratio(x, numel) for x in counts],
+            "iou": [[ratio(inter[a][b], union[a][b]) for b in range(n)] for a in range(n)],
+            "iomin": [[ratio(inter[a][b], min(counts[a], counts[b])) for b in range(n)] for a in range(n)],
+            "chance_iou": [[ratio(exp[a][b], counts[a] + counts[b] - exp[a][b]) for b in range(n)] for a in range(n)],
+            "chance_iomin": [[ratio(exp[a][b], min(counts[a], counts[b])) for b in range(n)] for a in range(n)],
+        })  # fmt: skip
+    return rows, True
+
+
 def plot_overlap(report: dict[str, Any], i: int, j: int, path: Path) -> Path:
-    """Grouped bars per layer: IoU and IoMin of masks i and j, chance levels as black ticks."""
+    """Grouped bars per layer (per block beyond :data:`MAX_BARS` tensors): IoU and IoMin of masks i and j, chance
+    levels as black ticks."""
     plt = _pyplot()
-    layers = _ordered(report["layers"])
+    layers, pooled = grouped(_ordered(report["layers"]))
     rows = [*layers, *([report["hidden"]] if report.get("hidden") else []), report["total"]]
     tasks = [m.get("label", m["task"]) for m in report["masks"]]
     x = np.arange(len(rows), dtype=float)
     fig, ax = plt.subplots(figsize=FIGSIZE["overlap"])
     width = 0.38
-    std = report.get("std")
+    std = None if pooled else report.get("std")  # error bars per tensor only
     std_rows = None
     if std:  # a --group report: error bars of one standard deviation over runs
         by_name = {c["name"]: s for c, s in zip(report["layers"], std["layers"], strict=True)}
@@ -124,16 +171,17 @@ def plot_overlap(report: dict[str, Any], i: int, j: int, path: Path) -> Path:
     _separate_io(ax, [*layers, {"role": "total"}, *([{"role": "total"}] if report.get("hidden") else [])])
     ax.set_ylim(0, 1)
     ax.set_ylabel("overlap")
-    ax.set_title(f"{tasks[i]} vs {tasks[j]}: overlap per layer (black: independent random masks)")
+    per = "block (tensors pooled)" if pooled else "layer"
+    ax.set_title(f"{tasks[i]} vs {tasks[j]}: overlap per {per} (black: independent random masks)")
     ax.legend(ncol=3, loc="upper center")
     fig.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.22)
     return _save(fig, path)
 
 
 def plot_density(report: dict[str, Any], path: Path) -> Path:
-    """Bars per layer, one per mask: the fraction of weights each mask keeps."""
+    """Bars per layer (per block beyond :data:`MAX_BARS` tensors), one per mask: the fraction of weights kept."""
     plt = _pyplot()
-    layers = _ordered(report["layers"])
+    layers, pooled = grouped(_ordered(report["layers"]))
     tasks = [m.get("label", m["task"]) for m in report["masks"]]
     n = len(tasks)
     x = np.arange(len(layers), dtype=float)
@@ -148,7 +196,7 @@ def plot_density(report: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(x, _layer_labels(layers), rotation=30, ha="right")
     _separate_io(ax, layers)
     ax.set_ylabel("density (kept / weights)")
-    ax.set_title("Weights each mask keeps, per layer")
+    ax.set_title(f"Weights each mask keeps, per {'block (tensors pooled)' if pooled else 'layer'}")
     ax.legend(ncol=min(n, 4), loc="upper center")
     fig.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.22)
     return _save(fig, path)
