@@ -135,7 +135,8 @@ def grouped(layers: Sequence[dict[str, Any]], limit: int = MAX_BARS) -> tuple[li
 
         roles = {c.get("role", "hidden") for c in members}
         rows.append({
-            "name": f"{'.'.join(name.split('.')[-2:])} ({len(members)})",  # encoder.layer.3 -> layer.3 (8) "role": roles.pop() if len(roles) == 1 else "hidden", "numel": numel,
+            "name": f"{'.'.join(name.split('.')[-2:])} ({len(members)})",  # encoder.layer.3 -> layer.3 (8)
+            "role": roles.pop() if len(roles) == 1 else "hidden", "numel": numel,
             "counts": counts, "density": [ratio(x, numel) for x in counts],
             "iou": [[ratio(inter[a][b], union[a][b]) for b in range(n)] for a in range(n)],
             "iomin": [[ratio(inter[a][b], min(counts[a], counts[b])) for b in range(n)] for a in range(n)],
