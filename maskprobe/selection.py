@@ -11,7 +11,7 @@ that own it, under all of its names:
   ``embed``;
 * a **norm** parameter belongs to ``nn.LayerNorm``/``GroupNorm``/``BatchNorm*``/``InstanceNorm*``/``RMSNorm`` or
   to any module whose class name ends in ``Norm`` (``LlamaRMSNorm``, ``T5LayerNorm`` ...). Norm gains are
-  masked unless ``mask_norms=False``; norm biases are biases.
+  masked only with ``mask_norms=True`` (``--mask-norms``); norm biases are biases.
 
 A **tied** tensor (one tensor used in two places, e.g. ``lm_head.weight`` = ``wte.weight``) is one row, named by
 its first name in ``named_parameters()``, with the other names in ``tied``; it is an embedding (or a bias, or a

@@ -324,8 +324,9 @@ def test_hf_folder_trains_a_mask_and_leaves_embeddings_alone(hf_folders, tmp_pat
     assert code == 0, capsys.readouterr().err
     masks = load_file(str(out))
     params = dict(model.named_parameters())
-    expected = sorted(n for n, p in params.items() if not n.endswith(".bias") and "wte" not in n and "wpe" not in n)
-    assert sorted(masks) == expected
+    expected = sorted(n for n, p in params.items() if not n.endswith(".bias") and "wte" not in n and "wpe" not in n
+                      and ".ln_" not in n)  # fmt: skip
+    assert sorted(masks) == expected  # norm gains (ln_1, ln_2, ln_f) are not masked by default
     assert "transformer.h.0.attn.c_attn.weight" in masks
     assert not any("wte" in n or "wpe" in n for n in masks)  # nn.Embedding: not masked by default
     for name, m in masks.items():

@@ -59,7 +59,7 @@ def test_metadata_records_everything_needed_to_reproduce(ckpt, first):
     assert config_fields <= set(hp), config_fields - set(hp)
     assert hp["seed"] == 7 and meta["seed"] == 7 and hp["steps"] == 40 and hp["beta"] == 0.001 and hp["device"] == "cpu"
     assert hp["init"] == 0.05 and 0 < meta["density"]["total"] < 1
-    assert meta["selection"] == {"include": [], "exclude": [], "mask_biases": False, "mask_norms": True}
+    assert meta["selection"] == {"include": [], "exclude": [], "mask_biases": False, "mask_norms": False}
     assert meta["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert meta["task"]["ref"] == "arith-mul" and meta["task"]["args"] == {"hidden": HIDDEN, "eval_size": 64}
     versions = meta["versions"]

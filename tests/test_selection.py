@@ -65,11 +65,11 @@ def test_multihead_attention_in_proj_bias_and_bias_kv():
 
 def test_transformer_encoder_layer():
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)
-    assert _masked(layer) == {
+    assert _masked(layer, mask_norms=True) == {
         "self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight",
         "norm1.weight", "norm2.weight",
     }  # fmt: skip
-    assert _masked(layer, mask_norms=False) == {
+    assert _masked(layer) == _masked(layer, mask_norms=False) == {
         "self_attn.in_proj_weight",
         "self_attn.out_proj.weight",
         "linear1.weight",
@@ -100,16 +100,16 @@ class _Norms(nn.Module):
         self.custom = MyRMSNorm(4)
 
 
-def test_norm_gains_masked_by_default_and_left_alone_with_mask_norms_false():
+def test_norm_gains_left_alone_by_default_and_masked_with_mask_norms():
     m = _Norms()
     gains = {f"{n}.weight" for n in ("ln", "gn", "bn", "inorm", "rms", "custom")}
-    assert _masked(m) == {"fc.weight"} | gains
-    assert _masked(m, mask_norms=False) == {"fc.weight"}
+    assert _masked(m, mask_norms=True) == {"fc.weight"} | gains
+    assert _masked(m) == _masked(m, mask_norms=False) == {"fc.weight"}
     reasons = _reasons(m, mask_norms=False)
     assert {n for n, r in reasons.items() if r == "norm"} == gains | {f"{n}.bias" for n in ("ln", "gn", "bn", "inorm")}
     assert reasons["fc.bias"] == "bias"
     # biases of norms are biases when norms are masked; --mask-biases adds them, --mask-norms false still wins
-    assert _masked(m, mask_biases=True) == {n for n, _ in m.named_parameters()}
+    assert _masked(m, mask_biases=True, mask_norms=True) == {n for n, _ in m.named_parameters()}
     assert _masked(m, mask_biases=True, mask_norms=False) == {"fc.weight", "fc.bias"}
     assert _masked(m, include=("ln.*",), mask_norms=False) == {"ln.weight", "ln.bias"}  # an explicit include wins
 
@@ -163,7 +163,7 @@ def test_tiny_gpt2_masked_set_and_tied_head():
     rows = {r.name: r for r in describe_selection(m)}
     assert rows["transformer.wte.weight"].tied == ("lm_head.weight",) and "lm_head.weight" not in rows
     h = "transformer.h.0."
-    assert _masked(m) == {
+    assert _masked(m, mask_norms=True) == {
         f"{h}ln_1.weight", f"{h}attn.c_attn.weight", f"{h}attn.c_proj.weight", f"{h}ln_2.weight",
         f"{h}mlp.c_fc.weight", f"{h}mlp.c_proj.weight", "transformer.ln_f.weight",
     }  # fmt: skip
@@ -197,8 +197,9 @@ def test_tiny_bert_tied_decoder_and_prediction_bias():
     norms.append("cls.predictions.transform.LayerNorm")
     assert _masked(m, mask_norms=False) == {f"{n}.weight" for n in linear}
     # the embeddings' LayerNorm has "embed" in its name: an embedding by the name rule, whatever mask_norms
-    assert _masked(m) == {f"{n}.weight" for n in linear + norms[1:]}
-    assert rows["bert.embeddings.LayerNorm.weight"].reason == "embedding"
+    assert _masked(m, mask_norms=True) == {f"{n}.weight" for n in linear + norms[1:]}
+    assert _reasons(m, mask_norms=True)["bert.embeddings.LayerNorm.weight"] == "embedding"
+    assert rows["bert.embeddings.LayerNorm.weight"].reason == "norm"  # the default leaves every norm alone
 
 
 # ------------------------------------------------------------------------------------ names only (no module)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import Selection
 from .options import Json, Model, ModelArgs, TaskArgs, Trust
 
 
@@ -15,7 +16,7 @@ def inspect(
     include: Annotated[list[str], typer.Option("--include", help="Selection globs, as for train.")] = [],
     exclude: Annotated[list[str], typer.Option("--exclude", help="Selection globs, as for train.")] = [],
     mask_biases: Annotated[bool, typer.Option("--mask-biases")] = False,
-    mask_norms: Annotated[bool, typer.Option("--mask-norms/--no-mask-norms")] = True,
+    mask_norms: Annotated[bool, typer.Option("--mask-norms/--no-mask-norms")] = Selection.mask_norms,
     task: Annotated[list[str], typer.Option("--task", "-t", help="Task whose build_model() gives the architecture.")] = [],
     task_arg: TaskArgs = [],
     model: Model = None,
