@@ -56,7 +56,7 @@ def train(
     exclude: Annotated[list[str], typer.Option("--exclude", help="Glob(s) of parameter names not to mask.")] = [],
     mask_biases: Annotated[bool, typer.Option("--mask-biases", help="Mask biases too.")] = Selection.mask_biases,
     mask_norms: Annotated[
-        bool, typer.Option("--mask-norms/--no-mask-norms", help="Mask normalisation-layer gains (LayerNorm.weight ...; off by default, docs/method.md).")
+        bool, typer.Option("--mask-norms/--no-mask-norms", help="Mask norm gains (off by default: docs/method.md).")
     ] = Selection.mask_norms,
     fix_from: Annotated[
         Path | None,
