@@ -65,15 +65,17 @@ class _WithEverything(nn.Module):
         self.out = nn.Linear(4, 2)
 
 
-def test_default_selection_masks_weights_and_norm_gains_not_biases_or_embeddings():
+def test_default_selection_masks_weights_not_norms_biases_or_embeddings():
     names = select_parameters(_WithEverything())
-    assert names == ["lin.weight", "norm.weight", "out.weight"]
+    assert names == ["lin.weight", "out.weight"]  # norm gains only with --mask-norms (docs/method.md)
+    assert select_parameters(_WithEverything(), Selection(mask_norms=True)) == ["lin.weight", "norm.weight", "out.weight"]
 
 
 def test_selection_flags():
     m = _WithEverything()
     assert "lin.bias" in select_parameters(m, Selection(mask_biases=True))
-    assert "norm.bias" in select_parameters(m, Selection(mask_biases=True))
+    assert "norm.bias" in select_parameters(m, Selection(mask_biases=True, mask_norms=True))
+    assert "norm.bias" not in select_parameters(m, Selection(mask_biases=True))  # the default leaves norms alone
     assert select_parameters(m, Selection(include=("out.*",))) == ["out.weight", "out.bias"]
     assert select_parameters(m, Selection(include=("tok.*",))) == ["tok.weight"]  # explicit include wins
     assert select_parameters(m, Selection(exclude=("norm.*",))) == ["lin.weight", "out.weight"]
