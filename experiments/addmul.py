@@ -43,8 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import (  # noqa: E402
     Runner,
     base_parser,
-    header_lines,
-    machine,
+    finish,
     overlap_row,
     pm,
     run_seeds,
@@ -52,9 +51,7 @@ from experiments.common import (  # noqa: E402
     step_times,
     table,
     threads_for,
-    totals,
     two_mask_seed,
-    write_outputs,
 )
 
 PAPER_BETA, PAPER_STEPS = 1e-4, 20_000
@@ -101,23 +98,16 @@ def main(argv: list[str] | None = None) -> None:
         args.jobs,
         lambda s: two_mask_seed(runner, s, args.out, base, TASKS, targs, train_flags, {"": []}, args.force),
     )
-    results = {
+    fields = {
         "experiment": "addmul",
         "model": args.model,
         "size": args.size,
         "task_args": targs,
         "mask_steps": steps,
         "beta": beta,
-        "seeds": args.seeds,
-        "machine": machine(),
-        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
-        "totals": totals(args.out),
-        "commands": runner.commands,
-        "runs": runs,
     }
     extra = [f"Model: {args.model} {targs}; masks: {steps} steps, beta {beta}, lr 1e-2, batch 128, K 4."]
-    head = "\n".join(header_lines("Addition / multiplication", args, started, extra))
-    write_outputs(args.out, "results", results, head + report(runs))
+    finish("Addition / multiplication", args, started, runner, runs, fields, extra, report(runs))
 
 
 def report(runs: list[dict]) -> str:

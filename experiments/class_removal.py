@@ -34,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import (  # noqa: E402
     Runner,
     base_parser,
-    header_lines,
-    machine,
+    finish,
     mean_std,
     pm,
     run_seeds,
@@ -44,8 +43,6 @@ from experiments.common import (  # noqa: E402
     table,
     threads_for,
     timings,
-    totals,
-    write_outputs,
 )
 
 SIZES = {"cpu": {"base_steps": 1500, "mask_steps": 1500}, "paper": {"base_steps": 1500, "mask_steps": 20_000}}
@@ -97,24 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.out, threads_for(args))
     runs = run_seeds(args.seeds, args.jobs, lambda s: one_seed(runner, s, args.out, args.classes, flags, base_steps, args.force))
-    results = {
+    fields = {
         "experiment": "class_removal",
         "size": args.size,
         "classes": args.classes,
         "mask_steps": steps,
         "base_steps": base_steps,
         "beta": args.beta,
-        "seeds": args.seeds,
-        "machine": machine(),
-        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
-        "totals": totals(args.out),
-        "commands": runner.commands,
-        "runs": runs,
     }
     extra = [f"Digits CNN (16 channels), base {base_steps} steps; masks {steps} steps, beta {args.beta}, lr 1e-2, batch 128, "
              "K 4; removal masks with --fix-from the control (output layer copied, frozen)."]  # fmt: skip
-    head = "\n".join(header_lines("Class removal (digits)", args, started, extra))
-    write_outputs(args.out, "results", results, head + "\n" + report(runs, args.classes))
+    finish("Class removal (digits)", args, started, runner, runs, fields, extra, report(runs, args.classes))
 
 
 HEADER = ["class removed", "its relative drop (%)", "largest drop of another class (%)", "mask density (%)",

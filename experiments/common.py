@@ -230,6 +230,23 @@ def two_mask_seed(
     return {"seed": seed, "train": json.loads(train_json.read_text()), "compare": compares, "timings": timings(d)}
 
 
+def finish(title: str, args: argparse.Namespace, started: float, runner: Runner, runs: list[dict[str, Any]],
+           fields: dict[str, Any], extra: Sequence[str], markdown: str) -> None:  # fmt: skip
+    """Write ``results.json`` (``fields``, the seeds, the machine, the times, every command and run) and
+    ``results.md`` (the header, ``extra`` lines, then ``markdown``) into ``args.out``."""
+    results = {
+        **fields,
+        "seeds": args.seeds,
+        "machine": machine(),
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        "totals": totals(args.out),
+        "commands": runner.commands,
+        "runs": runs,
+    }
+    head = "\n".join(header_lines(title, args, started, extra))
+    write_outputs(args.out, "results", results, head + "\n" + markdown)
+
+
 def header_lines(title: str, args: argparse.Namespace, started: float, extra: Sequence[str] = ()) -> list[str]:
     m = machine()
     t = totals(args.out)

@@ -45,8 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import (  # noqa: E402
     Runner,
     base_parser,
-    header_lines,
-    machine,
+    finish,
     mean_std,
     pm,
     run_seeds,
@@ -56,8 +55,6 @@ from experiments.common import (  # noqa: E402
     task_args,
     threads_for,
     timings,
-    totals,
-    write_outputs,
 )
 
 PAPER_BETA, PAPER_STEPS = {"lstm": 3e-5, "transformer": 6e-4}, 25_000
@@ -146,24 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.out, threads_for(args))
     runs = run_seeds(args.seeds, args.jobs, lambda s: one_seed(runner, args, s, targs, base, train_flags))
-    results = {
+    fields = {
         "experiment": "scan",
         "model": args.model,
         "size": args.size,
         "task_args": targs,
         "mask_steps": steps,
         "beta": beta,
-        "seeds": args.seeds,
-        "machine": machine(),
-        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
-        "totals": totals(args.out),
-        "commands": runner.commands,
         "tokens": TOKENS,
-        "runs": runs,
     }
     extra = [f"Model: {targs}; masks: {steps} steps, beta {beta}, lr 1e-2, batch 128, K 4."]
-    head = "\n".join(header_lines(f"SCAN ({args.model})", args, started, extra))
-    write_outputs(args.out, "results", results, head + report(runs))
+    finish(f"SCAN ({args.model})", args, started, runner, runs, fields, extra, report(runs))
 
 
 def report(runs: list[dict]) -> str:
