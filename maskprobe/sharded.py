@@ -257,7 +257,10 @@ class ShardedEngine:
             _set_mode(self.gates, "sample")
 
     def info(self) -> dict[str, str]:
-        return {"backend": "fsdp2", "noise": NOISE, "processes": str(self.world.size)}
+        out = {"backend": "fsdp2", "noise": NOISE, "processes": str(self.world.size)}
+        if self.config.batched_samples:  # said, not silently ignored: the sharded step runs its samples in a loop
+            out["samples"] = "loop (--shard has no vmap path)"
+        return out
 
     def layers(self) -> list[dict[str, str]]:
         from .layout import model_layout
