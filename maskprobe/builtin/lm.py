@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -82,13 +81,7 @@ class TextLM(TextTask):
 
     def evaluate(self, model: Any, batches: Iterable[Any]) -> dict[str, float]:
         self.ensure_setup(model)
-        total = right = 0
-        nll_sum = 0.0
-        for batch in batches:
-            nll, keep, hit = self.token_nll(model, batch)
-            total += int(keep.sum())
-            right += int((hit & keep).sum())
-            nll_sum += float((nll * keep).sum(dtype=torch.float64))
+        total, right, nll_sum = text.token_totals(self.token_nll(model, batch) for batch in batches)
         mean = nll_sum / total if total else float("nan")
         return {
             "accuracy": right / total if total else float("nan"),

@@ -107,13 +107,7 @@ class TextMLM(TextTask):
 
     def evaluate(self, model: Any, batches: Iterable[Any]) -> dict[str, float]:
         self.ensure_setup(model)
-        total = right = 0
-        nll_sum = 0.0
-        for batch in batches:
-            nll, keep, hit = self._scores(model, batch)
-            total += int(keep.sum())
-            right += int((hit & keep).sum())
-            nll_sum += float((nll * keep).sum(dtype=torch.float64))
+        total, right, nll_sum = text.token_totals(self._scores(model, batch) for batch in batches)
         return {
             "accuracy": right / total if total else float("nan"),
             "loss": nll_sum / total if total else float("nan"),

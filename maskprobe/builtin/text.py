@@ -11,7 +11,7 @@ order: the same batches on every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -115,6 +115,18 @@ def run(model: Any, batch: Batch, *, hidden_states: bool = False, unmasked: bool
             kwargs["output_hidden_states"] = True
         return call(**kwargs)
     return call(batch["input_ids"])
+
+
+def token_totals(scores: Iterable[tuple[Tensor, Tensor, Tensor]]) -> tuple[int, int, float]:
+    """``(tokens, right, nll_sum)`` over batches of per-position ``(nll, keep, hit)``: the positions kept, how many
+    of them the top prediction got right, and their summed negative log-likelihood (float64)."""
+    total = right = 0
+    nll_sum = 0.0
+    for nll, keep, hit in scores:
+        total += int(keep.sum())
+        right += int((hit & keep).sum())
+        nll_sum += float((nll * keep).sum(dtype=torch.float64))
+    return total, right, nll_sum
 
 
 def logits_of(out: Any) -> Tensor:
