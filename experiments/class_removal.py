@@ -34,9 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import (  # noqa: E402
     Runner,
     base_parser,
+    cli,
+    default_out,
     finish,
     mean_std,
     pm,
+    positive_float,
+    positive_int,
     run_seeds,
     seeds_arg,
     step_times,
@@ -77,15 +81,14 @@ def one_seed(runner: Runner, seed: int, out: Path, classes: list[int], flags: li
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = base_parser(__doc__.split("\n")[0], "class-removal")
+    p = base_parser(__doc__.split("\n")[0], "runs/class-removal-<size>/")
     p.add_argument("--size", choices=tuple(SIZES), default="cpu")
     p.add_argument("--classes", type=seeds_arg, default=seeds_arg("0-9"), help="the classes removed, one mask each")
-    p.add_argument("--base-steps", type=int, help="base-network steps (overrides --size)")
-    p.add_argument("--mask-steps", type=int, help="steps per mask (overrides --size)")
-    p.add_argument("--beta", type=float, default=1e-4, help="mask regulariser")
+    p.add_argument("--base-steps", type=positive_int, help="base-network steps (overrides --size)")
+    p.add_argument("--mask-steps", type=positive_int, help="steps per mask (overrides --size)")
+    p.add_argument("--beta", type=positive_float, default=1e-4, help="mask regulariser")
     args = p.parse_args(argv)
-    if args.out.name == "class-removal":
-        args.out = args.out.with_name(f"class-removal-{args.size}")
+    args.out = default_out(args, f"class-removal-{args.size}")
     started = time.perf_counter()
     preset = SIZES[args.size]
     steps = args.mask_steps or preset["mask_steps"]
@@ -155,4 +158,4 @@ def report(runs: list[dict], classes: list[int]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

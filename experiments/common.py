@@ -28,24 +28,79 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def seeds_arg(text: str) -> list[int]:
-    """``0-9`` / ``0,3,5`` / ``0-2,7`` -> a list of seeds."""
+    """``0-9`` / ``0,3,5`` / ``0-2,7`` -> a list of distinct non-negative integers (seeds, classes)."""
     out: list[int] = []
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    if not out or len(set(out)) != len(out):
-        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
+        try:
+            first, last = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected integers like 0-9, 0,3,5 or 0-2,7, got {text!r}") from None
+        if last < first:
+            raise argparse.ArgumentTypeError(f"range {part.strip()!r} runs backwards (write {last}-{first})")
+        out += range(first, last + 1)
+    if len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"{text!r} names a value twice")
     return out
 
 
-def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float >= 0 (beta)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+class StepFailed(RuntimeError):
+    """A command of the protocol exited non-zero; the message is one line, the stderr is in ``commands.log``."""
+
+
+def cli(main: Callable[[], None]) -> None:
+    """Run a script's ``main`` the way maskprobe's own commands end: a failed step, an unwritable folder or Ctrl-C
+    give one line on stderr and a non-zero exit, not a traceback; finished steps stay on disk, so the same command
+    continues where it stopped."""
+    try:
+        main()
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted: the finished steps are kept; run the same command again to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def base_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every script shares; ``out``: the default output folder as shown in ``--help``."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", type=seeds_arg, default=seeds_arg("0-2"), help="one base network per seed (the paper: 0-9)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / default_out, help="results, tables, checkpoints, masks")
-    p.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (each with --threads torch threads)")
+    p.add_argument("--out", type=Path, help=f"results, tables, checkpoints, masks (default: {out})")
+    p.add_argument("--jobs", type=positive_int, default=1, help="seeds run in parallel (each with --threads torch threads)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per subprocess (0: cores / jobs)")
     p.add_argument("--force", action="store_true", help="redo every step, even those whose output exists")
     return p
+
+
+def default_out(args: argparse.Namespace, name: str) -> Path:
+    """``--out`` as given, else ``runs/<name>/`` in the repository."""
+    return args.out if args.out is not None else ROOT / "runs" / name
 
 
 def machine() -> dict[str, Any]:
@@ -90,7 +145,14 @@ class Runner:
         t0 = time.perf_counter()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
-            _, status, usage = os.wait4(proc.pid, 0)
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except KeyboardInterrupt:  # the child got the same SIGINT: let maskprobe save what it learned
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
             proc.returncode = rc = os.waitstatus_to_exitcode(status)
             out.seek(0)
             err.seek(0)
@@ -111,7 +173,8 @@ class Runner:
                 path.write_text(json.dumps(timings))
         print(f"  [{seconds:6.0f} s, CPU {cpu:6.0f} s] {shown}", file=sys.stderr, flush=True)
         if rc != 0:
-            raise RuntimeError(f"{shown} failed with exit code {rc}:\n{stderr[-3000:]}")
+            last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "no output")
+            raise StepFailed(f"{shown} exited with {rc}: {last.strip()} (full stderr: {self.out / 'commands.log'})")
         return json.loads(stdout) if json_out else stdout
 
 

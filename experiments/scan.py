@@ -34,6 +34,7 @@ Run::
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -45,9 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import (  # noqa: E402
     Runner,
     base_parser,
+    cli,
+    default_out,
     finish,
     mean_std,
     pm,
+    positive_float,
+    positive_int,
     run_seeds,
     scaled_beta,
     step_times,
@@ -65,6 +70,24 @@ SIZES = {
     "cpu": {"base": [], "mask_steps": 500},
     "paper": {"base": ["--size", "paper", "--lr", "1e-3", "--batch-size", "256", "--steps", "25000"], "mask_steps": 25_000},
 }
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer >= 0 (``--eval-size 0``: every test command)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. hidden=32), got {text!r}")
+    return key.strip(), value.strip()
 
 
 def removed_share(control: Path, other: Path, layer: str = "output.weight") -> list[float]:
@@ -119,22 +142,23 @@ def one_seed(runner: Runner, args: Any, seed: int, targs: dict, base: list, trai
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = base_parser(__doc__.split("\n")[0], "scan")
+    p = base_parser(__doc__.split("\n")[0], "runs/scan-<model>-<size>/")
     p.add_argument("--model", choices=("lstm", "transformer"), default="lstm")
     p.add_argument("--size", choices=tuple(SIZES), default="cpu")
-    p.add_argument("--base-steps", type=int, help="base-network steps (default: the base recipe's)")
-    p.add_argument("--mask-steps", type=int, help="steps per mask (overrides --size)")
-    p.add_argument("--beta", type=float, help="mask regulariser (default: the paper's, scaled to --mask-steps)")
-    p.add_argument("--eval-size", type=int, default=1000, help="test commands scored per split, a seeded subset (0: all)")
-    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE", help="architecture override: hidden=32")
+    p.add_argument("--base-steps", type=positive_int, help="base-network steps (default: the base recipe's)")
+    p.add_argument("--mask-steps", type=positive_int, help="steps per mask (overrides --size)")
+    p.add_argument("--beta", type=positive_float, help="mask regulariser (default: the paper's, scaled to --mask-steps)")
+    p.add_argument("--eval-size", type=count, default=1000, help="test commands scored per split, a seeded subset (0: all)")
+    p.add_argument(
+        "--arch", action="append", type=key_value, default=[], metavar="KEY=VALUE", help="architecture override: hidden=32"
+    )
     args = p.parse_args(argv)
-    if args.out.name == "scan":
-        args.out = args.out.with_name(f"scan-{args.model}-{args.size}")
+    args.out = default_out(args, f"scan-{args.model}-{args.size}")
     started = time.perf_counter()
     preset = SIZES[args.size]
     steps = args.mask_steps or preset["mask_steps"]
     beta = args.beta if args.beta is not None else scaled_beta(PAPER_BETA[args.model], PAPER_STEPS, steps)
-    arch = dict(a.split("=", 1) for a in args.arch)
+    arch = dict(args.arch)
     targs: dict = {"model": args.model, "size": args.size, "eval_size": args.eval_size, **arch}
     base = ["sample_tasks.scan", "--model", args.model, *preset["base"], *(x for k, v in arch.items() for x in (f"--{k}", v))]
     if args.base_steps:
@@ -194,4 +218,4 @@ def report(runs: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
