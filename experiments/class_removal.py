@@ -107,11 +107,16 @@ def main(argv: list[str] | None = None) -> None:
     }
     extra = [f"Digits CNN (16 channels), base {base_steps} steps; masks {steps} steps, beta {args.beta}, lr 1e-2, batch 128, "
              "K 4; removal masks with --fix-from the control (output layer copied, frozen)."]  # fmt: skip
-    finish("Class removal (digits)", args, started, runner, runs, fields, extra, report(runs, args.classes))
+    finish("Class removal (digits)", args, started, runner, runs, fields, extra, report(runs, args.classes), full_score)
 
 
 HEADER = ["class removed", "its relative drop (%)", "largest drop of another class (%)", "mask density (%)",
           "share of the control's weights (%)"]  # fmt: skip
+
+
+def full_score(run: dict) -> dict[str, float]:
+    """The unmasked network's accuracy over every class (``finish``'s base-network check)."""
+    return {"digits": run["compare"]["ablation"]["full"][0]}
 
 
 def report(runs: list[dict], classes: list[int]) -> str:

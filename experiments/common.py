@@ -293,20 +293,52 @@ def two_mask_seed(
     return {"seed": seed, "train": json.loads(train_json.read_text()), "compare": compares, "timings": timings(d)}
 
 
+def unlearned(runs: list[dict[str, Any]], scores: Callable[[dict[str, Any]], dict[str, float]],
+              floor: float = 0.9) -> list[dict[str, Any]]:  # fmt: skip
+    """The seeds whose base network failed what the masks are measured against: ``scores(run)`` gives the unmasked
+    network's accuracy per task; every one below ``floor`` is listed (a mask of a task the network never learned
+    measures nothing, and its removals cannot drop it)."""
+    out = []
+    for run in runs:
+        low = {k: v for k, v in scores(run).items() if v < floor}
+        if low:
+            out.append({"seed": run["seed"], "below": low, "floor": floor})
+    return out
+
+
+def unlearned_lines(failed: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for f in failed:
+        low = ", ".join(f"{k} {100 * v:.1f} %" for k, v in f["below"].items())
+        lines.append(
+            f"**Warning: seed {f['seed']}'s base network did not learn its tasks** (unmasked: {low}; below "
+            f"{100 * f['floor']:.0f} %). Its numbers are in the tables below and measure nothing about modularity; "
+            "rerun with more base steps (`--base-steps`) or leave the seed out."
+        )
+    return lines
+
+
 def finish(title: str, args: argparse.Namespace, started: float, runner: Runner, runs: list[dict[str, Any]],
-           fields: dict[str, Any], extra: Sequence[str], markdown: str) -> None:  # fmt: skip
+           fields: dict[str, Any], extra: Sequence[str], markdown: str,
+           scores: Callable[[dict[str, Any]], dict[str, float]] | None = None) -> None:  # fmt: skip
     """Write ``results.json`` (``fields``, the seeds, the machine, the times, every command and run) and
-    ``results.md`` (the header, ``extra`` lines, then ``markdown``) into ``args.out``."""
+    ``results.md`` (the header, ``extra`` lines, a warning per seed whose base network is below 90 % on a task by
+    ``scores(run)``, then ``markdown``) into ``args.out``; the warnings also go to stderr."""
+    failed = unlearned(runs, scores) if scores is not None else []
+    for line in unlearned_lines(failed):
+        print(line.replace("**", ""), file=sys.stderr)
     results = {
         **fields,
         "seeds": args.seeds,
         "machine": machine(),
         "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
         "totals": totals(args.out),
+        "unlearned": failed,
         "commands": runner.commands,
         "runs": runs,
     }
-    head = "\n".join(header_lines(title, args, started, extra))
+    warnings = [line for w in unlearned_lines(failed) for line in ("", w)]
+    head = "\n".join(header_lines(title, args, started, [*extra, *warnings]))
     write_outputs(args.out, "results", results, head + "\n" + markdown)
 
 

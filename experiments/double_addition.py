@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> None:
         "beta": beta,
     }
     extra = [f"Model: {args.model} {targs}; masks: {steps} steps, beta {beta}, lr 1e-2, batch 128, K 4."]
-    finish("Double addition", args, started, runner, runs, fields, extra, report(runs))
+    finish("Double addition", args, started, runner, runs, fields, extra, report(runs), full_scores)
+
+
+def full_scores(run: dict) -> dict[str, float]:
+    """The unmasked network's accuracy per pair (the base-network check of ``finish``)."""
+    return dict(zip(TASKS, run["compare"][""]["ablation"]["full"], strict=True))
 
 
 def report(runs: list[dict]) -> str:

@@ -44,6 +44,9 @@ def test_addmul_two_seeds_gives_the_papers_table_with_mean_and_std(tmp_path):
     assert "| task scored | Full | + | ¬+ | * | ¬* |" in md
     assert md.count(" ± ") > 10 and "P_specialize" in md
     assert "Command: `python experiments/addmul.py --seeds 0-1" in md  # relative to the repository, pasteable
+    low = {run["seed"] for run in res["runs"] if min(run["compare"][""]["ablation"]["full"]) < 0.9}
+    assert {u["seed"] for u in res["unlearned"]} == low  # 300 base steps: a seed may not learn mul, and says so
+    assert md.count("did not learn its tasks") == len(low)
     assert all(c["rc"] == 0 and c["cpu_seconds"] >= 0 for c in commands(out))
     ran = len(commands(out))
     assert ran == 2 * 3  # base, masks, compare per seed
@@ -111,6 +114,17 @@ def test_class_removal_fixes_the_output_layer_and_reports_each_class(tmp_path):
     md = (out / "results.md").read_text()
     assert "| class removed |" in md and md.count("\n| 3 |") + md.count("\n| 7 |") == 2
     assert res["runs"][0]["seed"] == 0
+
+
+def test_a_seed_whose_base_network_failed_is_named_with_its_scores():
+    sys.path.insert(0, str(ROOT))
+    from experiments.common import unlearned, unlearned_lines
+
+    runs = [{"seed": 0, "full": {"a": 1.0, "b": 0.95}}, {"seed": 1, "full": {"a": 0.098, "b": 1.0}}]
+    failed = unlearned(runs, lambda r: r["full"])
+    assert failed == [{"seed": 1, "below": {"a": 0.098}, "floor": 0.9}]
+    (line,) = unlearned_lines(failed)
+    assert "seed 1's base network did not learn" in line and "a 9.8 %" in line
 
 
 @pytest.mark.parametrize(
