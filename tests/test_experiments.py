@@ -161,3 +161,24 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     r = script("addmul", "--out", blocker / "sub")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_ends_in_one_line_and_keeps_the_finished_steps(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "addmul"
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "experiments" / "addmul.py"), "--seeds", "0-1", "--hidden", "8", "--base-steps",
+           "1000000", "--mask-steps", "5", "--eval-size", "50", "--threads", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out / "seed0").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the base network is training
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the script and its command
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: the finished steps are kept")
+    assert "Traceback" not in err
+    assert not (out / "results.json").exists()
