@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ ADD, MUL = 0, 1
 IN_FEATURES = 42
 OUT_FEATURES = 20
 RECIPE = Recipe(steps=10_000, batch_size=128, lr=2e-3, warmup=0.05, schedule="cosine")  # base networks (fitting.py)
-# model=lstm (docs/paper.md, "LSTM base recipes"): lr 2e-3..5e-3 left the 2 x 128 LSTM at 25-57 % after 4-6k steps,
+# model=lstm (docs/paper.md, "Base networks"): lr 2e-3..5e-3 left the 2 x 128 LSTM at 25-57 % after 4-6k steps,
 # 2e-2 diverged on double addition; 1e-2 learns both operations. Clip 1: the paper code's default.
 LSTM_RECIPE = Recipe(steps=6000, batch_size=128, lr=1e-2, warmup=0.05, schedule="cosine", clip=1.0)
 LSTM_STEPS = 3  # time steps the input is fed (the paper code's RecurrentAddMulInterface(model, 3))
@@ -107,7 +108,7 @@ class ArithmeticTask(Task):
     def base_recipe(self) -> Recipe:
         """FNN: Adam, batch 128, 10,000 steps, lr 2e-3 with a 5 % warm-up and a cosine decay (docs/benchmarks.md,
         "Base-network robustness": every seed 0-19 learns both operations; the paper's constant 1e-3 did not).
-        LSTM: :data:`LSTM_RECIPE` (docs/paper.md, "LSTM base recipes")."""
+        LSTM: :data:`LSTM_RECIPE` (docs/paper.md, "Base networks")."""
         return LSTM_RECIPE if self.model == "lstm" else RECIPE
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,13 +174,17 @@ def train_base(task: Task, steps: int | None = None, seed: int = 0, callback=Non
     return fit(task, (recipe or task.base_recipe()).with_steps(steps), seed=seed, callback=callback)
 
 
-def train_and_save(task: Task, out: str, steps: int | None, seed: int) -> dict[str, float]:
+def train_and_save(task: Task, out: str, steps: int | None, seed: int, recipe: Recipe | None = None) -> dict[str, float]:
     """The base recipe for a sample task's command line: train (progress lines on stdout), save the state dict
-    atomically to ``out``, and return the task's metrics on the trained network."""
+    atomically to ``out``, and return the task's metrics on the trained network. ``recipe``: another recipe
+    than the task's (:func:`recipe_from`)."""
     from maskprobe.atomic import atomic_write
     from maskprobe.training import evaluate_task
 
-    model = train_base(task, steps=steps, seed=seed, callback=lambda s, loss: print(f"step {s} loss {loss:.4f}", flush=True))
+    def progress(s: int, loss: float) -> None:
+        print(f"step {s} loss {loss:.4f}", flush=True)
+
+    model = train_base(task, steps=steps, seed=seed, callback=progress, recipe=recipe)
     atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
     return evaluate_task(model, task)
 
@@ -192,6 +197,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lstm-layers", type=int, default=2, help="LSTM layers (the paper: 2)")
 
 
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """Options that change the task's base recipe (the paper's optimiser: ``--lr 1e-3 --schedule constant``)."""
+    p.add_argument("--lr", type=float, default=None, help="peak Adam learning rate (default: the base recipe's)")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default=None, help="default: the base recipe's")
+
+
+def recipe_from(args: argparse.Namespace, task: Task) -> Recipe:
+    """The task's base recipe with ``--lr`` / ``--schedule`` applied (steps are applied by :func:`train_base`)."""
+    changes = {k: v for k, v in (("lr", args.lr), ("schedule", args.schedule)) if v is not None}
+    return replace(task.base_recipe(), **changes)
+
+
 def model_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "hidden": args.hidden, "lstm_size": args.lstm_size, "lstm_layers": args.lstm_layers}
 
@@ -201,9 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     add_model_args(p)
     p.add_argument("--steps", type=int, default=None, help="override the base recipe's steps (FNN 10,000, LSTM 6,000)")
+    add_recipe_args(p)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    metrics = train_and_save(AddMulTask(**model_args(args)), args.out, args.steps, args.seed)
+    task = AddMulTask(**model_args(args))
+    metrics = train_and_save(task, args.out, args.steps, args.seed, recipe_from(args, task))
     print(f"saved {args.out}; accuracy {metrics['accuracy']:.4f}")
 
 

@@ -189,3 +189,20 @@ def test_lstm_through_the_command_lines(tmp_path, capsys):
     dadd = tmp_path / "dadd.pt"
     dadd_main(["--out", str(dadd), "--model", "lstm", "--lstm-size", "8", "--steps", "2"])
     assert torch.load(dadd, weights_only=True)["lstm.weight_ih_l0"].shape == (32, 80)
+
+
+def test_the_base_command_lines_take_the_papers_optimiser():
+    import argparse
+
+    from maskprobe.fitting import Recipe
+    from sample_tasks.arithmetic import add_recipe_args, recipe_from
+    from sample_tasks.double_addition import LSTM_DADD_RECIPE, BothPairsTask
+
+    p = argparse.ArgumentParser()
+    add_recipe_args(p)
+    task = BothPairsTask(model="lstm", lstm_size=8)
+    assert recipe_from(p.parse_args([]), task) == LSTM_DADD_RECIPE  # nothing given: the task's own recipe
+    r = recipe_from(p.parse_args(["--lr", "1e-3", "--schedule", "constant"]), task)
+    assert r == Recipe(steps=LSTM_DADD_RECIPE.steps, batch_size=128, lr=1e-3, warmup=LSTM_DADD_RECIPE.warmup,
+                       schedule="constant", clip=LSTM_DADD_RECIPE.clip)  # fmt: skip
+    assert [r.lr_at(s) for s in (0, 1000, 2999)] == [1e-3] * 3
