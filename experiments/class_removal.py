@@ -24,7 +24,6 @@ Run::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,11 +36,13 @@ from experiments.common import (  # noqa: E402
     cli,
     default_out,
     finish,
+    load_json,
     mean_std,
     pm,
     positive_float,
     positive_int,
     run_seeds,
+    save_json,
     seeds_arg,
     step_times,
     table,
@@ -76,8 +77,8 @@ def one_seed(runner: Runner, seed: int, out: Path, classes: list[int], flags: li
     if force or not path.exists():
         cmd = ["maskprobe", "compare", control, *removal, "--checkpoint", ckpt, "--seed", seed, "--json", "-q",
                "--min-density", "0"]  # fmt: skip
-        path.write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, "compare"))))
-    return {"seed": seed, "compare": json.loads(path.read_text()), "timings": timings(d)}
+        save_json(path, runner.run(cmd, json_out=True, step=(d, "compare")))
+    return {"seed": seed, "compare": load_json(path), "timings": timings(d)}
 
 
 def main(argv: list[str] | None = None) -> None:

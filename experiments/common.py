@@ -8,6 +8,7 @@ with ``maskprobe.maskfile.load_masks`` only where the CLI has no number for what
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -64,6 +65,28 @@ def positive_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def save_json(path: Path, data: Any, **dump: Any) -> None:
+    """Write ``data`` as JSON atomically (a temporary file, then a rename): a killed run or a full disk leaves the
+    old file or none, never half a file that the next run would take for a finished step."""
+    save_text(path, json.dumps(data, **dump) + "\n")
+
+
+def save_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise StepFailed(f"{path} is not valid JSON ({e}); delete it to redo that step, or rerun with --force") from None
 
 
 class StepFailed(RuntimeError):
@@ -123,6 +146,11 @@ class Runner:
     def __init__(self, out: Path, threads: int):
         self.out = out
         self.threads = threads
+        self._lock = open(out / ".lock", "a")  # held while this process runs: one run per output folder
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StepFailed(f"another run is writing into {out}: wait for it to end, or give another --out") from None
         self.lock = threading.Lock()
         self.commands: list[dict[str, Any]] = []
 
@@ -168,9 +196,9 @@ class Runner:
                 log.write(f"$ {shown}\n# rc {rc}, {seconds:.1f} s, CPU {cpu:.1f} s\n{stderr[-4000:]}\n")
             if step is not None:
                 path = step[0] / "timings.json"
-                timings = json.loads(path.read_text()) if path.exists() else {}
+                timings = load_json(path) if path.exists() else {}
                 timings[step[1]] = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)}
-                path.write_text(json.dumps(timings))
+                save_json(path, timings)
         print(f"  [{seconds:6.0f} s, CPU {cpu:6.0f} s] {shown}", file=sys.stderr, flush=True)
         if rc != 0:
             last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "no output")
@@ -181,7 +209,7 @@ class Runner:
 def timings(seed_dir: Path) -> dict[str, dict[str, float]]:
     """The recorded wall / CPU seconds of a seed's steps (``Runner.run(step=...)``)."""
     path = seed_dir / "timings.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return load_json(path) if path.exists() else {}
 
 
 def step_times(recorded: dict[str, dict[str, float]], steps: Sequence[str]) -> str:
@@ -241,8 +269,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def write_outputs(out: Path, name: str, results: dict[str, Any], markdown: str) -> None:
     """``<out>/<name>.json`` (everything) and ``<out>/<name>.md`` (the tables)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
-    (out / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    save_json(out / f"{name}.json", results, indent=1)
+    save_text(out / f"{name}.md", markdown.rstrip() + "\n")
     print(markdown)
     print(f"\nwrote {out / (name + '.json')} and {out / (name + '.md')}", file=sys.stderr)
 
@@ -282,15 +310,15 @@ def two_mask_seed(
     if force or not train_json.exists() or not all(m.exists() for m in masks):
         cmd = ["maskprobe", "train", ckpt, *(x for t in tasks for x in ("--task", t)), *task_args(targs)]
         cmd += [*train_flags, "--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
-        train_json.write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, "masks"))))
+        save_json(train_json, runner.run(cmd, json_out=True, step=(d, "masks")))
     compares = {}
     for name, flags in compare_variants.items():
         path = d / f"compare{'-' + name if name else ''}.json"
         if force or not path.exists():
             cmd = ["maskprobe", "compare", *masks, "--checkpoint", ckpt, "--seed", seed, *flags, "--json", "--quiet"]
-            path.write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, f"compare{name}"))))
-        compares[name] = json.loads(path.read_text())
-    return {"seed": seed, "train": json.loads(train_json.read_text()), "compare": compares, "timings": timings(d)}
+            save_json(path, runner.run(cmd, json_out=True, step=(d, f"compare{name}")))
+        compares[name] = load_json(path)
+    return {"seed": seed, "train": load_json(train_json), "compare": compares, "timings": timings(d)}
 
 
 def unlearned(runs: list[dict[str, Any]], scores: Callable[[dict[str, Any]], dict[str, float]],

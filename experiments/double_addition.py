@@ -18,9 +18,10 @@ and answers both pairs at the last (the paper's "together" mode); see sample_tas
 
 Sizes (``--size``): ``cpu`` (default) FNN 80-256x4-40 with 2,000 mask steps, LSTM 2 x 128 with 1,000 mask
 steps; ``paper`` FNN 80-2000x4-40, LSTM 2 x 256 with the paper's base recipe (Adam 1e-3, constant, 20,000
-steps: at the CPU size the LSTM leaves tens digits unlearned, docs/paper.md), 20,000 mask steps. beta: the paper's sweeps use 4e-4 for the
-FNN (``sweeps/tuple_feedforward_big.yaml``) and 1e-4 for the LSTM (``tuple_rnn.yaml``) at 20,000 steps; shorter
-masks get ``beta * 20000 / steps`` (FNN 4e-3 at 2,000 steps, LSTM 2e-3 at 1,000). ``--beta`` overrides.
+steps: at the CPU size the LSTM leaves tens digits unlearned, docs/paper.md), 20,000 mask steps. beta: the
+paper's sweeps use 4e-4 for the FNN (``sweeps/tuple_feedforward_big.yaml``) and 1e-4 for the LSTM
+(``tuple_rnn.yaml``) at 20,000 steps; shorter masks get ``beta * 20000 / steps`` (FNN 4e-3 at 2,000 steps, LSTM
+2e-3 at 1,000). ``--beta`` overrides.
 
 Run::
 

@@ -35,7 +35,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -49,11 +48,13 @@ from experiments.common import (  # noqa: E402
     cli,
     default_out,
     finish,
+    load_json,
     mean_std,
     pm,
     positive_float,
     positive_int,
     run_seeds,
+    save_json,
     scaled_beta,
     step_times,
     table,
@@ -110,16 +111,16 @@ def one_seed(runner: Runner, args: Any, seed: int, targs: dict, base: list, trai
     if args.force or not files["train"].exists() or not all(m.exists() for m in masks.values()):
         cmd = ["maskprobe", "train", ckpt, *(x for t in TASKS for x in ("--task", t)), *task_args(targs), *train_flags]
         cmd += ["--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
-        files["train"].write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, "masks"))))
+        save_json(files["train"], runner.run(cmd, json_out=True, step=(d, "masks")))
     if args.force or not files["evaluate"].exists():
         cmd = ["maskprobe", "evaluate", ckpt, *(x for t in TASKS[1:] for x in ("--task", t)), *task_args(targs)]
         res = runner.run([*cmd, "--mask", masks["simple"], "--json"], json_out=True, step=(d, "evaluate"))
-        files["evaluate"].write_text(json.dumps(res))
+        save_json(files["evaluate"], res)
     if args.force or not files["compare"].exists():
         cmd = ["maskprobe", "compare", *masks.values(), "--json", "--quiet"]
-        files["compare"].write_text(json.dumps(runner.run(cmd, json_out=True, step=(d, "compare"))))
-    train = json.loads(files["train"].read_text())
-    evaluate = json.loads(files["evaluate"].read_text())
+        save_json(files["compare"], runner.run(cmd, json_out=True, step=(d, "compare")))
+    train = load_json(files["train"])
+    evaluate = load_json(files["evaluate"])
     by_task = {m["task"]: m for m in train["masks"]}
     control_on = {r["task"]: r["masked"] for r in evaluate["results"]}
     control_on["scan-simple"] = by_task["scan-simple"]["metric_masked"]
@@ -136,7 +137,7 @@ def one_seed(runner: Runner, args: Any, seed: int, targs: dict, base: list, trai
         "removed_from_control": {s: removed_share(masks["simple"], masks[s]) for s in SPLITS[1:]},
         "train": train,
         "evaluate": evaluate,
-        "compare": json.loads(files["compare"].read_text()),
+        "compare": load_json(files["compare"]),
         "timings": timings(d),
     }
 

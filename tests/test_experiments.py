@@ -94,8 +94,8 @@ def test_scan_transformer_scores_every_split_and_the_output_rows(tmp_path):
 
 def test_class_removal_fixes_the_output_layer_and_reports_each_class(tmp_path):
     out = tmp_path / "cr"
-    r = script("class_removal", "--seeds", 0, "--classes", "3,7", "--base-steps", 40, "--mask-steps", 10,
-               "--threads", 1, "--out", out)  # fmt: skip
+    flags = ["--seeds", 0, "--classes", "3,7", "--base-steps", 40, "--mask-steps", 10, "--threads", 1, "--out", out]
+    r = script("class_removal", *flags)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     masks = out / "seed0" / "masks"
@@ -114,6 +114,13 @@ def test_class_removal_fixes_the_output_layer_and_reports_each_class(tmp_path):
     md = (out / "results.md").read_text()
     assert "| class removed |" in md and md.count("\n| 3 |") + md.count("\n| 7 |") == 2
     assert res["runs"][0]["seed"] == 0
+
+    ran = len(commands(out))  # a step file damaged by hand: named, not a traceback, nothing rerun
+    (out / "seed0" / "compare.json").write_text('{"truncated": ')
+    r = script("class_removal", *flags)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "compare.json is not valid JSON" in r.stderr and "--force" in r.stderr
+    assert len(commands(out)) == ran
 
 
 def test_a_seed_whose_base_network_failed_is_named_with_its_scores():
@@ -182,3 +189,16 @@ def test_ctrl_c_ends_in_one_line_and_keeps_the_finished_steps(tmp_path):
     assert err.strip().splitlines()[-1].startswith("interrupted: the finished steps are kept")
     assert "Traceback" not in err
     assert not (out / "results.json").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "addmul"
+    out.mkdir()
+    with open(out / ".lock", "a") as held:  # a run in progress holds this
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = script("addmul", "--seeds", 0, "--out", out)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: another run is writing into {out}: wait for it to end, or give another --out"
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # it wrote nothing
