@@ -20,11 +20,12 @@ Per seed:
    ``safetensors``; the same for the turn-left and length masks.
 
 Sizes (``--size``): ``cpu`` (default) the tasks' ``size=cpu`` preset (LSTM 2 x 64, Transformer d_model 64, 2 + 2
-layers), the base recipe (2,000 steps) and 500 mask steps; ``paper``: the paper's sizes, its base recipe
-(25,000 steps, lr 1e-3, batch 256) and 25,000 mask steps. beta: the paper's 3e-5 (LSTM, ``sweeps/scan.yaml``) and
-6e-4 (Transformer, ``sweeps/trafo_scan.yaml``) at 25,000 steps, scaled to ``beta * 25000 / steps`` for shorter
-masks (LSTM 1.5e-3, Transformer 3e-2 at 500 steps); ``--beta`` overrides. The LSTM's biases stay unmasked as
-in the paper's code (maskprobe's default selection).
+layers), the base recipe (2,000 steps) and 2,000 mask steps (500 left the masks too little time to prune and
+showed nothing, docs/paper.md; about 20 / 30 CPU minutes per seed for the LSTM / Transformer); ``paper``: the
+paper's sizes, its base recipe (25,000 steps, lr 1e-3, batch 256) and 25,000 mask steps. beta: the paper's 3e-5
+(LSTM, ``sweeps/scan.yaml``) and 6e-4 (Transformer, ``sweeps/trafo_scan.yaml``) at 25,000 steps, scaled to
+``beta * 25000 / steps`` for shorter masks (LSTM 3.75e-4, Transformer 7.5e-3 at 2,000 steps); ``--beta``
+overrides. The LSTM's biases stay unmasked as in the paper's code (maskprobe's default selection).
 
 Run::
 
@@ -68,7 +69,7 @@ SPLITS = ("simple", "jump", "length", "turn-left")
 TASKS = tuple(f"scan-{s}" for s in SPLITS)
 TOKENS = ("<eos>", "I_WALK", "I_LOOK", "I_RUN", "I_JUMP", "I_TURN_LEFT", "I_TURN_RIGHT")  # output.weight rows
 SIZES = {
-    "cpu": {"base": [], "mask_steps": 500},
+    "cpu": {"base": [], "mask_steps": 2000},
     "paper": {"base": ["--size", "paper", "--lr", "1e-3", "--batch-size", "256", "--steps", "25000"], "mask_steps": 25_000},
 }
 
