@@ -42,14 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (  # noqa: E402
     Runner,
+    arith_options,
     base_parser,
     cli,
     default_out,
     finish,
     overlap_row,
     pm,
-    positive_float,
-    positive_int,
     run_seeds,
     scaled_beta,
     step_times,
@@ -68,15 +67,7 @@ TASKS = ("arith-add", "arith-mul")
 
 def main(argv: list[str] | None = None) -> None:
     p = base_parser(__doc__.split("\n")[0], "runs/addmul-<model>-<size>/")
-    p.add_argument("--model", choices=("fnn", "lstm"), default="fnn")
-    p.add_argument("--size", choices=tuple(SIZES), default="cpu")
-    p.add_argument("--hidden", help="FNN hidden sizes (overrides --size)")
-    p.add_argument("--lstm-size", type=positive_int, help="LSTM units (overrides --size)")
-    p.add_argument("--lstm-layers", type=positive_int, default=2)
-    p.add_argument("--base-steps", type=positive_int, help="base-network steps (default: the task's base recipe, 10,000)")
-    p.add_argument("--mask-steps", type=positive_int, help="steps per mask (overrides --size)")
-    p.add_argument("--beta", type=positive_float, help="mask regulariser (default: the paper's, scaled to --mask-steps)")
-    p.add_argument("--eval-size", type=positive_int, default=10_000, help="evaluation examples per task (the paper: 10,000)")
+    arith_options(p, SIZES, "the task's base recipe, 10,000")
     args = p.parse_args(argv)
     args.out = default_out(args, f"addmul-{args.model}-{args.size}")
     started = time.perf_counter()

@@ -45,15 +45,35 @@ def seeds_arg(text: str) -> list[int]:
     return out
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = at_least(1)
+
+
+def arith_options(p: argparse.ArgumentParser, sizes: Iterable[str], base_help: str) -> None:
+    """The model, size and step options of the two arithmetic scripts (addmul.py, double_addition.py)."""
+    p.add_argument("--model", choices=("fnn", "lstm"), default="fnn")
+    p.add_argument("--size", choices=tuple(sizes), default="cpu")
+    p.add_argument("--hidden", help="FNN hidden sizes (overrides --size)")
+    p.add_argument("--lstm-size", type=positive_int, help="LSTM units (overrides --size)")
+    p.add_argument("--lstm-layers", type=positive_int, default=2)
+    p.add_argument("--base-steps", type=positive_int, help=f"base-network steps (default: {base_help})")
+    p.add_argument("--mask-steps", type=positive_int, help="steps per mask (overrides --size)")
+    p.add_argument("--beta", type=positive_float, help="mask regulariser (default: the paper's, scaled to --mask-steps)")
+    p.add_argument("--eval-size", type=positive_int, default=10_000, help="evaluation examples per task (the paper: 10,000)")
 
 
 def positive_float(text: str) -> float:

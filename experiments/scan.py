@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (  # noqa: E402
     Runner,
+    at_least,
     base_parser,
     cli,
     default_out,
@@ -74,15 +75,7 @@ SIZES = {
 }
 
 
-def count(text: str) -> int:
-    """An argparse type: an integer >= 0 (``--eval-size 0``: every test command)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
-    return value
+count = at_least(0)  # --eval-size 0: every test command
 
 
 def key_value(text: str) -> tuple[str, str]:
