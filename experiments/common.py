@@ -25,6 +25,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from maskprobe.atomic import atomic_write_text
+from maskprobe.errors import MaskprobeError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,16 +93,7 @@ def positive_float(text: str) -> float:
 def save_json(path: Path, data: Any, **dump: Any) -> None:
     """Write ``data`` as JSON atomically (a temporary file, then a rename): a killed run or a full disk leaves the
     old file or none, never half a file that the next run would take for a finished step."""
-    save_text(path, json.dumps(data, **dump) + "\n")
-
-
-def save_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(data, **dump) + "\n")
 
 
 def load_json(path: Path) -> Any:
@@ -127,6 +121,9 @@ def cli(main: Callable[[], None]) -> None:
         raise SystemExit(130) from None
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        raise SystemExit(1) from None
+    except MaskprobeError as e:  # maskprobe.atomic's one-line write errors (full disk, no permission)
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -290,7 +287,7 @@ def write_outputs(out: Path, name: str, results: dict[str, Any], markdown: str) 
     """``<out>/<name>.json`` (everything) and ``<out>/<name>.md`` (the tables)."""
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / f"{name}.json", results, indent=1)
-    save_text(out / f"{name}.md", markdown.rstrip() + "\n")
+    atomic_write_text(out / f"{name}.md", markdown.rstrip() + "\n")
     print(markdown)
     print(f"\nwrote {out / (name + '.json')} and {out / (name + '.md')}", file=sys.stderr)
 
