@@ -178,6 +178,8 @@ def compare(
     thresholds: Any = None,
     progress: Callable[[str], None] | None = None,
     open_checkpoint: Callable[[Sequence[Any]], Any] | None = None,
+    task_args: Sequence[str] = (),
+    trust_tasks: bool = False,
 ) -> CompareReport:
     """Compare two or more masks over the same checkpoint; with a checkpoint, run the ablation too.
 
@@ -194,6 +196,10 @@ def compare(
         progress: receives one line per stage.
         open_checkpoint: ``f(tasks) -> Checkpoint``, called when ``checkpoint`` is None but an ablation is wanted
             (the CLI passes its path this way, so that a weights-only file gets the tasks' architecture).
+        task_args: ``--task-arg`` pairs applied over the arguments recorded in the masks (without ``tasks``);
+            ``TASK:`` names a mask by its task name, its recorded ref or its position from 1.
+        trust_tasks: rebuild a task whose recorded ref is a file path or a module that is not an installed
+            task (``--trust-mask-tasks``: that imports code named inside a mask file). Default False.
 
     Raises:
         MaskFileError, BadInputError: unreadable or incompatible files, a mask that does not fit the checkpoint.
@@ -203,13 +209,18 @@ def compare(
         raise BadInputError("compare needs at least two mask files")
     if keep_io and checkpoint is None and open_checkpoint is None:
         raise BadInputError("--keep-io changes the ablation: it needs --checkpoint")
+    if task_args and tasks:
+        raise BadInputError("task_args apply to the tasks rebuilt from the masks; pass them to the tasks given instead")
+    if (task_args or trust_tasks) and checkpoint is None and open_checkpoint is None:
+        what = "--task-arg" if task_args else TRUST_FLAG
+        raise BadInputError(f"{what} changes the ablation's tasks: it needs --checkpoint")
     say = progress or (lambda _msg: None)
     readers = open_all(masks)
     try:
         names = check_compatible(readers, allow_mismatch)
         task_list = None
         if checkpoint is not None or open_checkpoint is not None:
-            task_list = list(tasks) if tasks else tasks_from_metadata(readers)
+            task_list = list(tasks) if tasks else tasks_from_metadata(readers, task_args, trust_tasks=trust_tasks)
             if len(task_list) != len(readers):
                 raise BadInputError(f"give one --task per mask ({len(readers)}), or none to use the masks' metadata")
             if checkpoint is None:
@@ -257,16 +268,44 @@ def _count_in_memory(readers: Sequence[MaskReader], layout: Layout) -> tuple[Any
     return count_arrays(arrays, layout), masks
 
 
-def tasks_from_metadata(readers: Sequence[MaskReader]) -> list[Any]:
-    """Rebuild each mask's task from its metadata (``task.ref`` and ``task.args``)."""
-    from .tasks import load_task
+TRUST_FLAG = "--trust-mask-tasks"
 
-    out = []
+
+def tasks_from_metadata(readers: Sequence[MaskReader], task_args: Sequence[str] = (), *, trust_tasks: bool = False) -> list[Any]:
+    """Rebuild each mask's task from its metadata (``task.ref`` and ``task.args``), ``task_args`` on top.
+
+    A mask file is data (docs/checkpoints.md): its ``task.ref`` is rebuilt only when it names an installed task
+    (an entry point of ``maskprobe.tasks``, by name or by its ``module:Class``); a file path or any other module
+    named inside a mask is imported only with ``trust_tasks`` (``--trust-mask-tasks``).
+
+    Raises:
+        MaskFileError: a mask that records no task.
+        BadInputError: a ref that is not an installed task (without ``trust_tasks``); a ``--task-arg`` that no
+            task accepts, that names no mask, or of the wrong type.
+    """
+    from .task_args import task_args_per_task
+    from .tasks import installed_task_name, load_task, task_class
+
+    refs, recorded, names = [], [], []
     for r in readers:
         task = r.metadata.get("task")
         if not isinstance(task, dict) or "ref" not in task:
             raise MaskFileError(f"{r.path} records no task; give the tasks with --task, one per mask")
-        out.append(load_task(task["ref"], task.get("args") or {})[0])
+        ref = task["ref"]
+        installed = installed_task_name(ref)
+        if installed is None and not trust_tasks:
+            raise BadInputError(
+                f"{r.path} names the task {ref!r}, which is not an installed task: maskprobe does not import code "
+                f"named inside a mask file; give the task with --task, or pass {TRUST_FLAG} if you trust this file"
+            )
+        refs.append(installed or ref)
+        recorded.append(dict(task.get("args") or {}))
+        names.append(r.task_name)
+    classes = [task_class(ref) for ref in refs]
+    typed, unused = task_args_per_task(refs, classes, task_args, aliases=names)
+    out = [load_task(ref, {**old, **new})[0] for ref, old, new in zip(refs, recorded, typed, strict=True)]
+    if unused:
+        raise BadInputError(f"no mask's task accepts --task-arg {unused[0]!r}")
     return out
 
 

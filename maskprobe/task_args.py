@@ -116,10 +116,11 @@ def _split(pair: str) -> tuple[str | None, str, str]:
     return (target.strip() if colon else None), key, value
 
 
-def _position(target: str, refs: Sequence[str], pair: str) -> int:
-    """The index of the ``--task`` that ``TASK`` in ``TASK:key=value`` names: its ref, or its 1-based position."""
+def _position(target: str, refs: Sequence[str], pair: str, aliases: Sequence[str] = ()) -> int:
+    """The index of the ``--task`` that ``TASK`` in ``TASK:key=value`` names: its ref (or its alias, a mask's task
+    name in ``compare``), or its 1-based position."""
     listed = ", ".join(f"{i} {r}" for i, r in enumerate(refs, 1))
-    hits = [i for i, r in enumerate(refs) if r == target]
+    hits = [i for i, r in enumerate(refs) if r == target or (i < len(aliases) and aliases[i] == target)]
     if len(hits) > 1:
         raise BadInputError(
             f"--task-arg {pair!r}: --task {target} is given {len(hits)} times; name it by position "
@@ -130,6 +131,39 @@ def _position(target: str, refs: Sequence[str], pair: str) -> int:
     if target.isdigit() and 1 <= int(target) <= len(refs):
         return int(target) - 1
     raise BadInputError(f"--task-arg {pair!r}: {target!r} is neither a --task nor a position among them ({listed})")
+
+
+def task_args_per_task(
+    refs: Sequence[str],
+    classes: Sequence[type],
+    arg_pairs: Sequence[str],
+    *,
+    aliases: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Typed ``--task-arg`` values per task (``TASK:key=value`` wins over ``key=value``) and the plain pairs that
+    no task accepts. ``aliases``: another name per task that ``TASK`` may use (compare: the mask's task name).
+
+    Raises:
+        BadInputError: a malformed pair, a TASK that names no task, a key that task does not accept, a bad value.
+    """
+    accepted = [{*task_arguments(cls), NAME_ARG} for cls in classes]
+    shared: list[dict[str, str]] = [{} for _ in refs]  # key -> "key=value", per task
+    own: list[dict[str, str]] = [{} for _ in refs]
+    unused = []
+    for pair in arg_pairs:
+        target, key, value = _split(pair)
+        if target is not None:
+            own[_position(target, refs, pair, aliases)][key] = f"{key}={value}"
+            continue
+        takers = [i for i, names in enumerate(accepted) if key in names]
+        unused += [] if takers else [pair]
+        for i in takers:
+            shared[i][key] = f"{key}={value}"
+    typed = [
+        parse_task_args(ref, cls, [*shared[i].values(), *own[i].values()])
+        for i, (ref, cls) in enumerate(zip(refs, classes, strict=True))
+    ]
+    return typed, unused
 
 
 def resolve_tasks(refs: Sequence[str], arg_pairs: Sequence[str] = ()) -> list[tuple[Task, TaskRef]]:
@@ -143,23 +177,8 @@ def resolve_tasks(refs: Sequence[str], arg_pairs: Sequence[str] = ()) -> list[tu
     if not refs:
         raise BadInputError("give at least one --task")
     classes = [task_class(ref) for ref in refs]
-    accepted = [{*task_arguments(cls), NAME_ARG} for cls in classes]
-    shared: list[dict[str, str]] = [{} for _ in refs]  # key -> "key=value", per task
-    own: list[dict[str, str]] = [{} for _ in refs]
-    unused = []
-    for pair in arg_pairs:
-        target, key, value = _split(pair)
-        if target is not None:
-            own[_position(target, refs, pair)][key] = f"{key}={value}"
-            continue
-        takers = [i for i, names in enumerate(accepted) if key in names]
-        unused += [] if takers else [pair]
-        for i in takers:
-            shared[i][key] = f"{key}={value}"
-    out = [
-        load_task(ref, parse_task_args(ref, cls, [*shared[i].values(), *own[i].values()]))
-        for i, (ref, cls) in enumerate(zip(refs, classes, strict=True))
-    ]
+    typed, unused = task_args_per_task(refs, classes, arg_pairs)
+    out = [load_task(ref, args) for ref, args in zip(refs, typed, strict=True)]
     if unused:  # after building: a task whose __init__ fails is the plugin's fault (exit 3), reported first
         raise BadInputError(f"no task accepts --task-arg {unused[0]!r}")
     return out

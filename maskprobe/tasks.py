@@ -259,6 +259,20 @@ def task_class(ref: str) -> type:
     return obj
 
 
+def installed_task_name(ref: str) -> str | None:
+    """The entry-point name ``ref`` stands for: ``ref`` itself when it is one, the name whose value (``module:Class``)
+    ``ref`` equals, else None. Only such a ref, read from a mask file, is rebuilt without ``--trust-mask-tasks``:
+    installed code is what the user chose to run, a path or a module named inside a file is not."""
+    eps = _entry_points()
+    if ref in eps:
+        return ref
+    wanted = "".join(ref.split())
+    for name, ep in eps.items():
+        if "".join(ep.value.split()) == wanted:
+            return name
+    return None
+
+
 def task_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
     """``{name: (annotation, default)}`` of the class's ``__init__`` keyword arguments."""
     sig = inspect.signature(cls.__init__)

@@ -25,6 +25,14 @@ def compare(
         list[str], typer.Option("--task", "-t", help="Task per mask, in order (default: from each mask's metadata).")
     ] = [],
     task_arg: TaskArgs = [],
+    trust_mask_tasks: Annotated[
+        bool,
+        typer.Option(
+            "--trust-mask-tasks",
+            help="Rebuild tasks whose recorded ref is a file path or a module not installed as a task (imports code "
+            "named inside the mask files!).",
+        ),
+    ] = False,
     model: Model = None,
     model_arg: ModelArgs = [],
     trust_checkpoint: Trust = False,
@@ -106,7 +114,8 @@ def compare(
         margs = parse_model_args(model_arg)
         opener = lambda tasks: load_checkpoint(checkpoint, tasks=tasks, model=model, model_args=margs, trust=trust_checkpoint)  # noqa: E731
     kwargs = dict(tasks=tasks, keep_io=keep_io, io=io_layer or None, seed=seed, device=_device(device),
-                  allow_mismatch=allow_mismatch, thresholds=checks, progress=say, open_checkpoint=opener)  # fmt: skip
+                  allow_mismatch=allow_mismatch, thresholds=checks, progress=say, open_checkpoint=opener,
+                  task_args=() if task else task_arg, trust_tasks=trust_mask_tasks)  # fmt: skip
     if group:
         from ..groups import group_files
 

@@ -1,0 +1,143 @@
+"""Issue 19, the security, data-loss and CI-gate items: a mask file is data, compare checks what it is asked to
+check, and a reused result must have been made with the settings asked for. Each test fails on the code before."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest_reliability import make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from maskprobe.cli import run
+
+BAD = 2
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    make_checkpoint(root / "c.pt", steps=20)
+    assert run(train_argv(root / "c.pt", root / "a.safetensors", "--seed", "0")) == 0
+    assert run(train_argv(root / "c.pt", root / "b.safetensors", "--seed", "1", task="arith-mul")) == 0
+    return root
+
+
+def refused(capsys, argv, *needles, code=BAD) -> str:
+    """Run ``argv``; assert the exit code and one ``maskprobe: error:`` line holding every needle; return it."""
+    capsys.readouterr()
+    got = run([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert got == code, f"exit {got}, expected {code}: {captured.err}"
+    assert "Traceback" not in captured.err + captured.out
+    assert len(lines) == 1 and lines[0].startswith("maskprobe: error:"), captured.err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def with_metadata(src: Path, dst: Path, **fields: str) -> Path:
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(src), dst, metadata={**meta, **fields})
+    return dst
+
+
+def with_task(src: Path, dst: Path, ref: str) -> Path:
+    with safe_open(str(src), "pt") as f:
+        task = json.loads(f.metadata()["task"])
+    return with_metadata(src, dst, task=json.dumps({**task, "ref": ref}))
+
+
+def compare_argv(env: Path, a: Path, b: Path, *extra: str) -> list:
+    return ["compare", a, b, "--checkpoint", env / "c.pt", "--device", "cpu", "--json", "-q", *extra]
+
+
+# ---- 1. a mask file never makes compare import a path or a module -----------------------------------------
+
+EVIL = """
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+from sample_tasks.arithmetic import AddTask
+
+
+class Evil(AddTask):
+    pass
+"""
+
+
+def _evil(folder: Path, stem: str) -> tuple[Path, Path]:
+    marker = folder / f"{stem}.marker"
+    (folder / f"{stem}.py").write_text(EVIL.format(marker=str(marker)))
+    return folder / f"{stem}.py", marker
+
+
+@pytest.mark.parametrize("form", ["absolute", "relative", "module"])
+def test_a_mask_file_cannot_make_compare_import_code(env, tmp_path, capsys, monkeypatch, form):
+    stem = f"evil_{uuid.uuid4().hex[:10]}"
+    path, marker = _evil(tmp_path, stem)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ref = {"absolute": f"{path}:Evil", "relative": f"{stem}.py:Evil", "module": f"{stem}:Evil"}[form]
+    bad = with_task(env / "a.safetensors", tmp_path / "bad.safetensors", ref)
+    argv = compare_argv(env, bad, env / "b.safetensors")
+    refused(capsys, argv, repr(ref), "--trust-mask-tasks", "--task")
+    assert not marker.exists()
+    # the same refusal under --group (each run is one compare), and the opt-in imports it and works
+    refused(capsys, [*argv[:1], "--group", "add=" + str(bad), "--group", f"mul={env / 'b.safetensors'}", *argv[3:]],
+            repr(ref))  # fmt: skip
+    assert not marker.exists()
+    capsys.readouterr()
+    assert run([str(a) for a in argv] + ["--trust-mask-tasks"]) == 0, capsys.readouterr().err
+    assert marker.exists()
+    assert json.loads(capsys.readouterr().out)["scores"] is not None
+
+
+def test_installed_tasks_and_tasks_named_on_the_command_line_need_no_opt_in(env, tmp_path, capsys):
+    # the entry point's own module:Class is installed code: no flag needed
+    ok = with_task(env / "a.safetensors", tmp_path / "mc.safetensors", "sample_tasks.arithmetic:AddTask")
+    capsys.readouterr()
+    assert run([str(a) for a in compare_argv(env, ok, env / "b.safetensors")]) == 0, capsys.readouterr().err
+    # a path the user names with --task is the user's choice
+    path, marker = _evil(tmp_path, f"evil_{uuid.uuid4().hex[:10]}")
+    bad = with_task(env / "a.safetensors", tmp_path / "bad.safetensors", "/nowhere/else.py:Other")
+    argv = compare_argv(env, bad, env / "b.safetensors", "--task", f"{path}:Evil", "--task", "arith-mul",
+                        "--task-arg", "hidden=16,16", "--task-arg", "eval_size=64")  # fmt: skip
+    assert run([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert marker.exists()
+
+
+def test_trust_mask_tasks_needs_a_checkpoint(env, capsys):
+    refused(capsys, ["compare", env / "a.safetensors", env / "b.safetensors", "--trust-mask-tasks"], "--checkpoint")
+
+
+# ---- 5. compare applies or refuses every --task-arg ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pair, needle",
+    [("bogus=1", "'bogus=1'"), ("5:hidden=99", "'5'"), ("nosuch:hidden=1", "'nosuch'"), ("1:eval_size=x", "eval_size='x'")],
+)
+def test_compare_refuses_a_task_arg_it_cannot_apply(env, capsys, pair, needle):
+    refused(capsys, compare_argv(env, env / "a.safetensors", env / "b.safetensors", "--task-arg", pair), needle)
+
+
+def test_compare_applies_task_args_over_the_recorded_ones(env, capsys):
+    def kept(*extra: str) -> list[dict]:
+        """Each task's metrics with its own mask kept."""
+        capsys.readouterr()
+        assert run([str(a) for a in compare_argv(env, env / "a.safetensors", env / "b.safetensors", *extra)]) == 0
+        metrics = json.loads(capsys.readouterr().out)["ablation"]["kept_metrics"]
+        return [metrics[0][0], metrics[1][1]]
+
+    base = kept()
+    by_position, by_name = kept("--task-arg", "1:eval_size=5"), kept("--task-arg", "arith-add:eval_size=5")
+    assert by_position == by_name and by_position[1] == base[1]
+    assert by_position[0] != base[0] and (by_position[0]["digit_accuracy"] * 10) % 1 == 0  # over 5 examples now
+    both = kept("--task-arg", "eval_size=5")  # a plain key=value goes to every mask's task that takes it
+    assert both[0] == by_position[0] and both[1] != base[1]
+    refused(capsys, ["compare", env / "a.safetensors", env / "b.safetensors", "--task-arg", "eval_size=5"], "--checkpoint")
