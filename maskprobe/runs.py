@@ -286,27 +286,51 @@ def refuse_overwriting_checkpoint(checkpoint: Any, plans: list) -> None:
     path = Path(checkpoint)
     if not path.exists():
         return  # loading reports it
-    if path.is_dir():
-        files, folder = [], path.resolve()
-    else:
-        files, folder = [path.resolve()], None
-        if path.name.endswith(".index.json"):
-            from .checkpoints import read_shard_index
-            from .errors import CheckpointError
+    files = [] if path.is_dir() else [path.resolve()]
+    if not path.is_dir() and path.name.endswith(".index.json"):
+        from .checkpoints import read_shard_index
+        from .errors import CheckpointError
 
-            try:
-                files += read_shard_index(path)[2]
-            except CheckpointError:
-                pass  # loading reports it
+        try:
+            files += read_shard_index(path)[2]
+        except CheckpointError:
+            pass  # loading reports it
     for plan in plans:
         for target in (plan.mask, plan.state, lock_path(plan.mask)):
             resolved = target.resolve()
-            if folder is not None and (resolved == folder or folder in resolved.parents):
+            if inside_checkpoint_folder(checkpoint, target):
                 raise BadInputError(f"--out: {target} lies inside the checkpoint folder {checkpoint}; write the masks elsewhere")
             if resolved in files or (target.exists() and any(os.path.samefile(target, f) for f in files)):
                 raise BadInputError(
                     f"--out: {target} is the checkpoint {checkpoint}; refusing to overwrite it, choose another --out"
                 )
+
+
+def inside_checkpoint_folder(checkpoint: Any, target: Any) -> bool:
+    """``target`` is a checkpoint folder (a Hugging Face folder, whose files are its identity) or lies inside it."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return False
+    folder, resolved = path.resolve(), Path(target).resolve()
+    return resolved == folder or folder in resolved.parents
+
+
+def refuse_writing_into_checkpoints(option: str, target: Any, checkpoints: Sequence[Any]) -> None:
+    """Nothing but train's own outputs is written where a checkpoint lives: a file added to a checkpoint folder
+    changes its identity (SHA-256), and every mask of it would then read as trained on another checkpoint.
+
+    Raises:
+        BadInputError: ``target`` is one of ``checkpoints`` or lies inside a checkpoint folder.
+    """
+    import os
+
+    for ckpt in checkpoints:
+        if ckpt is None or not Path(ckpt).exists():
+            continue
+        if inside_checkpoint_folder(ckpt, target):
+            raise BadInputError(f"{option}: {target} lies inside the checkpoint folder {ckpt}; write it elsewhere")
+        if Path(target).exists() and os.path.samefile(target, ckpt):
+            raise BadInputError(f"{option}: {target} is the checkpoint {ckpt}; choose another {option}")
 
 
 def refuse_existing(plans: list) -> None:

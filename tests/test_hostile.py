@@ -141,3 +141,24 @@ def test_compare_applies_task_args_over_the_recorded_ones(env, capsys):
     both = kept("--task-arg", "eval_size=5")  # a plain key=value goes to every mask's task that takes it
     assert both[0] == by_position[0] and both[1] != base[1]
     refused(capsys, ["compare", env / "a.safetensors", env / "b.safetensors", "--task-arg", "eval_size=5"], "--checkpoint")
+
+
+# ---- 3. compare --plot never writes into a checkpoint folder ----------------------------------------------
+
+
+def test_plot_inside_a_checkpoint_folder_is_refused(env, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    before = sorted(p.name for p in folder.iterdir())
+    a, b = env / "a.safetensors", env / "b.safetensors"
+    for plot in (folder, folder / "figs", folder / "figs" / "deeper"):
+        refused(capsys, ["compare", a, b, "--checkpoint", folder, "--plot", plot], "--plot", "inside the checkpoint folder")
+    # without --checkpoint: the folder the masks record is protected too
+    moved = with_metadata(a, tmp_path / "a2.safetensors", checkpoint=json.dumps({"path": str(folder), "sha256": "0" * 64}))
+    refused(capsys, ["compare", moved, b, "--allow-mismatch", "--plot", folder / "figs"], str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == before
+    capsys.readouterr()
+    assert run(["compare", str(a), str(b), "--plot", str(tmp_path / "figs"), "-q"]) == 0  # elsewhere is fine
+    assert (tmp_path / "figs" / "density.png").exists()

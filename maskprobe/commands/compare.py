@@ -103,8 +103,10 @@ def compare(
         raise BadInputError(f"{checks.functional_flag} needs --checkpoint (it is a functional score)")
     if plot is not None:
         from ..render.plots import require_matplotlib
+        from ..runs import refuse_writing_into_checkpoints
 
         require_matplotlib()
+        refuse_writing_into_checkpoints("--plot", plot, [checkpoint, *_recorded_checkpoints(masks or [])])
     say = status_line(console.err(), quiet or fmt != "table")
     tasks = [t for t, _ in resolve_tasks(task, task_arg)] if task else None
     opener = None
@@ -150,6 +152,25 @@ def compare(
         print(f"FAIL {c['reason']}", file=sys.stderr)
     if failed:
         raise CheckFailed(f"{len(failed)} of {len(report.checks)} checks failed")
+
+
+def _recorded_checkpoints(masks: list[Path]) -> list[str]:
+    """The checkpoints the masks record (absolute paths only: a relative one was relative to another directory);
+    a file that cannot be read is left to compare to report."""
+    from ..errors import MaskprobeError
+    from ..maskfile import open_masks
+
+    out = []
+    for m in masks:
+        try:
+            with open_masks(m) as reader:
+                ckpt = reader.metadata.get("checkpoint")
+        except MaskprobeError:
+            continue
+        path = ckpt.get("path") if isinstance(ckpt, dict) else None
+        if isinstance(path, str) and Path(path).is_absolute():
+            out.append(path)
+    return out
 
 
 def _device(name: str):
