@@ -13,6 +13,8 @@ Public API (imported lazily, so ``import maskprobe`` stays fast)::
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -48,6 +50,25 @@ _EXPORTS = {
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
+
+
+# functions named like the module that defines them: ``maskprobe.compare`` is the function, the module is
+# ``maskprobe.compare`` in sys.modules (``from maskprobe.compare import CompareReport`` works as before)
+_FUNCTION_OVER_MODULE = frozenset(n for n, m in _EXPORTS.items() if n == m)
+
+
+class _Package(types.ModuleType):
+    """The package object: importing the submodule ``maskprobe.compare`` would bind the attribute ``compare`` to the
+    module (the import system does so after loading it), and ``from maskprobe import compare`` would give the module
+    instead of the function; this keeps the attribute for the function (looked up by :func:`__getattr__`)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FUNCTION_OVER_MODULE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
