@@ -35,8 +35,13 @@ class Thresholds:
     max_regression: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_regression is not None and self.baseline is None:
-            raise BadInputError("--max-regression needs --baseline OLD.json")
+        if self.max_regression is not None:
+            if self.baseline is None:
+                raise BadInputError("--max-regression needs --baseline OLD.json")
+            if not math.isfinite(self.max_regression):
+                raise BadInputError(f"--max-regression must be finite, got {self.max_regression}")
+            for key in WORSE_WHEN:  # a check that cannot be evaluated is a usage error, never a pass
+                _baseline_score(self.baseline, key, self.baseline_path)
         for flag, specs, arity in (("--min-specialize", self.min_specialize, 1), ("--max-reuse", self.max_reuse, 2),
                                    ("--max-iou", self.max_iou, 2), ("--max-iomin", self.max_iomin, 2),
                                    ("--min-density", self.min_density, 1)):  # fmt: skip
@@ -45,7 +50,11 @@ class Thresholds:
     @property
     def functional_flag(self) -> str | None:
         """The first flag given whose check needs the ablation (a checkpoint), or None."""
-        return "--min-specialize" if self.min_specialize else "--max-reuse" if self.max_reuse else None
+        if self.min_specialize:
+            return "--min-specialize"
+        if self.max_reuse:
+            return "--max-reuse"
+        return "--max-regression" if self.max_regression is not None else None
 
     def apply(self, report: Any) -> list[dict[str, Any]]:
         """Check ``report`` (a CompareReport); adds ``checks``, ``passed`` and ``baseline`` to its data.
@@ -58,6 +67,8 @@ class Thresholds:
             data, min_specialize=self.min_specialize, max_reuse=self.max_reuse, max_iou=self.max_iou,
             max_iomin=self.max_iomin, min_density=self.min_density,
         )  # fmt: skip
+        if self.max_regression is not None and not data.get("scores"):
+            raise BadInputError("--max-regression needs --checkpoint (it compares functional scores)")
         if self.baseline is not None:
             moved = compare_baseline(self.baseline, data, self.max_regression)
             checks += moved.pop("checks")
@@ -111,12 +122,15 @@ def _check(name: str, value: float, limit: float, kind: str, flag: str) -> dict[
     return {"check": name, "value": value, "threshold": limit, "kind": kind, "passed": bool(ok), "reason": reason}
 
 
-def _pairs(tasks: Sequence[str], t: Threshold, ordered: bool) -> list[tuple[int, int]]:
-    n = len(tasks)
-    if not t.target:
-        return [(i, j) for i in range(n) for j in range(n) if i != j and (ordered or i < j)]
-    a, b = t.target
-    return [(i, j) for i in range(n) for j in range(n) if i != j and tasks[i] == a and tasks[j] == b]
+def _labels(report: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Each mask's task and label (the label compare prints: the task, ``task#1``, ``task#2``... when shared)."""
+    from .compare import mask_labels
+
+    tasks = [m["task"] for m in report["masks"]]
+    labels = [m.get("label") for m in report["masks"]]
+    if not all(isinstance(x, str) and x for x in labels):
+        labels = mask_labels(tasks)  # a report written before labels, or a hand-made one
+    return tasks, labels  # type: ignore[return-value]
 
 
 def evaluate_thresholds(
@@ -131,40 +145,58 @@ def evaluate_thresholds(
     """Every requested check on a compare report (:func:`maskprobe.render.compare_json`, or the mean report of
     a ``--group`` run), in the order given.
 
+    A target names masks by label (``add#2``: that mask) or by task (``add``: every mask of that task); checks
+    are named by label, as the tables are. A targeted pair must name two distinct masks.
+
     Raises:
-        BadInputError: malformed thresholds, or a functional threshold without an ablation.
+        BadInputError: malformed thresholds, a target that names no mask or no pair of distinct masks, or a
+            functional threshold without an ablation.
     """
-    tasks = [m["task"] for m in report["masks"]]
+    tasks, labels = _labels(report)
+    known = list(dict.fromkeys([*labels, *tasks]))
     scores = report.get("scores")
     nan = float("nan")
     val = lambda x: nan if x is None else x  # noqa: E731  (JSON null = NaN: a failed metric never passes)
+    hits = lambda name: [i for i in range(len(tasks)) if name in (labels[i], tasks[i])]  # noqa: E731
+
+    def pairs(t: Threshold, ordered: bool) -> list[tuple[int, int]]:
+        n = len(tasks)
+        if not t.target:
+            return [(i, j) for i in range(n) for j in range(n) if i != j and (ordered or i < j)]
+        found = [(i, j) for i in hits(t.target[0]) for j in hits(t.target[1]) if i != j]
+        if not ordered:
+            found = list(dict.fromkeys((min(i, j), max(i, j)) for i, j in found))
+        if not found:
+            raise BadInputError(
+                f"{t.flag} {':'.join(t.target)}={t.value:g}: names no pair of two distinct masks "
+                f"(masks: {', '.join(labels)}); a pair is written A:B with two of them"
+            )
+        return found
+
     checks: list[dict[str, Any]] = []
     for flag, specs in (("--min-specialize", min_specialize), ("--max-reuse", max_reuse)):
         if specs and not scores:
             raise BadInputError(f"{flag} needs --checkpoint (it is a functional score)")
-    for t in parse_thresholds("--min-specialize", min_specialize, tasks, 1):
+    for t in parse_thresholds("--min-specialize", min_specialize, known, 1):
         if not t.target:
             checks.append(_check("p_specialize", val(scores["p_specialize"]), t.value, "min", t.flag))  # type: ignore[index]
-        for i, name in enumerate(tasks):
-            if t.target == (name,):
-                s_i = val(scores["specialization"][i])  # type: ignore[index]
-                checks.append(_check(f"specialization[{name}]", s_i, t.value, "min", t.flag))
-    for t in parse_thresholds("--max-reuse", max_reuse, tasks, 2):
+        for i in hits(t.target[0]) if t.target else []:
+            s_i = val(scores["specialization"][i])  # type: ignore[index]
+            checks.append(_check(f"specialization[{labels[i]}]", s_i, t.value, "min", t.flag))
+    for t in parse_thresholds("--max-reuse", max_reuse, known, 2):
         if not t.target:
             checks.append(_check("p_reuse", val(scores["p_reuse"]), t.value, "max", t.flag))  # type: ignore[index]
         else:
-            for i, j in _pairs(tasks, t, ordered=True):
+            for i, j in pairs(t, ordered=True):
                 r_ij = val(scores["reuse"][i][j])  # type: ignore[index]
-                checks.append(_check(f"reuse[{tasks[i]}->{tasks[j]}]", r_ij, t.value, "max", t.flag))
+                checks.append(_check(f"reuse[{labels[i]}->{labels[j]}]", r_ij, t.value, "max", t.flag))
     for flag, specs, key in (("--max-iou", max_iou, "iou"), ("--max-iomin", max_iomin, "iomin")):
-        for t in parse_thresholds(flag, specs, tasks, 2):
-            for i, j in _pairs(tasks, t, ordered=False):
-                checks.append(_check(f"{key}[{tasks[i]},{tasks[j]}]", val(report["total"][key][i][j]), t.value, "max", flag))
-    for t in parse_thresholds("--min-density", min_density, tasks, 1):
-        for i, name in enumerate(tasks):
-            if not t.target or t.target == (name,):
-                label = f"density[{name}]" if tasks.count(name) == 1 else f"density[{name}#{i}]"
-                checks.append(_check(label, val(report["masks"][i]["density"]), t.value, "min", t.flag))
+        for t in parse_thresholds(flag, specs, known, 2):
+            for i, j in pairs(t, ordered=False):
+                checks.append(_check(f"{key}[{labels[i]},{labels[j]}]", val(report["total"][key][i][j]), t.value, "max", flag))
+    for t in parse_thresholds("--min-density", min_density, known, 1):
+        for i in hits(t.target[0]) if t.target else range(len(tasks)):
+            checks.append(_check(f"density[{labels[i]}]", val(report["masks"][i]["density"]), t.value, "min", t.flag))
     return checks
 
 
@@ -189,15 +221,48 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise BadInputError(
             f"baseline {path} has schema {schema!r}, expected {SCHEMA!r} (a 'maskprobe compare --format json' output)"
         )
+    try:
+        _flat(data)  # the parts the moves are read from, checked now rather than after the long work
+    except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+        raise BadInputError(f"baseline {path} is not a well-formed compare JSON ({_shape_problem(exc)})") from None
     return data
 
 
+def _shape_problem(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": ")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _baseline_score(baseline: dict[str, Any], key: str, path: str = "") -> float:
+    """The baseline's ``scores[key]`` as a finite number.
+
+    Raises:
+        BadInputError: the baseline has none (made without --checkpoint), or it is not a finite number.
+    """
+    scores = baseline.get("scores")
+    value = scores.get(key) if isinstance(scores, dict) else None
+    where = f"baseline {path}" if path else "the baseline"
+    if not isinstance(scores, dict):
+        raise BadInputError(f"--max-regression: {where} has no scores (made without --checkpoint); it cannot gate {key}")
+    if not _number(value) or not math.isfinite(value):
+        raise BadInputError(f"--max-regression: {where} has {key} = {value!r}, not a number; it cannot gate {key}")
+    return float(value)
+
+
 def _flat(report: dict[str, Any]) -> dict[str, float]:
-    """The numbers worth tracking, keyed by task names (not positions) so reordered masks still match."""
-    tasks = [m["task"] for m in report.get("masks", [])]
-    out: dict[str, float] = {}
-    for m in report.get("masks", []):
-        out[f"density[{m['task']}]"] = m.get("density")
+    """The numbers worth tracking, keyed by mask labels (not positions) so reordered masks still match."""
+    masks = report.get("masks", [])
+    if not isinstance(masks, list) or not all(isinstance(m, dict) and isinstance(m["task"], str) for m in masks):
+        raise TypeError("'masks' must be a list of objects with a string 'task'")
+    _, tasks = _labels({"masks": masks})
+    out: dict[str, Any] = {}
+    for m, label in zip(masks, tasks, strict=True):
+        out[f"density[{label}]"] = m.get("density")
     n = len(tasks)
     pair = lambda i, j: ",".join(sorted((tasks[i], tasks[j])))  # noqa: E731  (symmetric numbers: any mask order)
     for section, label in (("total", "total"), ("hidden", "hidden")):
@@ -208,7 +273,9 @@ def _flat(report: dict[str, Any]) -> dict[str, float]:
             for i in range(n):
                 for j in range(i + 1, n):
                     out[f"{label}.{key}[{pair(i, j)}]"] = c[key][i][j]
-    for layer in report.get("layers", []):
+    for layer in report.get("layers") or []:
+        if not isinstance(layer["name"], str):
+            raise TypeError(f"a layer's 'name' must be a string, got {layer['name']!r}")
         for i in range(n):
             for j in range(i + 1, n):
                 out[f"layer.iou[{layer['name']}][{pair(i, j)}]"] = layer["iou"][i][j]
@@ -219,7 +286,7 @@ def _flat(report: dict[str, Any]) -> dict[str, float]:
         for i, t in enumerate(tasks):
             if s.get("specialization") and i < len(s["specialization"]):
                 out[f"specialization[{t}]"] = s["specialization"][i]
-    return {k: v for k, v in out.items() if isinstance(v, int | float)}
+    return {k: v for k, v in out.items() if _number(v)}
 
 
 # scores where a move in this direction is a regression of modularity
@@ -239,11 +306,11 @@ def compare_baseline(old: dict[str, Any], new: dict[str, Any], max_regression: f
     checks = []
     if max_regression is not None:
         for key, worse in WORSE_WHEN.items():
-            if key not in a or key not in b:
-                continue
-            loss = (a[key] - b[key]) if worse == "down" else (b[key] - a[key])
+            was = _baseline_score(old, key)  # a check that cannot be evaluated is a usage error, never skipped
+            now = b.get(key, float("nan"))  # a score this run could not compute: NaN, which never passes
+            loss = (was - now) if worse == "down" else (now - was)
             c = _check(f"regression:{key}", loss, max_regression, "max", "--max-regression")
-            moved = f"{b[key] - a[key]:+.4f} ({a[key]:.4f} -> {b[key]:.4f})"
+            moved = f"{now - was:+.4f} ({was:.4f} -> {now:.4f})"
             c["reason"] = f"{key} moved {moved}, allowed {max_regression:g} (--max-regression)"
             checks.append(c)
     return {"moves": moves, "checks": checks, "only_in_baseline": sorted(set(a) - set(b)), "only_here": sorted(set(b) - set(a))}

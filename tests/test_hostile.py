@@ -162,3 +162,85 @@ def test_plot_inside_a_checkpoint_folder_is_refused(env, tmp_path, capsys):
     capsys.readouterr()
     assert run(["compare", str(a), str(b), "--plot", str(tmp_path / "figs"), "-q"]) == 0  # elsewhere is fine
     assert (tmp_path / "figs" / "density.png").exists()
+
+
+# ---- 4, 13. a CI gate that cannot be evaluated is a usage error; a malformed baseline is one line ----------
+
+
+@pytest.fixture(scope="module")
+def baselines(env):
+    """compare JSONs of a and b: with scores (--checkpoint) and structural only."""
+    import contextlib
+    import io
+
+    out = {}
+    for name, extra in (("full", ["--checkpoint", str(env / "c.pt"), "--device", "cpu"]), ("structural", [])):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert run(["compare", str(env / "a.safetensors"), str(env / "b.safetensors"), "--json", "-q", *extra]) == 0
+        out[name] = env / f"baseline-{name}.json"
+        out[name].write_text(buf.getvalue())
+    return out
+
+
+def _baseline(env: Path, baselines: dict, tmp_path: Path, edit) -> Path:
+    data = json.loads(baselines["full"].read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_checks_that_cannot_be_evaluated_are_usage_errors(env, baselines, tmp_path, capsys):
+    a, b = env / "a.safetensors", env / "b.safetensors"
+    assert "scores" not in json.loads(baselines["structural"].read_text())
+    refused(capsys, compare_argv(env, a, b, "--baseline", baselines["structural"], "--max-regression", "0"),
+            "--max-regression", "no scores")  # fmt: skip
+    no_checkpoint = ["compare", a, b, "--baseline", baselines["full"], "--max-regression", "0"]
+    refused(capsys, no_checkpoint, "--max-regression needs --checkpoint")
+    high = _baseline(env, baselines, tmp_path, lambda d: d["scores"].update(p_specialize="high"))
+    refused(capsys, compare_argv(env, a, b, "--baseline", high, "--max-regression", "0"), "p_specialize = 'high'")
+    refused(capsys, compare_argv(env, a, b, "--baseline", baselines["full"], "--max-regression", "nan"), "finite")
+    refused(capsys, ["compare", a, b, "--max-iou", "arith-add:arith-add=0"], "no pair of two distinct masks")
+    refused(capsys, compare_argv(env, a, b, "--max-reuse", "arith-add:arith-add=0"), "no pair of two distinct masks")
+    # the same flags with what they need: every check is there
+    capsys.readouterr()
+    argv = compare_argv(env, a, b, "--baseline", baselines["full"], "--max-regression", "0", "--max-iou", "arith-add:arith-mul=1")
+    assert run([str(x) for x in argv]) == 0, capsys.readouterr().err
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    assert [c["check"] for c in checks] == ["iou[arith-add,arith-mul]", "regression:p_specialize", "regression:p_reuse"]
+    assert all(c["passed"] for c in checks)  # the same masks as the baseline: nothing moved
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [lambda d: d.update(masks=None), lambda d: d.update(layers=[{"name": 1}]), lambda d: d.update(layers=[{"name": "x"}]),
+     lambda d: d.update(masks=[{"task": 3}]), lambda d: d.update(scores=[1]), lambda d: d["total"].update(iou=[[0]]),
+     lambda d: d.update(masks="ab")],
+)  # fmt: skip
+def test_a_malformed_baseline_is_one_line(env, baselines, tmp_path, capsys, edit):
+    bad = _baseline(env, baselines, tmp_path, edit)
+    refused(capsys, ["compare", env / "a.safetensors", env / "b.safetensors", "--baseline", bad], str(bad), "well-formed")
+
+
+# ---- 19. two masks of one task carry the same labels everywhere -------------------------------------------
+
+
+def test_two_masks_of_one_task_are_labelled_alike_everywhere(env, tmp_path, capsys):
+    a2 = tmp_path / "a2.safetensors"
+    assert run(train_argv(env / "c.pt", a2, "--seed", "5")) == 0
+    a = env / "a.safetensors"
+    capsys.readouterr()
+    argv = ["compare", a, a2, "--min-density", "arith-add#1=1.5", "--min-density", "arith-add#2=0", "--max-iou",
+            "arith-add:arith-add=1", "--format", "json"]  # fmt: skip
+    assert run([str(x) for x in argv]) == 1
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert [m["label"] for m in data["masks"]] == ["arith-add#1", "arith-add#2"]
+    names = ["iou[arith-add#1,arith-add#2]", "density[arith-add#1]", "density[arith-add#2]"]
+    assert [c["check"] for c in data["checks"]] == names
+    fails = [line for line in captured.err.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and fails[0].startswith("FAIL density[arith-add#1] = ")
+    capsys.readouterr()
+    assert run([str(x) for x in argv[:3]] + ["--min-density", "arith-add=1.5"]) == 1  # the task name: both masks
+    assert "arith-add#1" in capsys.readouterr().out  # the table's labels are the same

@@ -163,7 +163,7 @@ def test_reuse_per_ordered_pair_and_specialization_per_task():
 
 def test_density_per_mask_with_equal_task_names_numbered_apart():
     checks = evaluate_thresholds(_report(tasks=("add", "add", "mul"), scores=False), min_density=["0.25"])
-    assert [(c["check"], c["passed"]) for c in checks] == [("density[add#0]", False), ("density[add#1]", True),
+    assert [(c["check"], c["passed"]) for c in checks] == [("density[add#1]", False), ("density[add#2]", True),
                                                            ("density[mul]", True)]  # fmt: skip
     only_mul = evaluate_thresholds(_report(tasks=("add", "add", "mul"), scores=False), min_density=["mul=0.5"])
     assert [(c["check"], c["value"], c["passed"]) for c in only_mul] == [("density[mul]", pytest.approx(0.4), False)]
