@@ -156,13 +156,43 @@ def mask_layout(
     io: Sequence[str] | None = None,
 ) -> Layout:
     """Order and roles: recorded in the first mask file at train time, else from ``module``, else from the names;
-    then ``io`` (``--io-layer``) on top."""
+    then ``io`` (``--io-layer``) on top.
+
+    Raises:
+        MaskFileError: (without ``io``) two files record different roles for a tensor.
+    """
     layout = recorded_layout(readers[0].metadata, names)
+    if not io:
+        check_roles_agree(readers, names)
     if layout is None and module is not None:
         layout = model_layout(module, names)
     if layout is None:
         layout = names_layout(names, {n: readers[0].shape(n) for n in names}, order)
     return with_io(layout, io)
+
+
+def check_roles_agree(readers: Sequence[MaskReader], names: Sequence[str]) -> None:
+    """Every file that records layer roles records the same role for each tensor (the roles decide which
+    tensors count as input/output and which as hidden in every table).
+
+    Raises:
+        MaskFileError: the first tensor whose recorded role differs between two files.
+    """
+    first: tuple[MaskReader, Layout] | None = None
+    for r in readers:
+        layout = recorded_layout(r.metadata, names)
+        if layout is None:
+            continue
+        if first is None:
+            first = (r, layout)
+            continue
+        r0, l0 = first
+        bad = [n for n in l0.names if l0.roles[n] != layout.roles[n]]
+        if bad:
+            raise MaskFileError(
+                f"{r0.path.name} and {r.path.name} record different layer roles ({bad[0]!r}: {l0.roles[bad[0]]} vs "
+                f"{layout.roles[bad[0]]}); set the roles with --io-layer GLOB or --io-layer none"
+            )
 
 
 def compare(

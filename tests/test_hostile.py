@@ -244,3 +244,22 @@ def test_two_masks_of_one_task_are_labelled_alike_everywhere(env, tmp_path, caps
     capsys.readouterr()
     assert run([str(x) for x in argv[:3]] + ["--min-density", "arith-add=1.5"]) == 1  # the task name: both masks
     assert "arith-add#1" in capsys.readouterr().out  # the table's labels are the same
+
+
+# ---- 9. every file's layer roles are checked against the first's ------------------------------------------
+
+
+def test_files_recording_different_layer_roles_are_refused(env, tmp_path, capsys):
+    a, b = env / "a.safetensors", env / "b.safetensors"
+    with safe_open(str(b), "pt") as f:
+        layers = json.loads(f.metadata()["layers"])
+    swapped = {"input": "output", "output": "input", "hidden": "hidden"}
+    changed = [{**row, "role": swapped[row["role"]]} for row in layers]
+    assert changed != layers
+    bad = with_metadata(b, tmp_path / "b-swapped.safetensors", layers=json.dumps(changed))
+    for first, second in ((a, bad), (bad, a)):
+        line = refused(capsys, ["compare", first, second], "record different layer roles", "--io-layer")
+        assert first.name in line and second.name in line
+    capsys.readouterr()
+    assert run(["compare", str(a), str(bad), "--io-layer", "none", "--json"]) == 0  # roles from the flag: no conflict
+    assert json.loads(capsys.readouterr().out)["layout"] == "--io-layer"
