@@ -5,20 +5,21 @@ archives and, only with ``trust=True``, whole pickled modules hold their module.
 architecture: a zero-argument builder, ``--model package.module:factory``, or the first task whose
 ``build_model()`` returns one. The tensors are loaded strictly (a mismatch lists every name that differs),
 names tied in the module may be stored once, and a file whose floating tensors share one dtype gives a module
-in that dtype. The file's SHA-256 is computed beside the loading, once per process (digest.py).
+in that dtype. The checkpoint's identity (its weights and architecture, not its files) is hashed beside the
+loading, once per process (digest.py).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .architecture import architecture_builder, load_factory, parse_model_args
-from .digest import Digest, sha256_of
+from .digest import IdentityDigest, architecture_name, sha256_of
 from .errors import CheckpointError
 from .errors import one_line as _one_line
 from .formats import (
@@ -41,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "load_factory",
     "fit_state",
+    "identify",
     "load_state_into",
     "parse_model_args",
     "read_contents",
@@ -59,7 +61,9 @@ class Checkpoint:
 
     Attributes:
         model: the ``nn.Module`` (on ``device``; on the meta device, weights not read, when opened with ``meta=True``).
-        path, format, sha256: where it came from (``format`` as :func:`detect_format` names it, or ``pickled-module``).
+        path, format: where it came from (``format`` as :func:`detect_format` names it, or ``pickled-module``).
+        identity: ``{"scheme", "weights", "architecture"}`` (digest.py): what a mask records and is checked
+            against; the same weights in another folder, file or format have the same identity.
         build: ``meta=True`` only: a zero-argument callable building a fresh module of the same architecture and
             dtype (the sharded engine builds its own, sharded copy and fills it from :func:`read_state_dict`).
         dtypes: ``{parameter or buffer name: dtype}`` as the file stores them (weights-only files; empty when the
@@ -69,39 +73,104 @@ class Checkpoint:
     model: Any
     path: Path
     format: str
-    sha256: str
+    identity: dict[str, str] = field(default_factory=dict)
     build: Callable[[], Any] | None = None
     dtypes: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the file (a folder: of all its files), what masks written before ``identity`` recorded;
+        hashed on first use (:func:`sha256_of`, once per process).
+
+        Raises:
+            CheckpointError: a file that cannot be read.
+        """
+        return sha256_of(self.path)
+
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "sha256": self.sha256, "format": self.format}
+        return {"path": str(self.path), "format": self.format, "identity": dict(self.identity)}
 
 
-def _open_meta(path: Path, fmt: str, build: Callable[[], Any]) -> tuple[Any, Callable[[], Any], dict[str, str]]:
-    """``(module on meta, fresh builder, stored dtypes)``: the architecture of a file that ``read_state_dict(mmap=True)``
-    can read, checked against the file's names and shapes and cast to its dtype; only headers are read (safetensors)
-    or the file memory-mapped (``torch.load(mmap=True)``).
+def identify(module: Any) -> dict[str, str]:
+    """The identity of a module in memory (:func:`maskprobe.digest.weights_identity` over its state dict)."""
+    from .digest import weights_identity
+
+    return weights_identity(sorted(module.state_dict().items()), architecture_name(module))
+
+
+def _state_key(module: Any) -> tuple:
+    """Names, dtypes and shapes of a module's state: part of the cache key of its identity."""
+    return tuple((k, str(v.dtype), tuple(v.shape)) for k, v in sorted(module.state_dict().items()))
+
+
+def _identity_of_loaded(path: Path, module: Any) -> IdentityDigest:
+    """The identity of a loaded module, hashed in a thread (its tensors taken now: moving the module later does not
+    change what is hashed)."""
+    state = sorted(module.state_dict().items())
+    return IdentityDigest(path, _state_key(module), architecture_name(module), lambda: state)
+
+
+def _mapped_source(path: Path, module: Any, fitted: Mapping[str, Any], file_keys: Mapping[int, tuple[Path, str]]) -> Callable:
+    """``(name, tensor)`` of a module opened on the meta device, read one tensor at a time (memory-mapped) and cast
+    to the module's dtype for that name as loading would: the same pairs as the loaded module's state dict."""
+    dtypes = {k: v.dtype for k, v in module.state_dict().items()}
+
+    def source() -> Iterator[tuple[str, Any]]:
+        from safetensors import safe_open
+
+        handles: dict[Path, Any] = {}
+        try:
+            for name in sorted(dtypes):
+                t = fitted[name]
+                if t.device.type == "meta":  # safetensors: only the header was read
+                    file, key = file_keys[id(t)]
+                    if file not in handles:
+                        handles[file] = safe_open(str(file), "pt").__enter__()
+                    t = handles[file].get_tensor(key)
+                yield name, (t.to(dtypes[name]) if t.dtype != dtypes[name] else t)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"cannot read {path} to identify it: {_one_line(exc)}") from None
+        finally:
+            for h in handles.values():
+                h.__exit__(None, None, None)
+
+    return source
+
+
+def _open_meta(path: Path, fmt: str, build: Callable[[], Any]) -> tuple[Any, Callable[[], Any], dict[str, str], IdentityDigest]:
+    """``(module on meta, fresh builder, stored dtypes, identity)``: the architecture of a file that
+    ``read_state_dict(mmap=True)`` can read, checked against the file's names and shapes and cast to its dtype; only
+    headers are read (safetensors) or the file memory-mapped (``torch.load(mmap=True)``); the identity reads the
+    weights memory-mapped, one tensor at a time.
 
     Raises:
         CheckpointError: what ``read_state_dict(mmap=True)`` refuses, or names and shapes that do not fit.
     """
     import torch
 
+    file_keys: dict[int, tuple[Path, str]] = {}  # id of a meta tensor -> the file and name that hold its bytes
     if fmt in ("safetensors", "safetensors-sharded", "hf-folder"):
-        state = safetensors_on_meta(mmap_files(path))
+        state: dict[str, Any] = {}
+        for file in mmap_files(path):
+            part = safetensors_on_meta([file])
+            file_keys.update({id(t): (file, k) for k, t in part.items()})
+            state.update(part)
     else:
         state = read_tensors(path, fmt, mmap=True)  # refuses TorchScript and legacy files; maps, does not read
     make = hf_builder(path) if fmt == "hf-folder" else build
     with torch.device("meta"):
         module = make()
-    dtypes = floating_dtypes(fit_state(module, state, str(path), extra_ok=fmt == "hf-folder"))
+    fitted = fit_state(module, state, str(path), extra_ok=fmt == "hf-folder")
+    dtypes = floating_dtypes(fitted)
     dtype = one_dtype(dtypes)
 
     def fresh() -> Any:
         module = make()
         return module.to(dtype) if dtype is not None else module
 
-    return (module.to(dtype) if dtype is not None else module), fresh, dtypes
+    module = module.to(dtype) if dtype is not None else module
+    source = _mapped_source(path, module, fitted, file_keys)
+    return module, fresh, dtypes, IdentityDigest(path, _state_key(module), architecture_name(module), source)
 
 
 def _load_hf(path: Path) -> Any:
@@ -169,23 +238,27 @@ def load_checkpoint(
     """
     import torch
 
+    from .devices import module_on
+
     path = Path(path)
     fmt = detect_format(path)
     build = architecture_builder(path, architecture, tasks, model, model_args)
-    digest = Digest(path)
+    digest = None
     try:
         if meta:
-            module, fresh, dtypes = _open_meta(path, fmt, build)
+            module, fresh, dtypes, digest = _open_meta(path, fmt, build)
         else:
             fresh = None
             module, fmt, dtypes = _load(path, fmt, build, trust)
+            digest = _identity_of_loaded(path, module)  # hashed while the module moves to the device
             if torch.device(device) != torch.device("cpu"):
-                module = module.to(device)
-        sha256 = digest.result()
+                module = module_on(module, device, copy_module=False)  # TorchScript: reloaded there (devices.py)
+        identity = digest.result()
     except BaseException:
-        digest.cancel()
+        if digest is not None:
+            digest.cancel()
         raise
-    return Checkpoint(model=module, path=path, format=fmt, sha256=sha256, build=fresh, dtypes=dtypes)
+    return Checkpoint(model=module, path=path, format=fmt, identity=identity, build=fresh, dtypes=dtypes)
 
 
 def read_contents(path: str | os.PathLike[str], *, trust: bool = False) -> tuple[str, Any]:

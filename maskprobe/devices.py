@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import os
+import warnings
 
 import torch
+from torch import nn
 
 from .errors import BadInputError
 
@@ -24,6 +28,37 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError("--device cuda was asked for but no CUDA device is available")
     return dev
+
+
+def on_device(module: nn.Module, device: torch.device | str) -> bool:
+    """Every parameter and buffer of ``module`` is on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda": the current CUDA device, where .to("cuda") puts it
+        device = torch.device("cuda", torch.cuda.current_device())
+    return all(t.device == device for t in [*module.parameters(), *module.buffers()])
+
+
+def module_on(module: nn.Module, device: torch.device | str, *, copy_module: bool = True) -> nn.Module:
+    """``module`` on ``device``: itself when it is there already, else a copy moved there (``copy_module=False``:
+    ``module`` itself moved, where the caller no longer needs it elsewhere).
+
+    A TorchScript module is never moved by ``nn.Module.to`` or copied by ``copy.deepcopy``: deepcopy clones its
+    parameters with autograd history (non-leaf tensors, so freezing them fails with "you can only change
+    requires_grad flags of leaf variables"), and ``.to`` across devices stops at parameters that are not
+    ``nn.Parameter`` objects. It is serialised and loaded again with ``map_location`` (the documented way to put
+    an archive on a device), which gives leaf tensors on ``device`` with the same ``requires_grad`` flags and mode.
+    """
+    device = torch.device(device)
+    if on_device(module, device):
+        return module
+    if isinstance(module, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # torch.jit's deprecation notices are not the user's problem
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(module, buffer)
+            buffer.seek(0)
+            return torch.jit.load(buffer, map_location=device)
+    return (copy.deepcopy(module) if copy_module else module).to(device)
 
 
 def default_threads() -> int:

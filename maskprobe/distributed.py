@@ -112,7 +112,7 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
     if device.type == "cuda":
         if device.index is not None and device.index != world.local_rank:
             raise BadInputError("under torchrun give --device cuda (or auto): each process takes cuda:LOCAL_RANK")
-        device = torch.device("cuda", world.local_rank)
+        device = rank_device(world)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
@@ -120,6 +120,29 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
         kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, timeout=timeout, **kwargs)
     return current(), device
+
+
+def rank_device(world: World, env: dict[str, str] | None = None) -> torch.device:
+    """The CUDA device of this rank: ``cuda:LOCAL_RANK`` (one process per GPU, as torchrun starts them).
+
+    Raises:
+        BadInputError: the node runs more processes (torchrun's ``LOCAL_WORLD_SIZE``, else this local rank + 1)
+            than it has CUDA devices, where CUDA would fail with "invalid device ordinal". Every rank of the node
+            raises it before joining the group, so each stops at once with the same line. Processes never share
+            a GPU silently: the data-parallel split gives each one a device of its own.
+    """
+    env = os.environ if env is None else env
+    try:
+        local_size = max(int(env.get("LOCAL_WORLD_SIZE", "0")), world.local_rank + 1)
+    except ValueError:
+        local_size = world.local_rank + 1
+    count = torch.cuda.device_count()
+    if local_size > count:
+        raise BadInputError(
+            f"{local_size} processes per node but {count} CUDA device(s): start at most {count} "
+            f"(torchrun --nproc-per-node {count}), one per GPU, or train with --device cpu"
+        )
+    return torch.device("cuda", world.local_rank)
 
 
 def shutdown() -> None:

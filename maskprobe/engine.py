@@ -10,7 +10,6 @@ Under torchrun every rank runs its share of the K samples and the gradient is su
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from . import distributed
 from .batching import rebuild, to_device
 from .config import TrainConfig
+from .devices import module_on
 from .evaluation import evaluate_task
 from .masked import MaskedModel, frozen, masked_weights
 from .maskstep import NOISE, MaskLogits
@@ -37,8 +37,7 @@ class FusedEngine:
 
     def __init__(self, module: nn.Module, config: TrainConfig):
         self.device = torch.device(config.device)
-        on_device = all(p.device == self.device for p in module.parameters())
-        self.module = module if on_device else copy.deepcopy(module).to(self.device)
+        self.module = module_on(module, self.device)  # a copy when elsewhere (TorchScript too: devices.module_on)
         self.names = select_parameters(self.module, config.selection)
         params = dict(self.module.named_parameters())
         self.fixed = fixed_masks(self.module, self.names, config)  # held as given, never trained

@@ -132,21 +132,21 @@ def evaluate_under_mask(
     Returns ``(task name, unmasked metrics, masked metrics or None)`` per task.
 
     Raises:
-        MaskFileError: the mask does not fit the checkpoint (names, shapes, recorded SHA-256).
+        MaskFileError: the mask does not fit the checkpoint (names, shapes, recorded identity).
     """
     from .compare import check_fits
+    from .devices import module_on
     from .masked import masked_weights
     from .maskfile import load_masks, open_masks
     from .tasks import setup_tasks
 
     setup_tasks(tasks, checkpoint)  # the contract: setup() with the checkpoint before any batches()
     module = checkpoint.model
-    if any(p.device != torch.device(device) for p in module.parameters()):
-        module = module.to(device)  # the task's batches go to device too (evaluate_task)
+    module = module_on(module, device, copy_module=False)  # the task's batches go to device too (evaluate_task)
     overrides = None
     if mask is not None:
         with open_masks(mask) as reader:
-            check_fits(module, checkpoint.sha256, [reader], allow_mismatch)
+            check_fits(module, checkpoint, [reader], allow_mismatch)
         keep = {n: (~m if invert else m) for n, m in load_masks(mask).masks.items()}
         overrides = masked_weights(module, keep)
     rows = []

@@ -74,15 +74,57 @@ def masked_weights(module: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, 
 
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` for the duration; both restored afterwards."""
-    was_training = module.training
+    """The frozen model's mode (:func:`run_mode`) and ``requires_grad=False`` for the duration; both restored."""
     flags = {n: p.requires_grad for n, p in module.named_parameters()}
-    module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
     try:
-        yield module
+        with run_mode(module):
+            yield module
     finally:
         for n, p in module.named_parameters():
             p.requires_grad_(flags.get(n, False))
-        module.train(was_training)
+
+
+RECURRENT_NAMES = frozenset({"LSTM", "GRU", "RNN"})  # a compiled nn.RNNBase is only known by its original name
+
+
+@contextlib.contextmanager
+def run_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, except that recurrent modules (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) run in
+    train mode with their dropout set to 0; every module's mode and dropout are restored afterwards.
+
+    Why: cuDNN computes an RNN's backward only for a forward run in training mode ("cudnn RNN backward can only
+    be called in training mode"), and learning a mask needs that backward. ``nn.RNNBase`` differs between the
+    two modes only by its inter-layer dropout, so train mode with dropout 0 computes exactly what eval mode
+    does, on every device. A TorchScript RNN holds its dropout as a compiled constant: with dropout 0 it gets
+    train mode too; with dropout > 0 it stays in eval mode and cuDNN is switched off for the duration (the
+    native CUDA kernels have an eval-mode backward), so no dropout is ever switched on by a mode change.
+    """
+    import torch.backends.cudnn as cudnn
+
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    dropouts: list[tuple[nn.Module, float]] = []
+    without_cudnn = False
+    for m in module.modules():
+        if isinstance(m, nn.RNNBase):
+            dropouts.append((m, m.dropout))
+            m.dropout = 0.0
+            m.training = True
+        elif isinstance(m, torch.jit.ScriptModule) and getattr(m, "original_name", None) in RECURRENT_NAMES:
+            if float(getattr(m, "dropout", 0.0)) == 0.0:
+                m.training = True
+            else:
+                without_cudnn = True
+    cudnn_was = cudnn.enabled
+    if without_cudnn:
+        cudnn.enabled = False
+    try:
+        yield
+    finally:
+        cudnn.enabled = cudnn_was
+        for m, p in dropouts:
+            m.dropout = p
+        for m, was in modes:
+            m.training = was

@@ -33,7 +33,7 @@ from .checkpoints import read_state_dict
 from .errors import BadInputError, CheckpointError, Interrupted
 from .evaluation import evaluate_task
 from .gates import gate
-from .masked import MaskedModel
+from .masked import MaskedModel, run_mode
 from .maskstep import BETAS, DEFAULTS, EPS, NOISE, clip_factor
 from .selection import select_parameters
 from .tasks import Task, TaskRef
@@ -111,6 +111,7 @@ def build_sharded(
         the sharded root module and ``{weight name: its LogitGate}`` (names as in the unmasked model).
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.nn.utils import parametrize
 
@@ -134,9 +135,12 @@ def build_sharded(
             gates[name] = LogitGate(tuple(getattr(owner, attr).shape), index, init, tau, seed)
             parametrize.register_parametrization(owner, attr, gates[name], unsafe=True)
             owners[id(owner)] = owner
+    # the mesh on the run's device: fully_shard's default mesh is on the machine's accelerator, which put the
+    # shards of a --device cpu run on cuda:0 (and rank 1 on a missing cuda:1) wherever a GPU was present
+    mesh = init_device_mesh(device.type, (distributed.current().size,))
     for owner in owners.values():  # one FSDP unit per module that owns a masked weight, then the root
-        fully_shard(owner)
-    fully_shard(model)
+        fully_shard(owner, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     model.to_empty(device=device)
     with torch.no_grad():  # to_empty left every buffer uninitialised: put back what __init__ computed
         buffers = dict(model.named_buffers())
@@ -192,12 +196,12 @@ class ShardedEngine:
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
-        self.model.eval()
-        _set_mode(self.gates, "sample")
-        try:
-            yield
-        finally:
-            _set_mode(self.gates, "off")
+        with run_mode(self.model):  # the frozen model's mode, as the fused engine's (recurrent modules: masked.py)
+            _set_mode(self.gates, "sample")
+            try:
+                yield
+            finally:
+                _set_mode(self.gates, "off")
 
     def backward(self, step: int, chunks: Any, share: range, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
         local = 0.0
