@@ -28,7 +28,13 @@ def group_files(masks: Sequence[str | os.PathLike[str]], specs: Sequence[str]) -
     from .maskfile import open_masks
 
     groups: dict[str, list[Path]] = {}
-    if list(specs) == ["task"]:
+    for spec in specs:  # the form of every --group first: a wrong one is named, not a consequence of it
+        name, sep, pattern = spec.partition("=")
+        if spec != "task" and not (sep and name.strip() and pattern):
+            raise BadInputError(f"--group {spec!r}: expected 'task' or NAME=GLOB")
+    if "task" in specs and set(specs) != {"task"}:
+        raise BadInputError("--group task groups the MASK files by their task; it cannot be combined with --group NAME=GLOB")
+    if "task" in specs:
         for p in masks:
             with open_masks(p) as r:
                 groups.setdefault(r.task_name, []).append(Path(p))
@@ -36,13 +42,12 @@ def group_files(masks: Sequence[str | os.PathLike[str]], specs: Sequence[str]) -
         if masks:
             raise BadInputError("with --group NAME=GLOB the globs name the files; give no MASK arguments")
         for spec in specs:
-            name, sep, pattern = spec.partition("=")
-            if not sep or not name or not pattern:
-                raise BadInputError(f"--group {spec!r}: expected 'task' or NAME=GLOB")
+            name, _, pattern = spec.partition("=")
             found = sorted(Path(f) for f in glob.glob(os.path.expanduser(pattern)))
             if not found:
                 raise BadInputError(f"--group {spec!r}: the glob matches no file")
-            groups.setdefault(name, []).extend(found)
+            have = {f.resolve() for f in groups.get(name, [])}  # a name given twice collects both globs, each file once
+            groups.setdefault(name, []).extend(f for f in found if f.resolve() not in have)
         seen: dict[Path, str] = {}
         for name, files in groups.items():
             for f in files:
@@ -68,7 +73,9 @@ def match_runs(groups: dict[str, list[Path]]) -> list[list[Path]]:
 
     def key(path: Path) -> tuple[str, int, str]:
         with open_masks(path) as r:
-            sha = (r.metadata.get("checkpoint") or {}).get("sha256") or ""
+            ckpt = r.metadata.get("checkpoint") or {}
+            identity = ckpt.get("identity")  # else the file SHA-256 older masks record
+            sha = str(sorted(identity.items())) if isinstance(identity, dict) else ckpt.get("sha256") or ""
             seed = r.metadata.get("seed")
         return (sha, seed if isinstance(seed, int) else -1, path.name)
 

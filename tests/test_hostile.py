@@ -263,3 +263,19 @@ def test_files_recording_different_layer_roles_are_refused(env, tmp_path, capsys
     capsys.readouterr()
     assert run(["compare", str(a), str(bad), "--io-layer", "none", "--json"]) == 0  # roles from the flag: no conflict
     assert json.loads(capsys.readouterr().out)["layout"] == "--io-layer"
+
+
+# ---- 21. --group's own mistakes are named -----------------------------------------------------------------
+
+
+def test_group_mistakes_get_their_own_message(env, capsys):
+    a, b = env / "a.safetensors", env / "b.safetensors"
+    refused(capsys, ["compare", a, b, "--group", "bogus"], "--group 'bogus': expected 'task' or NAME=GLOB")
+    refused(capsys, ["compare", "--group", "bogus"], "--group 'bogus': expected 'task' or NAME=GLOB")
+    # a name given twice collects both globs (each file once); a file in two groups names both groups
+    refused(capsys, ["compare", "--group", f"add={a}", "--group", f"add={a}", "--group", f"mul={a}"],
+            f"{a} is in two groups ('add' and 'mul')")  # fmt: skip
+    from maskprobe.groups import group_files
+
+    assert group_files([], [f"add={a}", f"add={env}/a.safe*", f"mul={b}"]) == {"add": [a], "mul": [b]}
+    refused(capsys, ["compare", a, b, "--group", "task", "--group", f"add={a}"], "cannot be combined")
