@@ -87,6 +87,11 @@ class Checkpoint:
         """
         return sha256_of(self.path)
 
+    @property
+    def identity_key(self) -> str:
+        """The identity as one string (``scheme:weights:architecture``), e.g. for a resume key."""
+        return ":".join(str(self.identity.get(k, "")) for k in ("scheme", "weights", "architecture"))
+
     def to_dict(self) -> dict:
         return {"path": str(self.path), "format": self.format, "identity": dict(self.identity)}
 

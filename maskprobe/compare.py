@@ -106,22 +106,59 @@ def check_compatible(readers: Sequence[MaskReader], allow_mismatch: bool = False
             raise MaskFileError(
                 f"{first.path.name} and {r.path.name} differ in shape at {bad[0]!r}: {first.shape(bad[0])} vs {r.shape(bad[0])}"
             )
-        sha_a, sha_b = _sha(first), _sha(r)
-        if sha_a and sha_b and sha_a != sha_b and not allow_mismatch:
+        differ = _recorded_differ(_recorded(first), _recorded(r))
+        if differ and not allow_mismatch:
             raise MaskFileError(
-                f"{first.path.name} and {r.path.name} come from different checkpoints "
-                f"(sha256 {sha_a[:12]} vs {sha_b[:12]}); pass --allow-mismatch to compare anyway"
+                f"{first.path.name} and {r.path.name} come from different checkpoints ({differ}); "
+                "pass --allow-mismatch to compare anyway"
             )
     return list(first.names)
 
 
-def _sha(r: MaskReader) -> str | None:
+def _recorded(r: MaskReader) -> dict[str, Any]:
     ckpt = r.metadata.get("checkpoint")
-    return ckpt.get("sha256") if isinstance(ckpt, dict) else None
+    return ckpt if isinstance(ckpt, dict) else {}
 
 
-def check_fits(module: Any, sha256: str | None, readers: Sequence[MaskReader], allow_mismatch: bool = False) -> None:
-    """Every mask tensor names a parameter of ``module`` with the same shape; recorded checkpoint hashes agree.
+def _identity_text(identity: Mapping[str, Any]) -> str:
+    return f"weights {str(identity.get('weights', '?'))[:12]}, {identity.get('architecture', '?')}"
+
+
+def _recorded_differ(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    """How two recorded checkpoints differ (``a vs b``), or None: same, or nothing both record to compare.
+
+    The identity (weights and architecture) where both masks record it; else the files' SHA-256, which masks
+    written before the identity record (docs/mask-format.md).
+    """
+    ida, idb = a.get("identity"), b.get("identity")
+    if isinstance(ida, dict) and isinstance(idb, dict):
+        return None if ida == idb else f"{_identity_text(ida)} vs {_identity_text(idb)}"
+    sha_a, sha_b = a.get("sha256"), b.get("sha256")
+    if sha_a and sha_b and sha_a != sha_b:
+        return f"sha256 {sha_a[:12]} vs {sha_b[:12]}"
+    return None
+
+
+def _fits_recorded(recorded: Mapping[str, Any], checkpoint: Any) -> str | None:
+    """How the checkpoint a mask records differs from ``checkpoint`` (``mask's, this one's``), or None.
+
+    A mask with an identity is checked by the identity; an older one (only ``sha256``) by the checkpoint's file
+    hash, computed only then. ``checkpoint`` may be a SHA-256 string (the old calling convention) or None.
+    """
+    identity = recorded.get("identity")
+    if isinstance(identity, dict) and getattr(checkpoint, "identity", None):
+        mine = checkpoint.identity
+        return None if identity == mine else f"{_identity_text(identity)}, this one {_identity_text(mine)}"
+    sha = recorded.get("sha256")
+    if not sha or checkpoint is None or isinstance(identity, dict):
+        return None
+    mine = checkpoint if isinstance(checkpoint, str) else checkpoint.sha256
+    return None if sha == mine else f"sha256 {sha[:12]}, this one {mine[:12]}"
+
+
+def check_fits(module: Any, checkpoint: Any, readers: Sequence[MaskReader], allow_mismatch: bool = False) -> None:
+    """Every mask tensor names a parameter of ``module`` with the same shape; the checkpoint each mask records is
+    ``checkpoint`` (a :class:`~maskprobe.checkpoints.Checkpoint`; by identity, or by file SHA-256 for older masks).
 
     Raises:
         MaskFileError: a tensor the module lacks or of another shape, or (without ``allow_mismatch``) a mask
@@ -139,11 +176,10 @@ def check_fits(module: Any, sha256: str | None, readers: Sequence[MaskReader], a
                     f"{r.path}: {name!r} has shape {r.shape(name)} but the checkpoint's is {params[name]}: "
                     "the mask belongs to another model"
                 )
-        sha = _sha(r)
-        if sha and sha256 and sha != sha256 and not allow_mismatch:
+        differ = None if allow_mismatch else _fits_recorded(_recorded(r), checkpoint)
+        if differ:
             raise MaskFileError(
-                f"{r.path} was trained on another checkpoint (sha256 {sha[:12]}, this one {sha256[:12]}); "
-                "pass --allow-mismatch if that is intended"
+                f"{r.path} was trained on another checkpoint ({differ}); pass --allow-mismatch if that is intended"
             )
 
 
@@ -255,7 +291,7 @@ def compare(
                 raise BadInputError(f"give one --task per mask ({len(readers)}), or none to use the masks' metadata")
             if checkpoint is None:
                 checkpoint = open_checkpoint(task_list)  # type: ignore[misc]
-            check_fits(checkpoint.model, checkpoint.sha256, readers, allow_mismatch)
+            check_fits(checkpoint.model, checkpoint, readers, allow_mismatch)
             from .tasks import setup_tasks
 
             setup_tasks(task_list, checkpoint)

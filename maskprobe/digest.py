@@ -1,9 +1,15 @@
-"""SHA-256 of checkpoints, computed once per file per process and beside the loading.
+"""A checkpoint's identity: its weights and its architecture, not the files around them (docs/mask-format.md).
 
-Every mask records its checkpoint's SHA-256 (docs/mask-format.md). Reading a large checkpoint twice, once to
-load and once to hash, doubles the wait, so :class:`Digest` hashes in a thread while the weights load
-(``hashlib`` and file reads release the GIL), and results are kept per (device, inode, size, mtime) of every
-file: opening the same checkpoint again in one process does not hash it again.
+:func:`weights_identity` is a SHA-256 over the module's state, tensor by tensor in sorted name order (name,
+dtype, shape, bytes), beside the architecture's class name: a ``notes.txt`` added to a folder, a copy of the
+weights elsewhere or the same tensors saved in another format keep it; a changed weight changes it.
+:class:`IdentityDigest` computes it in a thread (``hashlib`` releases the GIL) over tensors already in memory or
+memory-mapped, one at a time: nothing is copied but one tensor cast to the module's dtype where the file
+stores another. Results are kept per (device, inode, size, mtime) of the checkpoint's files and per state
+layout, so opening the same checkpoint again in one process does not hash it again.
+
+:func:`sha256_of` is the SHA-256 of the files themselves: what masks written before the identity recorded
+(``checkpoint.sha256``); computed only when such a mask is checked against a checkpoint.
 """
 
 from __future__ import annotations
@@ -11,14 +17,18 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["Digest", "sha256_of"]
+__all__ = ["IDENTITY_SCHEME", "IdentityDigest", "architecture_name", "sha256_of", "weights_identity"]
 
 _CHUNK = 1 << 22
 _known: dict[tuple, str] = {}
+_known_ids: dict[tuple, dict[str, str]] = {}
+IDENTITY_SCHEME = "maskprobe.weights/1"  # what the bytes hashed are; a new scheme never equals an old one
 _lock = threading.Lock()
 
 
@@ -68,31 +78,86 @@ def sha256_of(path: str | os.PathLike[str], cancel: threading.Event | None = Non
     return _known[key]
 
 
-class Digest:
-    """``sha256_of(path)`` in a daemon thread, started at once; :meth:`result` waits for it, :meth:`cancel`
-    stops it at the next chunk (a load that failed has no use for the hash)."""
+def architecture_name(module: Any) -> str:
+    """The module's class name (a TorchScript module's original class), e.g. ``BertModel``, ``FNN``."""
+    return str(getattr(module, "original_name", None) or type(module).__name__)
 
-    def __init__(self, path: str | os.PathLike[str]):
+
+def _tensor_bytes(t: Any) -> Any:
+    """A CPU tensor's bytes as a buffer ``hashlib`` reads without a copy (contiguous tensors)."""
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return t.reshape(-1).contiguous().view(torch.uint8).numpy()
+
+
+def weights_identity(
+    tensors: Iterable[tuple[str, Any]], architecture: str, cancel: threading.Event | None = None
+) -> dict[str, str]:
+    """``{"scheme", "weights", "architecture"}``: SHA-256 over ``tensors`` (``(name, tensor)`` pairs, taken in
+    sorted name order) of ``name NUL dtype NUL shape NUL`` then the tensor's bytes, for each tensor.
+
+    ``tensors`` may be a lazy iterable (memory-mapped files): each tensor is hashed and dropped before the next.
+    """
+    h = hashlib.sha256()
+    for name, t in tensors:
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
+        dtype = str(t.dtype).removeprefix("torch.")
+        h.update(f"{name}\0{dtype}\0{','.join(str(d) for d in t.shape)}\0".encode())
+        if t.numel():
+            h.update(_tensor_bytes(t))
+    return {"scheme": IDENTITY_SCHEME, "weights": h.hexdigest(), "architecture": architecture}
+
+
+class IdentityDigest:
+    """:func:`weights_identity` in a daemon thread, started at once over ``source()`` (an iterable of ``(name,
+    tensor)`` in sorted order); :meth:`result` waits for it, :meth:`cancel` stops it at the next tensor.
+
+    ``key`` (e.g. the checkpoint's path and the state's names, dtypes and shapes) caches the result per process
+    beside the stat of ``path``'s files: the same checkpoint opened again is not hashed again.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], key: tuple, architecture: str, source: Callable[[], Iterable[tuple[str, Any]]]
+    ):
         self._cancel = threading.Event()
-        self._value: str | None = None
+        self._value: dict[str, str] | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(path,), name="maskprobe-sha256", daemon=True)
+        try:
+            path = Path(path)
+            self._key: tuple | None = (_identity(path, _files(path)), key, architecture)
+        except OSError:
+            self._key = None
+        with _lock:
+            cached = _known_ids.get(self._key) if self._key is not None else None
+        if cached is not None:
+            self._value = dict(cached)
+            self._thread = None
+            return
+        self._thread = threading.Thread(target=self._run, args=(architecture, source), name="maskprobe-identity", daemon=True)
         self._thread.start()
 
-    def _run(self, path: str | os.PathLike[str]) -> None:
+    def _run(self, architecture: str, source: Callable[[], Iterable[tuple[str, Any]]]) -> None:
         try:
-            self._value = sha256_of(path, self._cancel)
+            self._value = weights_identity(source(), architecture, self._cancel)
+            if self._key is not None:
+                with _lock:
+                    _known_ids[self._key] = dict(self._value)
         except _Cancelled:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
             self._error = exc
 
-    def result(self) -> str:
-        self._thread.join()
+    def result(self) -> dict[str, str]:
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None:
             raise self._error
         if self._value is None:
-            raise RuntimeError("the hash was cancelled")
+            raise RuntimeError("the identity was cancelled")
         return self._value
 
     def cancel(self) -> None:

@@ -191,7 +191,7 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
         if request.resume and plan.mask.exists() and not plan.state.exists():
             reporter.status(f"{task.name}: {plan.mask} already complete, skipped")
             continue
-        key = resume_key(cfg, ref, ckpt.sha256)
+        key = resume_key(cfg, ref, ckpt.identity_key)
         state = load_state(plan.state, key, shapes) if request.resume and plan.state.exists() else None
         if state is not None:
             reporter.status(f"{task.name}: resuming at step {state.step} from {plan.state}")

@@ -43,7 +43,7 @@ def demo(
 
     from .. import console
     from ..atomic import atomic_write
-    from ..checkpoints import Checkpoint, sha256_of
+    from ..checkpoints import Checkpoint, identify
     from ..compare import compare
     from ..config import TrainConfig
     from ..devices import resolve_device, set_threads
@@ -72,7 +72,7 @@ def demo(
     atomic_write(ckpt_path, lambda tmp: torch.save(model.state_dict(), tmp))
     base_acc = evaluate_task(model, base_task)["accuracy"]
     say(f"  saved {ckpt_path}; accuracy on add+mul {pct(base_acc)} ({time.perf_counter() - t_start:.0f} s)")
-    ckpt = Checkpoint(model, ckpt_path, "torch-zip", sha256_of(ckpt_path))
+    ckpt = Checkpoint(model, ckpt_path, "torch-zip", identify(model))
 
     config = TrainConfig(steps=steps, beta=beta, seed=seed, device=str(dev))
     paths = []
