@@ -232,9 +232,14 @@ CASES = {
 }  # fmt: skip
 
 
+WITHOUT_CUDA = {"device-cuda-missing"}  # run as on a machine without CUDA, whatever this one has
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_cli_bad_input_matrix(env, tmp_path, capsys, case):
+def test_cli_bad_input_matrix(env, tmp_path, capsys, monkeypatch, case):
     argv, expected, needle = CASES[case]
+    if case in WITHOUT_CUDA:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "out"
     out.mkdir()
     argv = [a.replace("{R}", str(env)).replace("{OUT}", str(out)) for a in argv]

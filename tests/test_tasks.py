@@ -218,7 +218,8 @@ def test_contract_problems_lists_each_declaration_fault():
         task_class("maskprobe.testing:TaskCheck")
 
 
-def test_listing_shows_sample_tasks_with_arguments_metric_and_source(capsys):
+def test_listing_shows_sample_tasks_with_arguments_metric_and_source(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table's width, whatever terminal runs the tests (rich reads COLUMNS)
     assert run(["tasks", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["tasks"]}
     for name in ("arith-add", "dadd-pair1", "dadd-pair2", "dadd-both", "digits"):
