@@ -73,6 +73,10 @@ def _field_problem(key: str, value: Any) -> str | None:
             return f"'args' must be a JSON object, got {type(value['args']).__name__}"
     if key == "checkpoint" and "sha256" in value and not isinstance(value["sha256"], str):
         return f"'sha256' must be a string, got {type(value['sha256']).__name__}"
+    if key == "checkpoint" and "identity" in value:
+        identity = value["identity"]
+        if not isinstance(identity, dict) or not all(isinstance(identity.get(k), str) for k in ("weights", "architecture")):
+            return "'identity' must be a JSON object with the strings 'weights' and 'architecture'"
     return None
 
 

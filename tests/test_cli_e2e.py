@@ -38,7 +38,7 @@ def test_train_writes_one_bool_mask_per_task_with_metadata(trained):
         assert meta["hparams"]["beta"] == 1e-2 and meta["hparams"]["batch_size"] == 32
         assert meta["hparams"]["samples"] == 4 and meta["hparams"]["lr"] == 1e-2 and meta["hparams"]["init"] == 2.0
         assert meta["steps"] == 60 and meta["seed"] == 1
-        assert len(meta["checkpoint"]["sha256"]) == 64
+        assert len(meta["checkpoint"]["identity"]["weights"]) == 64
         assert 0 < meta["density"]["total"] <= 1
         assert 0 <= meta["metric_full"]["accuracy"] <= 1 and "accuracy" in meta["metric_masked"]
         assert meta["versions"]["torch"]
