@@ -159,7 +159,7 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     from . import distributed
     from .devices import resolve_device
     from .selection import describe_selection
-    from .statefile import Snapshots, load_state, resume_key, save_state
+    from .statefile import Snapshots, check_finished, load_state, resume_key, save_state
     from .tasks import setup_tasks
     from .training import train_mask
 
@@ -189,6 +189,7 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     for (task, ref, job_config, _), plan in zip(jobs, plans, strict=True):
         cfg = dataclasses.replace(job_config, device=str(dev))
         if request.resume and plan.mask.exists() and not plan.state.exists():
+            check_finished(plan.mask, cfg, ref, ckpt)  # skipped only when made with these settings
             reporter.status(f"{task.name}: {plan.mask} already complete, skipped")
             continue
         key = resume_key(cfg, ref, ckpt.identity_key)

@@ -26,6 +26,70 @@ def resume_key(config: Any, task_ref: Any, sha256: str) -> dict[str, str]:
     }
 
 
+# where a mask runs, not what it is: a mask is the same function of the seed on every device and backend
+_PLACEMENT = ("device", "backend")
+_NOT_SETTINGS = ("regulariser", "controller", *_PLACEMENT)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from a mask file's JSON metadata (tuples become lists)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def finished_differences(metadata: dict[str, Any], config: Any, task_ref: Any, checkpoint: Any) -> list[str]:
+    """How a finished mask's recorded settings differ from a requested run's: ``"steps 20, asked 40"`` each.
+
+    Compared: the task's ref and arguments, every hyper-parameter but where it ran (device, backend), the
+    selection, and the checkpoint (a :class:`~maskprobe.checkpoints.Checkpoint`: by the identity the mask
+    records, or by the file's SHA-256 for masks written before identities).
+    """
+    out = []
+    task = metadata.get("task") if isinstance(metadata.get("task"), dict) else {}
+    asked_task = _plain({"ref": task_ref.ref, "args": task_ref.args})
+    for key, what in (("ref", "task"), ("args", "task arguments")):
+        if _plain(task.get(key)) != asked_task[key]:
+            out.append(f"{what} {_short(task.get(key))}, asked {_short(asked_task[key])}")
+    recorded = metadata.get("hparams") if isinstance(metadata.get("hparams"), dict) else {}
+    recorded = {k: v for k, v in recorded.items() if k not in _NOT_SETTINGS}
+    asked = {k: v for k, v in _plain(config.hparams()).items() if k not in _NOT_SETTINGS}
+    for key in sorted(set(recorded) | set(asked)):
+        if recorded.get(key) != asked.get(key):
+            out.append(f"{key} {_short(recorded.get(key))}, asked {_short(asked.get(key))}")
+    selection = _plain(config.selection.to_dict())
+    if _plain(metadata.get("selection")) != selection:
+        out.append(f"selection {_short(metadata.get('selection'))}, asked {_short(selection)}")
+    from .compare import _fits_recorded
+
+    recorded_ckpt = metadata.get("checkpoint") if isinstance(metadata.get("checkpoint"), dict) else {}
+    differ = _fits_recorded(recorded_ckpt, checkpoint)  # as evaluate and compare check a mask against a checkpoint
+    if differ:
+        out.append(f"another checkpoint ({differ})")
+    return out
+
+
+def check_finished(path: Path, config: Any, task_ref: Any, checkpoint: Any) -> None:
+    """``--resume`` skips the finished mask ``path`` only when it was made with the requested settings.
+
+    Raises:
+        BadInputError: what differs (at most three settings), and how to proceed; or an unreadable mask file.
+    """
+    from .maskfile import open_masks
+
+    with open_masks(path) as reader:
+        differ = finished_differences(reader.metadata, config, task_ref, checkpoint)
+    if differ:
+        more = f"; and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise BadInputError(
+            f"--resume: {path} is finished but was made with other settings ({'; '.join(differ[:3])}{more}); "
+            "pass --force to train it again with these, or write to another --out"
+        )
+
+
 def save_state(path: Path, state: Any, key: dict[str, str]) -> None:
     """Write the state atomically (rank 0 only under torchrun; every rank agrees on the outcome).
 

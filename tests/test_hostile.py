@@ -279,3 +279,27 @@ def test_group_mistakes_get_their_own_message(env, capsys):
 
     assert group_files([], [f"add={a}", f"add={env}/a.safe*", f"mul={b}"]) == {"add": [a], "mul": [b]}
     refused(capsys, ["compare", a, b, "--group", "task", "--group", f"add={a}"], "cannot be combined")
+
+
+# ---- 6. train --resume skips a finished mask only when it was made with the requested settings ------------
+
+
+def test_resume_skips_a_finished_mask_only_with_its_own_settings(env, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert run(train_argv(env / "c.pt", out, steps=4)) == 0
+    raw = out.read_bytes()
+    other = make_checkpoint(tmp_path / "other.pt", steps=20, shift=0.01)
+    for argv, needle in (
+        (train_argv(env / "c.pt", out, "--resume", steps=5), "steps 4, asked 5"),
+        (train_argv(env / "c.pt", out, "--resume", steps=4, task="arith-mul"), "task 'arith-add', asked 'arith-mul'"),
+        (train_argv(env / "c.pt", out, "--resume", "--beta", "0.5", steps=4), "beta 0.0001, asked 0.5"),
+        (train_argv(env / "c.pt", out, "--resume", "--seed", "3", steps=4), "seed 0, asked 3"),
+        (train_argv(env / "c.pt", out, "--resume", "--task-arg", "eval_size=32", steps=4), "task arguments"),
+        (train_argv(other, out, "--resume", steps=4), "checkpoint"),
+        (train_argv(env / "c.pt", out, "--resume", "--mask-biases", steps=4), "selection"),
+    ):
+        line = refused(capsys, argv, needle, "--force", "another --out")
+        assert str(out) in line
+    assert out.read_bytes() == raw
+    assert run(train_argv(env / "c.pt", out, "--resume", steps=4)) == 0  # the same settings: skipped
+    assert out.read_bytes() == raw
