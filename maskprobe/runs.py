@@ -38,6 +38,7 @@ class TrainRequest:
         shard: FSDP2 under torchrun (``--shard``).
         pack_bits: 8 weights per byte in the mask files.
         dry_run: estimate memory only.
+        allow_mismatch: accept a ``--fix-from`` mask recorded from another checkpoint.
     """
 
     checkpoint: Path
@@ -56,6 +57,7 @@ class TrainRequest:
     shard: bool = False
     pack_bits: bool = False
     dry_run: bool = False
+    allow_mismatch: bool = False
 
     def jobs(self) -> list[tuple[Any, Any, TrainConfig, str]]:
         """``(task, ref, config, file stem)`` per mask: the task, plus the seed and/or beta where several are trained."""
@@ -168,6 +170,8 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     config = dataclasses.replace(request.config, device=str(dev))
     shard = request.shard and not request.dry_run  # --dry-run estimates every mode from the loaded model
     ckpt = _open_checkpoint(request, world, shard)
+    if config.fixed_from and not request.allow_mismatch:
+        refuse_other_checkpoint("--fix-from", config.fixed_from, ckpt)
     setup_tasks([t for t, _ in request.tasks], ckpt)
     rows = describe_selection(ckpt.model, config.selection, stored_dtypes=ckpt.dtypes)
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
@@ -332,6 +336,25 @@ def refuse_writing_into_checkpoints(option: str, target: Any, checkpoints: Seque
             raise BadInputError(f"{option}: {target} lies inside the checkpoint folder {ckpt}; write it elsewhere")
         if Path(target).exists() and os.path.samefile(target, ckpt):
             raise BadInputError(f"{option}: {target} is the checkpoint {ckpt}; choose another {option}")
+
+
+def refuse_other_checkpoint(option: str, mask: Any, checkpoint: Any) -> None:
+    """The mask file ``mask`` was trained on ``checkpoint`` (by the identity it records, as evaluate and compare
+    check it).
+
+    Raises:
+        BadInputError: it records another checkpoint (pass --allow-mismatch), or it cannot be read.
+    """
+    from .compare import _fits_recorded
+    from .maskfile import open_masks
+
+    with open_masks(mask) as reader:
+        recorded = reader.metadata.get("checkpoint")
+    differ = _fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
+    if differ:
+        raise BadInputError(
+            f"{option} {mask} was trained on another checkpoint ({differ}); pass --allow-mismatch if that is intended"
+        )
 
 
 def refuse_existing(plans: list) -> None:

@@ -303,3 +303,18 @@ def test_resume_skips_a_finished_mask_only_with_its_own_settings(env, tmp_path, 
     assert out.read_bytes() == raw
     assert run(train_argv(env / "c.pt", out, "--resume", steps=4)) == 0  # the same settings: skipped
     assert out.read_bytes() == raw
+
+
+# ---- 8. --fix-from a mask of another checkpoint is refused unless --allow-mismatch ------------------------
+
+
+def test_fix_from_a_mask_of_another_checkpoint_needs_allow_mismatch(env, tmp_path, capsys):
+    other = make_checkpoint(tmp_path / "other.pt", steps=20, shift=0.01)
+    out = tmp_path / "fixed.safetensors"
+    argv = train_argv(other, out, "--fix-from", env / "a.safetensors")
+    refused(capsys, argv, "--fix-from", "another checkpoint", "--allow-mismatch")
+    assert not out.exists()
+    assert run(argv + ["--allow-mismatch"]) == 0 and out.exists()
+    out.unlink()
+    assert run(train_argv(env / "c.pt", out, "--fix-from", env / "a.safetensors")) == 0  # its own checkpoint: fine
+    refused(capsys, train_argv(env / "c.pt", tmp_path / "x.safetensors", "--allow-mismatch"), "--fix-from")

@@ -65,6 +65,9 @@ def train(
     fix: Annotated[
         list[str], typer.Option("--fix", help="With --fix-from: the tensors held fixed, globs or 'output' (the default).")
     ] = [],
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Use a --fix-from mask recorded from another checkpoint.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing mask files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their .state.pt files.")] = False,
     save_every: Annotated[
@@ -101,6 +104,8 @@ def train(
 
     if fix and fix_from is None:
         raise BadInputError("--fix needs --fix-from MASK (the mask file the fixed tensors come from)")
+    if allow_mismatch and fix_from is None:
+        raise BadInputError("--allow-mismatch applies to --fix-from MASK: give it, or drop --allow-mismatch")
     set_threads(threads)
     quiet = quiet or not distributed.detect().is_main  # under torchrun only rank 0 prints
     betas = parse_numbers(beta, float, "--beta")
@@ -114,7 +119,7 @@ def train(
         checkpoint=checkpoint, tasks=resolve_tasks(task, task_arg), out=out, config=config, seeds=tuple(seed_list),
         betas=tuple(betas), model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint, force=force,
         resume=resume, save_every=save_every, memory_limit="auto" if memory_limit == "auto" else parse_size(memory_limit),
-        shard=shard, pack_bits=pack_bits, dry_run=dry_run,
+        shard=shard, pack_bits=pack_bits, dry_run=dry_run, allow_mismatch=allow_mismatch,
     )  # fmt: skip
     reporter = CliReporter(quiet, tables=not json_out)
     with console.Signals() as signals:
