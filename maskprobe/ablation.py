@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import analysis
+from .devices import module_on
 from .evaluation import evaluate_task
 from .masked import masked_weights
 from .tasks import Task
@@ -152,7 +153,7 @@ def ablate(
         io: with ``keep_io``, the tensor names kept whole (default: :func:`io_tensors`).
         seed: for the random-removal controls.
     """
-    module.to(device)
+    module = module_on(module, device, copy_module=False)  # TorchScript: reloaded there (devices.module_on)
     names = list(masks[0])
     io = (tuple(io) if io is not None else io_tensors(module, names)) if keep_io else ()
 
