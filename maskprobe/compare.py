@@ -369,10 +369,34 @@ def tasks_from_metadata(readers: Sequence[MaskReader], task_args: Sequence[str] 
         names.append(r.task_name)
     classes = [task_class(ref) for ref in refs]
     typed, unused = task_args_per_task(refs, classes, task_args, aliases=names)
+    for k, (r, cls, old, new) in enumerate(zip(readers, classes, recorded, typed, strict=True)):
+        _check_recorded_files(r.path, k, names[k], cls, {**old, **new})
     out = [load_task(ref, {**old, **new})[0] for ref, old, new in zip(refs, recorded, typed, strict=True)]
     if unused:
         raise BadInputError(f"no mask's task accepts --task-arg {unused[0]!r}")
     return out
+
+
+def _check_recorded_files(path: Path, k: int, task: str, cls: type, args: Mapping[str, Any]) -> None:
+    """A file argument of a rebuilt task (annotated ``Path``, recorded absolute) that is no longer there: one line
+    saying how to give it again (``--task-arg K:key=NEW``), before the task reads anything.
+
+    Raises:
+        BadInputError: such a file is missing.
+    """
+    import typing
+
+    from .tasks import task_arguments
+
+    known = task_arguments(cls)
+    for key, value in args.items():
+        annotation = known.get(key, (None, None))[0]
+        is_path = annotation is Path or Path in typing.get_args(annotation)
+        if is_path and isinstance(value, str) and value and not Path(value).exists():
+            raise BadInputError(
+                f"{path}: its task {task!r} was trained with {key}={value}, which is not there any more; give the file "
+                f"again with --task-arg {k + 1}:{key}=NEW_PATH (the other recorded arguments are kept)"
+            )
 
 
 def mask_labels(tasks: Sequence[str]) -> list[str]:
