@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (  # noqa: E402
     Runner,
+    Steps,
     base_parser,
     cli,
     default_out,
@@ -57,27 +58,33 @@ def one_seed(runner: Runner, seed: int, out: Path, classes: list[int], flags: li
              force: bool) -> dict:  # fmt: skip
     d = out / f"seed{seed}"
     (d / "masks").mkdir(parents=True, exist_ok=True)
+    steps = Steps(d, out, force)
     ckpt = d / "base.pt"
     base = ["sample_tasks.digits", "--out", ckpt, "--seed", seed, "--steps", base_steps]
-    runner.run(base, skip_if=None if force else ckpt, step=(d, "base"))
+    if steps.todo("base", base, [ckpt]):
+        runner.run(base, step=(d, "base"))
+        steps.done("base")
     control = d / "masks" / "control.safetensors"
     trains = {}
-    if force or not control.exists():
-        cmd = ["maskprobe", "train", ckpt, "--task", "digits", *flags, "--seed", seed, "--out", control, "--json", "-q",
-               "--force"]  # fmt: skip
+    cmd = ["maskprobe", "train", ckpt, "--task", "digits", *flags, "--seed", seed, "--out", control, "--json", "-q",
+           "--force"]  # fmt: skip
+    if steps.todo("control", cmd, [control]):
         trains["control"] = runner.run(cmd, json_out=True, step=(d, "control"))
+        steps.done("control")
     removal = [d / "masks" / f"without-{c}.safetensors" for c in classes]
     for c, path in zip(classes, removal, strict=True):
-        if force or not path.exists():
-            cmd = ["maskprobe", "train", ckpt, "--task", "digits", "--task-arg", f"removed={c}", "--task-arg",
-                   f"name=without-{c}", "--fix-from", control, *flags, "--seed", seed, "--out", path, "--json", "-q",
-                   "--force"]  # fmt: skip
+        cmd = ["maskprobe", "train", ckpt, "--task", "digits", "--task-arg", f"removed={c}", "--task-arg",
+               f"name=without-{c}", "--fix-from", control, *flags, "--seed", seed, "--out", path, "--json", "-q",
+               "--force"]  # fmt: skip
+        if steps.todo(f"without-{c}", cmd, [path], after=("base", "control")):
             trains[f"without-{c}"] = runner.run(cmd, json_out=True, step=(d, f"without-{c}"))
+            steps.done(f"without-{c}")
     path = d / "compare.json"
-    if force or not path.exists():
-        cmd = ["maskprobe", "compare", control, *removal, "--checkpoint", ckpt, "--seed", seed, "--json", "-q",
-               "--min-density", "0"]  # fmt: skip
+    cmd = ["maskprobe", "compare", control, *removal, "--checkpoint", ckpt, "--seed", seed, "--json", "-q",
+           "--min-density", "0"]  # fmt: skip
+    if steps.todo("compare", cmd, [path], after=("base", "control", *(f"without-{c}" for c in classes))):
         save_json(path, runner.run(cmd, json_out=True, step=(d, "compare")))
+        steps.done("compare")
     return {"seed": seed, "compare": load_json(path), "timings": timings(d)}
 
 

@@ -107,6 +107,61 @@ class StepFailed(RuntimeError):
     """A command of the protocol exited non-zero; the message is one line, the stderr is in ``commands.log``."""
 
 
+class Steps:
+    """What each step of one seed folder was made with, in ``<folder>/steps.json``: a step's output is reused only
+    when it was made with the command line asked for now, from earlier steps made with theirs.
+
+    A step's *settings* are its command line (the output folder written ``<out>``, so a moved folder still
+    matches) and the settings of the steps it reads (``after``; default: every step declared before it).
+    """
+
+    def __init__(self, folder: Path, out: Path, force: bool):
+        self.path, self.out, self.force = folder / "steps.json", out, force
+        self.recorded: dict[str, dict[str, str]] = load_json(self.path) if self.path.exists() else {}
+        self.current: dict[str, dict[str, str]] = {}
+
+    def todo(self, name: str, argv: Sequence[Any], outputs: Sequence[Path], after: Sequence[str] | None = None) -> bool:
+        """True: run the step (``--force``, or an output is missing); False: reuse its outputs.
+
+        Raises:
+            StepFailed: the outputs exist but were made with other settings, or with none recorded.
+        """
+        import hashlib
+
+        command = " ".join(str(a) for a in argv).replace(str(self.out), "<out>")
+        deps = list(self.current) if after is None else list(after)
+        key = hashlib.sha256("\n".join([command, *(self.current[d]["settings"] for d in deps)]).encode()).hexdigest()
+        self.current[name] = {"command": command, "settings": key[:16]}
+        if self.force or not all(Path(p).exists() for p in outputs):
+            return True
+        old = self.recorded.get(name)
+        if old is not None and old.get("settings") == self.current[name]["settings"]:
+            return False
+        if old is None:
+            why = f"{self.path} records no settings for it"
+        elif old.get("command") != command:
+            why = f"other settings ({_first_difference(str(old.get('command')), command)})"
+        else:
+            why = f"the same command but from earlier steps made with other settings ({', '.join(deps)})"
+        raise StepFailed(
+            f"{outputs[0]} was made with {why}; rerun with --force to redo it with these settings, or give another --out"
+        )
+
+    def done(self, name: str) -> None:
+        """Record that ``name`` ran with its current settings (after its outputs were written)."""
+        self.recorded[name] = self.current[name]
+        save_json(self.path, self.recorded, indent=1)
+
+
+def _first_difference(old: str, new: str) -> str:
+    """``"--steps 30, now --steps 77"``: the first option whose value differs between two command lines."""
+    a, b = old.split(), new.split()
+    i = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+    start = i - 1 if i > 0 and a[i - 1 : i] == b[i - 1 : i] and a[i - 1].startswith("--") else i
+    was, now = " ".join(a[start : i + 1]) or "(nothing)", " ".join(b[start : i + 1]) or "(nothing)"
+    return f"was {was}, now {now}"
+
+
 def cli(main: Callable[[], None]) -> None:
     """Run a script's ``main`` the way maskprobe's own commands end: a failed step, an unwritable folder or Ctrl-C
     give one line on stderr and a non-zero exit, not a traceback; finished steps stay on disk, so the same command
@@ -320,20 +375,26 @@ def two_mask_seed(
     entry (name -> extra flags, e.g. ``{"": [], "keep_io": ["--keep-io"]}``)."""
     d = out / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
+    steps = Steps(d, out, force)
     ckpt = d / "base.pt"
-    runner.run([*base, "--out", ckpt, "--seed", seed], skip_if=None if force else ckpt, step=(d, "base"))
+    cmd = [*base, "--out", ckpt, "--seed", seed]
+    if steps.todo("base", cmd, [ckpt]):
+        runner.run(cmd, step=(d, "base"))
+        steps.done("base")
     masks = [d / "masks" / f"{t}.safetensors" for t in tasks]
     train_json = d / "train.json"
-    if force or not train_json.exists() or not all(m.exists() for m in masks):
-        cmd = ["maskprobe", "train", ckpt, *(x for t in tasks for x in ("--task", t)), *task_args(targs)]
-        cmd += [*train_flags, "--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
+    cmd = ["maskprobe", "train", ckpt, *(x for t in tasks for x in ("--task", t)), *task_args(targs)]
+    cmd += [*train_flags, "--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
+    if steps.todo("masks", cmd, [train_json, *masks]):
         save_json(train_json, runner.run(cmd, json_out=True, step=(d, "masks")))
+        steps.done("masks")
     compares = {}
     for name, flags in compare_variants.items():
         path = d / f"compare{'-' + name if name else ''}.json"
-        if force or not path.exists():
-            cmd = ["maskprobe", "compare", *masks, "--checkpoint", ckpt, "--seed", seed, *flags, "--json", "--quiet"]
+        cmd = ["maskprobe", "compare", *masks, "--checkpoint", ckpt, "--seed", seed, *flags, "--json", "--quiet"]
+        if steps.todo(f"compare{name}", cmd, [path], after=("base", "masks")):
             save_json(path, runner.run(cmd, json_out=True, step=(d, f"compare{name}")))
+            steps.done(f"compare{name}")
         compares[name] = load_json(path)
     return {"seed": seed, "train": load_json(train_json), "compare": compares, "timings": timings(d)}
 

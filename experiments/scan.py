@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (  # noqa: E402
     Runner,
+    Steps,
     at_least,
     base_parser,
     cli,
@@ -97,22 +98,28 @@ def removed_share(control: Path, other: Path, layer: str = "output.weight") -> l
 def one_seed(runner: Runner, args: Any, seed: int, targs: dict, base: list, train_flags: list) -> dict[str, Any]:
     d = args.out / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
+    steps = Steps(d, args.out, args.force)
     ckpt = d / "base.pt"
     base_cmd = [*base, "--out", ckpt, "--seed", seed, "--eval-size", args.eval_size]
-    runner.run(base_cmd, skip_if=None if args.force else ckpt, step=(d, "base"))
+    if steps.todo("base", base_cmd, [ckpt]):
+        runner.run(base_cmd, step=(d, "base"))
+        steps.done("base")
     masks = {s: d / "masks" / f"scan-{s}.safetensors" for s in SPLITS}
     files = {name: d / f"{name}.json" for name in ("train", "evaluate", "compare")}
-    if args.force or not files["train"].exists() or not all(m.exists() for m in masks.values()):
-        cmd = ["maskprobe", "train", ckpt, *(x for t in TASKS for x in ("--task", t)), *task_args(targs), *train_flags]
-        cmd += ["--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
+    cmd = ["maskprobe", "train", ckpt, *(x for t in TASKS for x in ("--task", t)), *task_args(targs), *train_flags]
+    cmd += ["--seed", seed, "--out", d / "masks", "--json", "--quiet", "--force"]
+    if steps.todo("masks", cmd, [files["train"], *masks.values()]):
         save_json(files["train"], runner.run(cmd, json_out=True, step=(d, "masks")))
-    if args.force or not files["evaluate"].exists():
-        cmd = ["maskprobe", "evaluate", ckpt, *(x for t in TASKS[1:] for x in ("--task", t)), *task_args(targs)]
-        res = runner.run([*cmd, "--mask", masks["simple"], "--json"], json_out=True, step=(d, "evaluate"))
-        save_json(files["evaluate"], res)
-    if args.force or not files["compare"].exists():
-        cmd = ["maskprobe", "compare", *masks.values(), "--json", "--quiet"]
+        steps.done("masks")
+    cmd = ["maskprobe", "evaluate", ckpt, *(x for t in TASKS[1:] for x in ("--task", t)), *task_args(targs)]
+    cmd += ["--mask", masks["simple"], "--json"]
+    if steps.todo("evaluate", cmd, [files["evaluate"]], after=("base", "masks")):
+        save_json(files["evaluate"], runner.run(cmd, json_out=True, step=(d, "evaluate")))
+        steps.done("evaluate")
+    cmd = ["maskprobe", "compare", *masks.values(), "--json", "--quiet"]
+    if steps.todo("compare", cmd, [files["compare"]], after=("masks",)):
         save_json(files["compare"], runner.run(cmd, json_out=True, step=(d, "compare")))
+        steps.done("compare")
     train = load_json(files["train"])
     evaluate = load_json(files["evaluate"])
     by_task = {m["task"]: m for m in train["masks"]}

@@ -318,3 +318,42 @@ def test_fix_from_a_mask_of_another_checkpoint_needs_allow_mismatch(env, tmp_pat
     out.unlink()
     assert run(train_argv(env / "c.pt", out, "--fix-from", env / "a.safetensors")) == 0  # its own checkpoint: fine
     refused(capsys, train_argv(env / "c.pt", tmp_path / "x.safetensors", "--allow-mismatch"), "--fix-from")
+
+
+# ---- 7. experiments reuse a step's output only when it was made with the requested settings ---------------
+
+
+def test_experiments_reuse_a_step_only_with_its_own_settings(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+
+    def addmul(out: Path, *extra: object) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(root / "experiments" / "addmul.py"), "--seeds", "0", "--hidden", "8,8", "--base-steps",
+               "20", "--eval-size", "50", "--threads", "1", "--out", str(out), *map(str, extra)]  # fmt: skip
+        env = {**__import__("os").environ, "CI": "true", "PYTHONPATH": str(root)}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    def ran(out: Path) -> int:
+        return len((out / "commands.jsonl").read_text().splitlines())
+
+    out = tmp_path / "addmul"
+    assert addmul(out, "--mask-steps", 3).returncode == 0
+    before = (out / "results.json").read_bytes()
+    r = addmul(out, "--mask-steps", 7, "--beta", 0.5)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "arith-add.safetensors" in last or "train.json" in last, last
+    assert "was --steps 3, now --steps 7" in last and "--force" in last and "another --out" in last
+    assert (out / "results.json").read_bytes() == before and ran(out) == 3  # nothing ran, nothing rewritten
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns(".lock"))
+    assert addmul(moved, "--mask-steps", 3).returncode == 0 and ran(moved) == 3  # same settings, moved folder: reused
+    (out / "seed0" / "base.pt").unlink()  # a base network made again with other settings: its masks are stale
+    r = addmul(out, "--mask-steps", 3, "--base-steps", 25)
+    assert r.returncode == 1 and "from earlier steps made with other settings" in r.stderr.strip().splitlines()[-1]
+    r = addmul(out, "--mask-steps", 7, "--beta", 0.5, "--force")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "results.json").read_text())["mask_steps"] == 7
