@@ -70,7 +70,7 @@ def open_all(paths: Sequence[str | os.PathLike[str]]) -> list[MaskReader]:
             if key in seen:
                 raise BadInputError(f"{path} is given twice (also as {seen[key]}): compare needs distinct mask files")
             seen[key] = path
-            readers.append(open_masks(path))
+            readers.append(open_masks(path, foreign=True))
     except BaseException:
         for r in readers:
             r.close()
@@ -419,7 +419,7 @@ def report_dict(readers: Sequence[MaskReader], ov: Any, ablation: Any, layout: L
         "schema": SCHEMA,
         "masks": [
             {"path": str(r.path), "task": t, "label": lab, "density": ov.total.density(k), "kept": ov.total.counts[k],
-             "numel": ov.total.numel, "packed": r.packed}
+             "numel": ov.total.numel, "packed": r.packed, "foreign": r.foreign}
             for k, (r, t, lab) in enumerate(zip(readers, tasks, labels, strict=True))
         ],
         "layout": layout.source,

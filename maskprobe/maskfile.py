@@ -5,6 +5,11 @@ shape, so anyone can ``safetensors.torch.load_file`` a mask and multiply. ``__me
 string-to-string map; the keys in :data:`JSON_KEYS` hold JSON.
 
 API: :func:`save_masks`, :func:`load_masks`, :func:`open_masks` (streaming, tensor by tensor).
+
+``open_masks(path, foreign=True)`` (what ``compare`` opens) also reads masks from other tools: a safetensors file
+without maskprobe metadata holding bool or uint8 (0/1) tensors, or a numpy ``.npz`` archive of such arrays keyed by
+parameter name (read with ``allow_pickle=False``: an archive holding Python objects is refused, never unpickled).
+Such a reader has no metadata (``foreign`` is True): its label is the file name, its task must be given.
 """
 
 from __future__ import annotations
@@ -251,15 +256,81 @@ def load_masks(path: str | os.PathLike[str]) -> MaskSet:
     return MaskSet(path, masks, meta)
 
 
-class MaskReader:
-    """Streaming access to a mask file, one tensor at a time as numpy bool arrays."""
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
-    def __init__(self, path: str | os.PathLike[str]):
+
+_FOREIGN_DTYPES = ("BOOL", "U8")
+_NOT_A_MASK = "{path}: {what} {name!r} is {dtype}: not a mask (a mask from another tool holds bool or uint8 0/1 {kind})"
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``{name: (shape, dtype)}`` of a ``.npz`` archive, from each array's ``.npy`` header (no data read, nothing
+    unpickled).
+
+    Raises:
+        MaskFileError: not a zip of ``.npy`` members, an unreadable header, Python objects, or a non-mask dtype.
+    """
+    import zipfile
+
+    import numpy as np
+
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    out: dict[str, tuple[tuple[int, ...], Any]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                name = member.removesuffix(".npy")
+                if name == member:
+                    raise MaskFileError(f"{path} is a zip archive but not a .npz of arrays (it holds {member!r})")
+                with zf.open(member) as fh:
+                    version = fmt.read_magic(fh)
+                    if version not in readers:
+                        raise MaskFileError(f"{path}: array {name!r} is in .npy format {version}, which maskprobe does not read")
+                    shape, _fortran, dtype = readers[version](fh)
+                if dtype.hasobject:
+                    raise MaskFileError(
+                        f"{path}: array {name!r} holds Python objects (dtype {dtype}); refused: maskprobe never unpickles "
+                        "a mask file (save bool or uint8 arrays)"
+                    )
+                if dtype not in (np.dtype(bool), np.dtype(np.uint8)):
+                    raise MaskFileError(_NOT_A_MASK.format(path=path, what="array", name=name, dtype=dtype, kind="arrays"))
+                out[name] = (tuple(int(d) for d in shape), dtype)
+    except MaskFileError:
+        raise
+    except Exception as exc:  # zipfile and numpy raise BadZipFile, OSError, ValueError ... on damaged archives
+        raise MaskFileError(f"{path} is not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+    if not out:
+        raise MaskFileError(f"{path} holds no arrays")
+    return out
+
+
+class MaskReader:
+    """Streaming access to a mask file, one tensor at a time as numpy bool arrays.
+
+    ``foreign=True`` also opens masks from other tools (module docstring); ``self.foreign`` says which it is.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, foreign: bool = False):
         self.path = Path(path)
+        self.foreign = False
+        self._npz: Any = None
+        self._handle: Any = None
+        if foreign and _is_zip(self.path):
+            self._open_npz()
+            return
         self._handle = _safe_open(self.path, "numpy")
         self._f = self._handle.__enter__()
         try:
             raw = self._f.metadata()
+            if foreign and not str((raw or {}).get("format", "")).startswith("maskprobe."):
+                self._open_foreign_safetensors()
+                return
             _check_format(self.path, raw)
             self.metadata = decode_metadata(raw, self.path)
             self.names: list[str] = list(self._f.keys())
@@ -270,6 +341,28 @@ class MaskReader:
             self.close()
             raise
 
+    def _open_foreign_safetensors(self) -> None:
+        """A safetensors file without maskprobe metadata: bool or uint8 tensors, no metadata."""
+        self.foreign, self.metadata, self.packed_shapes = True, {}, None
+        self.names = list(self._f.keys())
+        for name in self.names:
+            dtype = self._f.get_slice(name).get_dtype()
+            if dtype not in _FOREIGN_DTYPES:
+                raise MaskFileError(_NOT_A_MASK.format(path=self.path, what="tensor", name=name, dtype=dtype, kind="tensors"))
+        if not self.names:
+            raise MaskFileError(f"{self.path} holds no tensors")
+
+    def _open_npz(self) -> None:
+        import numpy as np
+
+        self._npz_shapes = {n: shape for n, (shape, _) in _npz_headers(self.path).items()}
+        self.foreign, self.metadata, self.packed_shapes = True, {}, None
+        self.names = list(self._npz_shapes)
+        try:
+            self._npz = np.load(self.path, allow_pickle=False)
+        except Exception as exc:
+            raise MaskFileError(f"{self.path} is not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+
     @property
     def packed(self) -> bool:
         """True for a packed-bit file (8 weights per byte)."""
@@ -277,6 +370,8 @@ class MaskReader:
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The mask's logical shape (the parameter's), for plain and packed files alike."""
+        if self._npz is not None:
+            return self._npz_shapes[name]
         if self.packed_shapes is not None:
             return self.packed_shapes[name]
         return tuple(self._f.get_slice(name).get_shape())
@@ -284,11 +379,15 @@ class MaskReader:
     def get(self, name: str):
         """The mask of one tensor as a numpy bool array of the parameter's shape (packed files unpacked)."""
         try:
-            arr = self._f.get_tensor(name)
+            arr = self._npz[name] if self._npz is not None else self._f.get_tensor(name)
         except Exception as exc:
             raise MaskFileError(f"{self.path} is corrupt at {name!r} ({type(exc).__name__}: {exc})") from None
         if self.packed_shapes is not None:
             return unpack_bits(self.path, name, arr, self.packed_shapes[name])
+        if self.foreign and arr.dtype == "uint8":
+            if arr.size and int(arr.max()) > 1:
+                raise MaskFileError(f"{self.path}: {name!r} holds values other than 0 and 1: not a mask")
+            return arr.view(bool)
         if arr.dtype != bool:
             raise MaskFileError(f"{self.path}: tensor {name!r} has dtype {arr.dtype}, expected bool")
         if arr.size and int(arr.view("uint8").max()) > 1:
@@ -304,7 +403,10 @@ class MaskReader:
         return task.get("name", "?") if isinstance(task, dict) else self.path.stem
 
     def close(self) -> None:
-        self._handle.__exit__(None, None, None)
+        if self._npz is not None:
+            self._npz.close()
+        if self._handle is not None:
+            self._handle.__exit__(None, None, None)
 
     def __enter__(self) -> MaskReader:
         return self
@@ -313,6 +415,14 @@ class MaskReader:
         self.close()
 
 
-def open_masks(path: str | os.PathLike[str]) -> MaskReader:
-    """Open a mask file for streaming (use as a context manager)."""
-    return MaskReader(path)
+def open_masks(path: str | os.PathLike[str], *, foreign: bool = False) -> MaskReader:
+    """Open a mask file for streaming (use as a context manager).
+
+    Args:
+        foreign: also accept masks from other tools: safetensors without maskprobe metadata (bool or uint8 0/1
+            tensors) and numpy ``.npz`` archives keyed by parameter name (never unpickled). Default False.
+
+    Raises:
+        MaskFileError: missing, unreadable, not a mask (a refused ``.npz`` of Python objects among them).
+    """
+    return MaskReader(path, foreign=foreign)

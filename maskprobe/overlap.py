@@ -194,7 +194,8 @@ def count_files(readers: Sequence[MaskReader], layout: Layout, workers: int | No
     fds: list[int] = []
     try:
         spans = []
-        for r in readers:
+        raw = not any(r.foreign for r in readers)  # masks from other tools (uint8, .npz) are read tensor by tensor
+        for r in readers if raw else ():
             fds.append(os.open(r.path, os.O_RDONLY))
             spans.append(tensor_spans(r.path))
         layers = []
@@ -202,7 +203,7 @@ def count_files(readers: Sequence[MaskReader], layout: Layout, workers: int | No
             shape = readers[0].shape(name)
             numel = int(np.prod(shape, dtype=np.int64))
             packed = {r.packed for r in readers}
-            if len(packed) > 1:  # plain and packed files together: unpack this tensor in memory
+            if len(packed) > 1 or not raw:  # plain and packed files together: unpack this tensor in memory
                 layers.append(count_tensor(name, [r.get(name) for r in readers]))
                 continue
             here = [s[name] for s in spans]
@@ -240,7 +241,7 @@ def overlap(
     """
     from .compare import check_compatible, mask_layout
 
-    readers = [open_masks(p) for p in paths]
+    readers = [open_masks(p, foreign=True) for p in paths]
     try:
         names = check_compatible(readers, allow_mismatch)
         layout = mask_layout(readers, names, order=order, io=io)

@@ -91,7 +91,7 @@ def test_markdown_is_a_job_summary(masks, capsys):
 
 # the documented schema (docs/compare.md): changing these is a breaking change -> bump the schema version
 TOP_KEYS = {"schema", "masks", "layout", "layers", "total", "hidden", "summary", "ablation", "scores", "checks", "passed"}
-MASK_KEYS = {"path", "task", "label", "density", "kept", "numel", "packed"}
+MASK_KEYS = {"path", "task", "label", "density", "kept", "numel", "packed", "foreign"}
 COUNT_KEYS = {"name", "role", "shape", "numel", "counts", "density", "intersection", "union", "iou", "iomin", "shared",
               "chance_iou", "chance_iomin", "excess_iou", "excess_iomin", "share_of_others", "by_k"}  # fmt: skip
 ABLATION_KEYS = {"tasks", "metrics", "full", "kept", "inverted", "exclusive", "control", "control_exclusive", "drops",

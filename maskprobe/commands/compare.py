@@ -126,6 +126,12 @@ def compare(
     else:
         report = run_compare(masks or [], **kwargs)
     data = report.to_dict()
+    foreign = [Path(m["path"]).name for m in data["masks"] if m.get("foreign")]
+    if foreign and not quiet:  # a mask from another tool: counted like any other, but nothing says where it came from
+        console.err().print(
+            f"maskprobe: note: {', '.join(foreign)}: no maskprobe metadata (a mask from another tool): labelled by file "
+            "name; task, checkpoint and training unknown", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
     if plot is not None:
         from ..render.plots import plot_compare
 
