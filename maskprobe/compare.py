@@ -284,6 +284,10 @@ def compare(
     readers = open_all(masks)
     try:
         names = check_compatible(readers, allow_mismatch)
+        if thresholds is not None:  # a target that names no mask fails now, not after the ablation
+            tasks_here = [r.task_name for r in readers]
+            functional = checkpoint is not None or open_checkpoint is not None
+            thresholds.check_targets(tasks_here, mask_labels(tasks_here), functional)
         task_list = None
         if checkpoint is not None or open_checkpoint is not None:
             task_list = list(tasks) if tasks else tasks_from_metadata(readers, task_args, trust_tasks=trust_tasks)
@@ -441,6 +445,9 @@ def compare_groups(groups: Mapping[str, Sequence[Path]], **kwargs: Any) -> Compa
 
     thresholds = kwargs.pop("thresholds", None)
     say = kwargs.get("progress") or (lambda _msg: None)
+    if thresholds is not None:  # the group names are the masks' names in the mean report
+        functional = kwargs.get("checkpoint") is not None or kwargs.get("open_checkpoint") is not None
+        thresholds.check_targets(list(groups), list(groups), functional)
     runs = match_runs(dict(groups))
     reports = []
     for k, run in enumerate(runs):

@@ -56,6 +56,24 @@ class Thresholds:
             return "--max-reuse"
         return "--max-regression" if self.max_regression is not None else None
 
+    def check_targets(self, tasks: Sequence[str], labels: Sequence[str], functional: bool) -> None:
+        """Refuse, before any long work, a target that names no mask or no pair of two distinct masks, and a
+        functional threshold when no ablation will run (``functional`` False).
+
+        Raises:
+            BadInputError: as :meth:`apply` would, after the work.
+        """
+        n = len(tasks)
+        grid = [[None] * n for _ in range(n)]
+        scores = {"p_specialize": None, "specialization": [None] * n, "p_reuse": None, "reuse": grid}
+        stub = {
+            "masks": [{"task": t, "label": lab, "density": None} for t, lab in zip(tasks, labels, strict=True)],
+            "total": {"iou": grid, "iomin": grid},
+            "scores": scores if functional else None,
+        }
+        evaluate_thresholds(stub, min_specialize=self.min_specialize, max_reuse=self.max_reuse, max_iou=self.max_iou,
+                            max_iomin=self.max_iomin, min_density=self.min_density)  # fmt: skip
+
     def apply(self, report: Any) -> list[dict[str, Any]]:
         """Check ``report`` (a CompareReport); adds ``checks``, ``passed`` and ``baseline`` to its data.
 

@@ -203,6 +203,10 @@ def test_checks_that_cannot_be_evaluated_are_usage_errors(env, baselines, tmp_pa
     refused(capsys, compare_argv(env, a, b, "--baseline", baselines["full"], "--max-regression", "nan"), "finite")
     refused(capsys, ["compare", a, b, "--max-iou", "arith-add:arith-add=0"], "no pair of two distinct masks")
     refused(capsys, compare_argv(env, a, b, "--max-reuse", "arith-add:arith-add=0"), "no pair of two distinct masks")
+    # before any long work: the checkpoint named here does not even exist
+    refused(
+        capsys, ["compare", a, b, "--checkpoint", tmp_path / "none.pt", "--min-specialize", "sub=0"], "no mask has task 'sub'"
+    )
     # the same flags with what they need: every check is there
     capsys.readouterr()
     argv = compare_argv(env, a, b, "--baseline", baselines["full"], "--max-regression", "0", "--max-iou", "arith-add:arith-mul=1")
