@@ -267,7 +267,7 @@ def test_bad_checkpoint_is_one_line_on_stderr_and_exit_2(case, tmp_path, capsys)
     assert code == 2, cap.err
     lines = [ln for ln in cap.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("maskprobe: error:"), cap.err
-    assert (phrase.search(lines[0]) if isinstance(phrase, re.Pattern) else phrase in lines[0]), lines[0]
+    assert phrase.search(lines[0]) if isinstance(phrase, re.Pattern) else phrase in lines[0], lines[0]
     assert "Traceback" not in cap.err
     assert not (tmp_path / MARKER).exists()  # the pickle's payload never ran
     assert not out.exists() or not any(out.iterdir())
