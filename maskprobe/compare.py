@@ -438,6 +438,15 @@ def report_dict(readers: Sequence[MaskReader], ov: Any, ablation: Any, layout: L
     return jsonable(out)
 
 
+def _group_target(pair: str, names: Sequence[str]) -> str:
+    """``"mul:eval_size=8"`` -> ``"2:eval_size=8"`` where ``mul`` is the second group; any other pair unchanged."""
+    head, sep, value = pair.partition("=")
+    target, colon, key = head.rpartition(":")
+    if sep and colon and target.strip() in names:
+        return f"{names.index(target.strip()) + 1}:{key}={value}"
+    return pair
+
+
 def compare_groups(groups: Mapping[str, Sequence[Path]], **kwargs: Any) -> CompareReport:
     """Several mask files per task (seeds): each run compared with :func:`compare`, then every number as
     mean (the report) and standard deviation (``std``, the same shape) over the runs (docs/compare.md)."""
@@ -448,6 +457,9 @@ def compare_groups(groups: Mapping[str, Sequence[Path]], **kwargs: Any) -> Compa
     if thresholds is not None:  # the group names are the masks' names in the mean report
         functional = kwargs.get("checkpoint") is not None or kwargs.get("open_checkpoint") is not None
         thresholds.check_targets(list(groups), list(groups), functional)
+    names = list(groups)
+    if kwargs.get("task_args"):  # GROUP:key=value names a group: its place in every run
+        kwargs["task_args"] = [_group_target(pair, names) for pair in kwargs["task_args"]]
     runs = match_runs(dict(groups))
     reports = []
     for k, run in enumerate(runs):

@@ -130,6 +130,9 @@ def _position(target: str, refs: Sequence[str], pair: str, aliases: Sequence[str
         return hits[0]
     if target.isdigit() and 1 <= int(target) <= len(refs):
         return int(target) - 1
+    if aliases:  # compare: the tasks come from the masks
+        listed = ", ".join(f"{i} {a}" for i, a in enumerate(aliases, 1))
+        raise BadInputError(f"--task-arg {pair!r}: {target!r} names no mask's task and no position among them ({listed})")
     raise BadInputError(f"--task-arg {pair!r}: {target!r} is neither a --task nor a position among them ({listed})")
 
 

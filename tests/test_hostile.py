@@ -361,3 +361,18 @@ def test_experiments_reuse_a_step_only_with_its_own_settings(tmp_path):
     r = addmul(out, "--mask-steps", 7, "--beta", 0.5, "--force")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "results.json").read_text())["mask_steps"] == 7
+
+
+def test_group_names_target_task_args_and_unknown_targets_are_named(env, capsys):
+    a, b = env / "a.safetensors", env / "b.safetensors"
+    base = ["compare", "--group", f"add={a}", "--group", f"mul={b}", "--checkpoint", env / "c.pt", "--device", "cpu", "--json"]
+
+    def kept(*extra: str) -> list[dict]:
+        capsys.readouterr()
+        assert run([str(x) for x in [*base, *extra]]) == 0, capsys.readouterr().err
+        metrics = json.loads(capsys.readouterr().out)["ablation"]["kept_metrics"]
+        return [metrics[0][0], metrics[1][1]]
+
+    plain, by_group = kept(), kept("--task-arg", "mul:eval_size=5")
+    assert by_group[0] == plain[0] and by_group[1] != plain[1]
+    refused(capsys, [*base, "--task-arg", "div:eval_size=5"], "'div' names no mask's task", "1 arith-add, 2 arith-mul")
