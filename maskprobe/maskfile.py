@@ -139,8 +139,36 @@ def save_masks(
     else:
         meta_in.pop("packed", None)
     meta = encode_metadata(meta_in)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        _sort_header_metadata(tmp)
+
+    atomic_write(path, write)
     return Path(path)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite the safetensors header of ``path`` in place with ``__metadata__``'s keys sorted.
+
+    safetensors writes the metadata map in a random order per process (a Rust ``HashMap``), so the same masks and
+    metadata gave different bytes on every run. Sorted keys make a mask file a pure function of its content (the
+    golden-bytes test, equal hashes for equal masks). The header keeps its length (the same strings, reordered), so
+    only its bytes change; the tensors' data and offsets are untouched.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        if meta is None:
+            return
+        ordered = {"__metadata__": dict(sorted(meta.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # another escaping than the writer's: leave the valid header as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def _check_readable(path: Path) -> None:
