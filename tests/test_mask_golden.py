@@ -39,7 +39,7 @@ def golden_metadata() -> dict:
         "final_loss": 0.125,
         "density": {"total": 0.5, "layers.0.weight": 0.5},
         "layers": [{"name": "layers.0.weight", "role": "input"}, {"name": "out.weight", "role": "output"}],
-        "note": "ünïcode, \"quotes\" and a\nnewline",
+        "note": 'ünïcode, "quotes" and a\nnewline',
         "created": "2026-01-01T00:00:00Z",
     }
 
