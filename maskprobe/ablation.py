@@ -153,7 +153,7 @@ def ablate(
         io: with ``keep_io``, the tensor names kept whole (default: :func:`io_tensors`).
         seed: for the random-removal controls.
     """
-    module = module_on(module, device, copy_module=False)  # TorchScript: reloaded there (devices.module_on)
+    module = module_on(module, device)  # the caller's module stays where it is: a copy when elsewhere (devices.module_on)
     names = list(masks[0])
     io = (tuple(io) if io is not None else io_tensors(module, names)) if keep_io else ()
 

@@ -141,8 +141,7 @@ def evaluate_under_mask(
     from .tasks import setup_tasks
 
     setup_tasks(tasks, checkpoint)  # the contract: setup() with the checkpoint before any batches()
-    module = checkpoint.model
-    module = module_on(module, device, copy_module=False)  # the task's batches go to device too (evaluate_task)
+    module = module_on(checkpoint.model, device)  # a copy when elsewhere: the caller's checkpoint is never moved
     overrides = None
     if mask is not None:
         with open_masks(mask) as reader:

@@ -99,3 +99,24 @@ def test_keep_io_never_removes_input_and_output_weights():
     assert kept.inverted[0][0] == pytest.approx(kept.full[0])  # ... and were kept whole
     assert kept.control[0][0] == pytest.approx(kept.full[0])  # the control removes from the same layers only
     assert kept.keep_io and kept.io_tensors == ("0.weight", "4.weight")
+
+
+def test_ablate_and_evaluate_under_mask_never_move_the_callers_module(tmp_path):
+    """On another device they work on a copy (issue 22): the caller's network stays where it was. 'meta' stands
+    in for a GPU on the CPU: the work there fails, but before the fix the caller's weights had moved to it."""
+    from types import SimpleNamespace
+
+    from maskprobe.evaluation import evaluate_under_mask
+
+    net = _net()
+    task = Regress(net)
+    mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if n.endswith("weight")}
+    with pytest.raises(Exception):  # noqa: B017 - evaluating on 'meta' fails; where the weights are is the point
+        ablate(net, [task], [mask], device="meta")
+    assert {p.device.type for p in net.parameters()} == {"cpu"}
+    ckpt = SimpleNamespace(model=net, path=None, format="module")
+    with pytest.raises(Exception):  # noqa: B017
+        evaluate_under_mask(ckpt, [task], None, device="meta")
+    assert {p.device.type for p in net.parameters()} == {"cpu"}
+    rows = evaluate_under_mask(ckpt, [task], None, device="cpu")  # on its own device: no copy, the same numbers
+    assert rows[0][1]["score"] == pytest.approx(1.0)

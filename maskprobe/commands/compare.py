@@ -109,13 +109,18 @@ def compare(
         refuse_writing_into_checkpoints("--plot", plot, [checkpoint, *_recorded_checkpoints(masks or [])])
     say = status_line(console.err(), quiet or fmt != "table")
     tasks = [t for t, _ in resolve_tasks(task, task_arg)] if task else None
-    opener = None
+    opener, run_device = None, _device(device)
     if checkpoint is not None:
         from ..checkpoints import load_checkpoint, parse_model_args
 
         margs = parse_model_args(model_arg)
-        opener = lambda tasks: load_checkpoint(checkpoint, tasks=tasks, model=model, model_args=margs, trust=trust_checkpoint)  # noqa: E731
-    kwargs = dict(tasks=tasks, keep_io=keep_io, io=io_layer or None, seed=seed, device=_device(device),
+
+        def opener(tasks):  # read onto the run's device, so the ablation makes no copy
+            return load_checkpoint(
+                checkpoint, tasks=tasks, model=model, model_args=margs, trust=trust_checkpoint, device=run_device
+            )
+
+    kwargs = dict(tasks=tasks, keep_io=keep_io, io=io_layer or None, seed=seed, device=run_device,
                   allow_mismatch=allow_mismatch, thresholds=checks, progress=say, open_checkpoint=opener,
                   task_args=() if task else task_arg, trust_tasks=trust_mask_tasks)  # fmt: skip
     if group:

@@ -54,8 +54,11 @@ def evaluate(
         tasks = _tasks_of_mask(mask, task_arg, trust_mask_tasks)
     else:
         raise BadInputError("give at least one --task, or a --mask whose recorded task is evaluated")
-    ckpt = load_checkpoint(checkpoint, tasks=tasks, model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint)
-    rows = evaluate_under_mask(ckpt, tasks, mask, invert=invert, device=resolve_device(device), allow_mismatch=allow_mismatch)
+    run_device = resolve_device(device)
+    ckpt = load_checkpoint(
+        checkpoint, tasks=tasks, model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint, device=run_device
+    )  # read onto the run's device: evaluate_under_mask makes no copy
+    rows = evaluate_under_mask(ckpt, tasks, mask, invert=invert, device=run_device, allow_mismatch=allow_mismatch)
     if json_out:
         console.print_json(dumps(evaluate_payload(ckpt.to_dict(), mask, invert, rows, tasks)))
         return
