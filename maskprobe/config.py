@@ -64,6 +64,11 @@ class TrainConfig:
             default None: every masked tensor is trained.
         fixed: with ``fixed_from``: globs of the tensors held fixed, or ``"output"`` for the output layer's
             (the recorded roles, maskprobe.layout; the default).
+        keep: a target instead of a fixed beta (default None: beta is fixed): the fraction of the unmasked metric
+            the mask must keep, e.g. 0.95; beta then starts at ``beta`` and a controller moves it during training
+            (maskprobe/controller.py, docs/method.md "A target instead of a beta").
+        chosen: the settings that were not given and were chosen from the model's size and the device
+            (:func:`auto_settings`; default empty: every setting as given). Recorded, never an input.
         selection: which parameters get a mask.
     """
 
@@ -84,15 +89,23 @@ class TrainConfig:
     eval_every: int | None = None
     fixed_from: str | None = None
     fixed: tuple[str, ...] = ("output",)
+    keep: float | None = None
+    chosen: tuple[str, ...] = ()
     selection: Selection = field(default_factory=Selection)
 
     def hparams(self) -> dict[str, Any]:
         """What a mask file records (and a resumed run must agree on): every field but the selection and the
-        progress cadence."""
+        progress cadence; ``keep`` and ``chosen`` only when set (a fixed-beta run records what it always did)."""
         d = asdict(self)
         for key in ("selection", "log_every", "eval_every"):
             d.pop(key)
         d["fixed"] = list(self.fixed)
+        if self.keep is None:
+            d.pop("keep")
+        if self.chosen:
+            d["chosen"] = list(self.chosen)
+        else:
+            d.pop("chosen")
         return d
 
     def check(self) -> None:
@@ -122,8 +135,45 @@ class TrainConfig:
                 raise BadInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every is not None and self.eval_every < 1:
             raise BadInputError(f"eval_every must be >= 1 (or None: ten times per run), got {self.eval_every}")
+        if self.keep is not None and not (0 < self.keep <= 1):
+            raise BadInputError(f"--keep must be a fraction of the unmasked metric in (0, 1], got {self.keep}")
+        if self.keep is not None and self.beta <= 0:
+            raise BadInputError("--keep moves beta by factors from its start: give a --beta > 0 to start from")
         if self.batch_size < self.samples:
             raise BadInputError(
                 f"--batch-size {self.batch_size} is smaller than --samples {self.samples}: the batch must hold at least "
                 f"K={self.samples} examples, one chunk per mask sample (raise --batch-size or lower --samples)"
             )
+
+
+# Settings chosen when not given (``maskprobe train`` without --steps / --batch-size / --lr): by the number of masked
+# weights and the device. Small networks keep the paper-like defaults (5,000 steps of 128: the arithmetic FNNs);
+# a pretrained transformer of tens of millions of weights gets the recipe measured on all-MiniLM-L6-v2 on a CPU
+# (500 steps of 32 at lr 0.05, docs/real-models.md), larger ones fewer steps; a GPU affords more of both.
+# (largest masked weight count, steps on the CPU, batch on the CPU, steps on a GPU, batch on a GPU)
+AUTO_TIERS = (
+    (2_000_000, 5000, 128, 5000, 128),
+    (50_000_000, 500, 32, 2000, 64),
+    (None, 300, 16, 1000, 32),
+)
+
+
+def auto_settings(masked: int, device: str, given: TrainConfig, choose: tuple[str, ...]) -> dict[str, Any]:
+    """Values for the settings named in ``choose`` (``steps``, ``batch_size``, ``lr``) for a model with ``masked``
+    weights to mask on ``device``; ``lr`` is chosen so that a logit can cross 0 (from ``init``, about ``lr`` per
+    step) within the first 8 % of the run (40 steps of 500 at lr 0.05, the MiniLM recipe), never below the
+    default. Settings not in ``choose`` stay."""
+    gpu = not str(device).startswith("cpu")
+    for limit, cpu_steps, cpu_batch, gpu_steps, gpu_batch in AUTO_TIERS:
+        if limit is None or masked <= limit:
+            steps, batch = (gpu_steps, gpu_batch) if gpu else (cpu_steps, cpu_batch)
+            break
+    out: dict[str, Any] = {}
+    if "steps" in choose:
+        out["steps"] = steps
+    if "batch_size" in choose:
+        out["batch_size"] = max(batch, given.samples)
+    if "lr" in choose:
+        run = out.get("steps", given.steps)
+        out["lr"] = max(TrainConfig.lr, round(abs(given.init) / (0.08 * run), 3))
+    return out

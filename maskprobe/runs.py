@@ -174,6 +174,8 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
         refuse_other_checkpoint("--fix-from", config.fixed_from, ckpt)
     setup_tasks([t for t, _ in request.tasks], ckpt)
     rows = describe_selection(ckpt.model, config.selection, stored_dtypes=ckpt.dtypes)
+    auto = _chosen_settings(config, sum(r.numel for r in rows if r.masked), reporter)  # the run's first line
+    config = dataclasses.replace(config, **auto)
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
     masked = [r.name for r in rows if r.masked]
     task0 = request.tasks[0][0]
@@ -191,7 +193,7 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
             shapes.pop(name)
     out = RunResult(ckpt.to_dict())
     for (task, ref, job_config, _), plan in zip(jobs, plans, strict=True):
-        cfg = dataclasses.replace(job_config, device=str(dev))
+        cfg = dataclasses.replace(job_config, device=str(dev), **auto)
         if request.resume and plan.mask.exists() and not plan.state.exists():
             check_finished(plan.mask, cfg, ref, ckpt)  # skipped only when made with these settings
             reporter.status(f"{task.name}: {plan.mask} already complete, skipped")
@@ -224,11 +226,29 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
                 raise write_error from None
             raise BadInputError(f"{write_error}; the learned state is in {plan.state} (--resume writes the mask)") from None
         reporter.status(f"{task.name}: saved {plan.mask}")
+        if result.controller is not None:  # --keep: whether the target was met, and with what beta
+            from .controller import describe
+
+            reporter.status(f"{task.name}: {describe(result)}")
         for line in result.warnings():
             reporter.warning(f"{task.name}: {line}")
         reporter.written(result, plan.mask)
         out.written.append((result, plan.mask))
     return out
+
+
+def _chosen_settings(config: TrainConfig, masked: int, reporter: Reporter) -> dict[str, Any]:
+    """The settings not given (``config.chosen``), chosen from the masked weight count and the device
+    (:func:`maskprobe.config.auto_settings`), said in one line; {} when every setting was given."""
+    from .config import auto_settings
+
+    if not config.chosen:
+        return {}
+    auto = auto_settings(masked, config.device, config, config.chosen)
+    flags = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr"}
+    said = ", ".join(f"{flags[k]} {v:g}" for k, v in auto.items())
+    reporter.status(f"settings for {masked:,} masked weights on {config.device}: {said} (give them to choose; docs/method.md)")
+    return auto
 
 
 def _open_checkpoint(request: TrainRequest, world: Any, shard: bool) -> Any:

@@ -72,14 +72,15 @@ class TrainState:
     optimizer: dict[str, Any]
     noise_rng: Tensor  # the seed's bytes: the noise is a hash of (seed, step), there is no RNG state
     history: list[list[float]]
+    controller: dict[str, Any] | None = None  # --keep: maskprobe.controller.KeepController.state()
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "logits": self.logits, "optimizer": self.optimizer, "noise_rng": self.noise_rng,
-                "history": self.history}  # fmt: skip
+                "history": self.history, **({"controller": self.controller} if self.controller is not None else {})}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
-        return cls(int(d["step"]), d["logits"], d["optimizer"], d["noise_rng"], d.get("history", []))
+        return cls(int(d["step"]), d["logits"], d["optimizer"], d["noise_rng"], d.get("history", []), d.get("controller"))
 
 
 @dataclass
@@ -98,6 +99,7 @@ class MaskResult:
     engine: dict[str, str] = field(default_factory=dict)  # backend and noise generator actually used
     layers: list[dict[str, str]] = field(default_factory=list)  # model order and roles (maskprobe.layout)
     final_task_loss: float = float("nan")
+    controller: dict[str, Any] | None = None  # --keep: what the controller did (KeepController.summary)
 
     @property
     def steps_run(self) -> int:
@@ -110,9 +112,18 @@ class MaskResult:
         return {"per_tensor": per, "total": kept / total if total else 0.0, "kept": kept, "numel": total}
 
     def warnings(self) -> list[str]:
-        """What makes this mask doubtful as a measurement: it collapsed (the task's metric fell to less than
-        half of the unmasked one) or it stayed dense (more than 90 % kept: too few steps or too weak a beta)."""
+        """What makes this mask doubtful as a measurement, each naming the run's own settings: it collapsed (the
+        task's metric fell to less than half of the unmasked one), it is nearly empty (under 1 % kept), it stayed
+        dense (more than 90 % kept: too few steps or too weak a beta), or a ``--keep`` target was not met."""
         out = []
+        c = self.config
+        keep = self.controller
+        settings = (
+            f"beta {c.beta:g}" if keep is None else f"--keep {c.keep:g}, beta {keep['beta_min']:.3g}-{keep['beta_max']:.3g}"
+        )
+        settings += f", lr {c.lr:g}, {self.steps_run} steps of batch {c.batch_size}"
+        cure = ("try a smaller --beta (x0.1) or more --steps, or --keep 0.95 to let beta be found" if keep is None
+                else "try more --steps or a smaller --lr")  # fmt: skip
         full, kept = self.metric_full.get(self.task.metric), self.metric_masked.get(self.task.metric)
         if full is not None and kept is not None and full == full and kept == kept:
             from .analysis import relative_drop
@@ -120,10 +131,17 @@ class MaskResult:
             drop = relative_drop(full, kept, self.task.higher_is_better)
             if drop > 0.5:
                 out.append(
-                    f"the mask collapsed: {self.task.metric} {kept:.4g} with the mask vs {full:.4g} unmasked; "
-                    "try a smaller --beta (x0.1) or more --steps (docs/method.md, 'Settings')"
+                    f"the mask collapsed: {self.task.metric} {kept:.4g} with the mask vs {full:.4g} unmasked ({settings}); "
+                    f"{cure} (docs/method.md, 'Settings')"
                 )
         density = self.density()["total"]
+        if density < 0.01 and self.completed:
+            out.append(f"the mask is nearly empty ({100 * density:.2f} % kept; {settings}); {cure} (docs/method.md, 'Settings')")
+        if keep is not None and keep.get("met") is False:
+            out.append(
+                f"--keep {c.keep:g} not met: the mask keeps {100 * keep['ratio']:.1f} % of the unmasked {self.task.metric} "
+                f"({settings}); {cure}"
+            )
         if density > 0.9 and self.completed:
             init, lr = self.config.init, self.config.lr
             out.append(
@@ -142,7 +160,11 @@ class MaskResult:
                 "higher_is_better": self.task.higher_is_better,
             },
             "checkpoint": checkpoint or {},
-            "hparams": {**self.config.hparams(), "regulariser": REGULARISER},
+            "hparams": {
+                **self.config.hparams(),
+                "regulariser": REGULARISER,
+                **({"controller": self.controller} if self.controller is not None else {}),
+            },
             "selection": self.config.selection.to_dict(),
             "seed": self.config.seed,
             "steps": self.steps_run,
@@ -220,6 +242,10 @@ def run(
     metric: float | None = None
     t0 = time.perf_counter()
     completed = True
+    ctl = _keep_controller(engine, task, config, resume)  # --keep: beta moves (maskprobe/controller.py); else None
+
+    def snap() -> TrainState:
+        return _with_controller(engine.snapshot(step, history), ctl)
 
     def loss_of(model: Any, chunk: Any) -> Tensor:
         return scalar_loss(task, task_loss(task, model, to_device(chunk, device), step), device)
@@ -245,25 +271,27 @@ def run(
             if stop:
                 completed = False
                 break
-            reg = regulariser_grad(config.beta, bsz)
+            reg = regulariser_grad(config.beta if ctl is None else ctl.beta, bsz)
             last_task = summed
             last_loss = summed + reg * engine.logit_sum()
             if not math.isfinite(last_loss):
                 raise NumericalError(
                     f"task {task.name!r}: loss is {last_loss} at step {step + 1} (task loss {summed})",
-                    state=engine.snapshot(step, history) if engine.finite() else None,
+                    state=snap() if engine.finite() else None,
                 )
             norm = engine.update(step, reg, config.clip)  # the regulariser counted once; logits untouched if non-finite
             if not math.isfinite(norm):
                 raise NumericalError(
                     f"task {task.name!r}: the gradient of the logits of {engine.nonfinite_gradient() or '?'!r} is "
                     f"non-finite at step {step + 1} (loss {last_loss:.4g})",
-                    state=engine.snapshot(step, history),
+                    state=snap(),
                 )
             step += 1
             if save_every and on_snapshot is not None and step % save_every == 0:
-                on_snapshot(engine.snapshot(step, history))
-            if step % eval_every == 0 or step == config.steps:
+                on_snapshot(snap())
+            if ctl is not None and ctl.due(step, config.steps):
+                metric = ctl.measure(engine, task, config.eval_batch_size, step)
+            elif step % eval_every == 0 or step == config.steps:
                 metric = _quick_metric(engine, task, config)
             if step % config.log_every == 0 or step == config.steps:
                 if not engine.finite():
@@ -274,12 +302,31 @@ def run(
                 if callback is not None and world.is_main:
                     callback(StepEvent(task.name, step, config.steps, last_loss, last_task, d, time.perf_counter() - t0, metric,
                                        task.metric))  # fmt: skip
-    state = engine.snapshot(step, history)
-    masks = engine.masks()
+    state = snap()
+    masks = engine.masks() if ctl is None or ctl.best is None else ctl.best  # --keep: the sparsest that met it
     metric_full = engine.evaluate(task, None, config.eval_batch_size)
     metric_masked = engine.evaluate(task, masks, config.eval_batch_size)
+    summary = None if ctl is None else ctl.summary_of(metric_full.get(task.metric), metric_masked.get(task.metric))
     return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed,
-                      engine.info(), engine.layers(), last_task)  # fmt: skip
+                      engine.info(), engine.layers(), last_task, summary)  # fmt: skip
+
+
+def _keep_controller(engine: Any, task: Task, config: TrainConfig, resume: TrainState | None) -> Any:
+    """The beta controller of ``config.keep`` (None without it), measuring the unmasked metric once."""
+    if config.keep is None:
+        return None
+    from .controller import KeepController
+
+    ctl = KeepController(config.keep, config.beta, config.steps, task.higher_is_better, config.init, config.lr)
+    ctl.full = (engine.evaluate(task, None, config.eval_batch_size, batches=1) or {}).get(task.metric)
+    ctl.load(resume.controller if resume is not None else None)
+    return ctl
+
+
+def _with_controller(state: TrainState, ctl: Any) -> TrainState:
+    if ctl is not None:
+        state.controller = ctl.state()
+    return state
 
 
 def _next_batch(task: Task, batches: Iterator[Any], step: int) -> Any:

@@ -50,8 +50,10 @@ def test_the_train_command_takes_its_defaults_from_the_config():
 
     params = inspect.signature(train).parameters
     c = TrainConfig()
-    for name in ("steps", "batch_size", "lr", "samples", "init", "tau", "clip", "seed", "backend", "batched_samples"):
+    for name in ("samples", "init", "tau", "clip", "seed", "backend", "batched_samples"):
         assert params[name].default == getattr(c, name), name
+    for name in ("steps", "batch_size", "lr"):  # chosen from the model's size and the device when not given
+        assert params[name].default is None, name
     assert float(params["beta"].default) == c.beta  # a comma list, as text
     assert params["mask_biases"].default is Selection().mask_biases
     assert params["mask_norms"].default is Selection().mask_norms

@@ -158,6 +158,7 @@ def test_plot_inside_a_checkpoint_folder_is_refused(env, tmp_path, capsys):
     # without --checkpoint: the folder the masks record is protected too
     moved = with_metadata(a, tmp_path / "a2.safetensors", checkpoint=json.dumps({"path": str(folder), "sha256": "0" * 64}))
     refused(capsys, ["compare", moved, b, "--allow-mismatch", "--plot", folder / "figs"], str(folder))
+    refused(capsys, ["compare", "--group", f"add={moved}", "--group", f"mul={b}", "--plot", folder / "figs"], str(folder))
     assert sorted(p.name for p in folder.iterdir()) == before
     capsys.readouterr()
     assert run(["compare", str(a), str(b), "--plot", str(tmp_path / "figs"), "-q"]) == 0  # elsewhere is fine

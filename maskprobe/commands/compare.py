@@ -101,12 +101,18 @@ def compare(
     )  # fmt: skip  (bad input fails here, before any long work)
     if checks.functional_flag and checkpoint is None:
         raise BadInputError(f"{checks.functional_flag} needs --checkpoint (it is a functional score)")
+    groups = None
+    if group:
+        from ..groups import group_files
+
+        groups = group_files(masks or [], group)
     if plot is not None:
         from ..render.plots import require_matplotlib
         from ..runs import refuse_writing_into_checkpoints
 
         require_matplotlib()
-        refuse_writing_into_checkpoints("--plot", plot, [checkpoint, *_recorded_checkpoints(masks or [])])
+        files = [f for fs in groups.values() for f in fs] if groups else masks or []
+        refuse_writing_into_checkpoints("--plot", plot, [checkpoint, *_recorded_checkpoints(files)])
     say = status_line(console.err(), quiet or fmt != "table")
     tasks = [t for t, _ in resolve_tasks(task, task_arg)] if task else None
     opener, run_device = None, _device(device)
@@ -123,11 +129,9 @@ def compare(
     kwargs = dict(tasks=tasks, keep_io=keep_io, io=io_layer or None, seed=seed, device=run_device,
                   allow_mismatch=allow_mismatch, thresholds=checks, progress=say, open_checkpoint=opener,
                   task_args=() if task else task_arg, trust_tasks=trust_mask_tasks)  # fmt: skip
-    if group:
-        from ..groups import group_files
-
+    if groups is not None:
         kwargs.pop("tasks")
-        report = compare_groups(group_files(masks or [], group), **kwargs)
+        report = compare_groups(groups, **kwargs)
     else:
         report = run_compare(masks or [], **kwargs)
     data = report.to_dict()

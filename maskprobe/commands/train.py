@@ -26,13 +26,23 @@ def train(
     model: Model = None,
     model_arg: ModelArgs = [],
     trust_checkpoint: Trust = False,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps per mask (paper: 20000).")] = D.steps,
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch size B, split into K chunks.")] = D.batch_size,
-    lr: Annotated[float, typer.Option(help="Adam learning rate on the logits.")] = D.lr,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Optimiser steps per mask (paper: 20000; default: by model size and device).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Batch size B, split into K chunks (default: by model size and device).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam learning rate on the logits (default: 0.01, more for short runs).")
+    ] = None,
     beta: Annotated[
         str,
         typer.Option(help="Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each."),
     ] = str(D.beta),
+    keep: Annotated[
+        float | None,
+        typer.Option("--keep", help="Target instead of a fixed beta: keep this fraction of the unmasked metric (e.g. 0.95)."),
+    ] = None,
     samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Mask samples K per step.")] = D.samples,
     init: Annotated[float, typer.Option(help="Initial logit (keep probability sigmoid(init)).")] = D.init,
     tau: Annotated[float, typer.Option(help="Gumbel-sigmoid temperature (gradient only).")] = D.tau,
@@ -111,7 +121,11 @@ def train(
     betas = parse_numbers(beta, float, "--beta")
     seed_list = parse_numbers(seeds, int, "--seeds") if seeds is not None else [seed]
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases, mask_norms)
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, beta=betas[0], samples=samples, init=init, tau=tau,
+    chosen = tuple(n for n, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr)) if v is None)
+    if lr is None and steps is not None:
+        chosen = chosen[:-1]  # a given --steps keeps the default lr (auto lr follows only auto steps)
+    config = TrainConfig(steps=steps or D.steps, batch_size=batch_size or D.batch_size, lr=D.lr if lr is None else lr,
+                         beta=betas[0], keep=keep, chosen=chosen, samples=samples, init=init, tau=tau,
                          clip=clip, seed=seed_list[0], device=device, backend=backend, selection=selection,
                          batched_samples=batched_samples,
                          fixed_from=str(fix_from) if fix_from else None, fixed=parse_globs(fix) or D.fixed)  # fmt: skip

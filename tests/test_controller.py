@@ -1,0 +1,132 @@
+"""``train --keep F``: beta found during training (maskprobe/controller.py), the settings chosen for the model's size
+(maskprobe.config.auto_settings), and the warnings that name a collapsed or empty mask with the run's settings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from maskprobe.cli import run
+from maskprobe.config import TrainConfig, auto_settings
+from maskprobe.controller import KeepController, kept_fraction
+from maskprobe.errors import BadInputError
+from maskprobe.maskfile import load_masks
+
+
+def test_beta_rises_while_the_target_is_kept_falls_below_it_and_stays_in_its_bounds():
+    c = KeepController(0.9, 1e-4, steps=1000, lr=0.01, init=2.0)
+    assert c.every == 10 and c.bounds == (1e-8, 1.0)
+    c.full = 0.8
+    c.observe(10, 0.8, 0.9)  # nothing lost: up by exp(rate)
+    assert c.beta == pytest.approx(1e-4 * math.exp(c.rate)) and c.rate == pytest.approx(math.log(10) * 10 * 0.01 / 2)
+    before = c.beta
+    c.observe(20, 0.72, 0.8)  # exactly at the target: unchanged
+    assert c.beta == pytest.approx(before)
+    c.observe(30, 0.0, 0.1)  # far below: gap (0 - 0.9) / 0.1 = -9, down 9x as fast as the largest rise
+    assert c.beta == pytest.approx(before * math.exp(-9 * c.rate))
+    c.observe(35, -5.0, 0.1)  # the gap is clamped at -10
+    assert c.beta == pytest.approx(before * math.exp(-19 * c.rate))
+    for step in range(40, 2000, 10):
+        c.observe(step, 0.0, 0.01)
+    assert c.beta == 1e-8  # the lower bound
+    c.observe(2000, 0.8, 0.5, move=False)  # during the warm-up beta stays
+    assert c.beta == 1e-8
+
+
+def test_the_mask_kept_is_the_sparsest_real_one_that_met_the_target():
+    c = KeepController(0.9, 1e-4, steps=100)
+    c.full = 1.0
+    c.observe(1, 1.0, 0.8, lambda: "dense")
+    c.observe(2, 0.95, 0.3, lambda: "sparse")
+    c.observe(3, 0.5, 0.1, lambda: "collapsed")  # below the target: not kept
+    c.observe(4, 0.99, 0.2, None)  # a lookahead mask, not a real one: not kept
+    assert c.best == "sparse" and c.best_info[0] == 2
+    s = c.summary_of(1.0, 0.93)
+    assert s["keep"] == 0.9 and s["met"] is True and s["ratio"] == pytest.approx(0.93) and s["kept_step"] == 2
+    assert s["beta_start"] == 1e-4 and s["beta_min"] <= s["beta_max"] and len(s["trajectory"]) == 4
+    assert c.summary_of(1.0, 0.5)["met"] is False
+
+
+def test_kept_fraction_for_higher_and_lower_is_better_metrics():
+    assert kept_fraction(0.8, 0.4) == pytest.approx(0.5)
+    assert kept_fraction(2.0, 4.0, higher_is_better=False) == pytest.approx(0.5)  # perplexity doubled
+    assert kept_fraction(0.8, float("nan")) == 0.0 and kept_fraction(None, 0.3) == 1.0
+
+
+def test_keep_is_checked_and_recorded_only_when_given():
+    assert "keep" not in TrainConfig().hparams() and "chosen" not in TrainConfig().hparams()  # fixed beta: as before
+    assert TrainConfig(keep=0.95).hparams()["keep"] == 0.95
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(BadInputError, match="--keep"):
+            TrainConfig(keep=bad).check()
+    with pytest.raises(BadInputError, match="--beta > 0"):
+        TrainConfig(keep=0.9, beta=0.0).check()
+
+
+def test_settings_chosen_by_model_size_and_device_keep_the_small_networks_defaults():
+    c = TrainConfig()
+    every = ("steps", "batch_size", "lr")
+    assert auto_settings(200_000, "cpu", c, every) == {"steps": 5000, "batch_size": 128, "lr": 0.01}  # the FNNs: unchanged
+    assert auto_settings(10_800_000, "cpu", c, every) == {"steps": 500, "batch_size": 32, "lr": 0.05}  # MiniLM's recipe
+    gpu = auto_settings(10_800_000, "cuda:0", c, every)
+    assert gpu["steps"] > 500 and gpu["batch_size"] > 32
+    assert auto_settings(10_800_000, "cpu", c, ("batch_size",)) == {"batch_size": 32}  # given flags stay
+
+
+@pytest.fixture(scope="module")
+def fnn(tmp_path_factory):
+    """An add/mul FNN 42-256-20 that learned addition (~87 % accuracy) in a few seconds."""
+    from maskprobe.fitting import Recipe
+    from sample_tasks.arithmetic import AddMulTask, train_base
+
+    recipe = Recipe(steps=800, batch_size=128, lr=0.01, warmup=0.05, schedule="cosine")
+    model = train_base(AddMulTask(hidden="256", eval_size=512), seed=0, recipe=recipe)
+    path = tmp_path_factory.mktemp("keep") / "fnn.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _train(ckpt, out, *extra):
+    argv = ["train", str(ckpt), "--task", "arith-add", "--task-arg", "hidden=256", "--task-arg", "eval_size=512",
+            "--out", str(out), "--steps", "600", "--batch-size", "64", "--device", "cpu", "--quiet", *extra]  # fmt: skip
+    assert run(argv) == 0
+    return load_masks(out).metadata
+
+
+def test_keep_finds_a_sparse_mask_that_keeps_the_target_and_records_it(fnn, tmp_path, capsys):
+    dense = _train(fnn, tmp_path / "beta0.safetensors", "--beta", "0")
+    meta = _train(fnn, tmp_path / "keep.safetensors", "--keep", "0.9")
+    full, kept = meta["metric_full"]["accuracy"], meta["metric_masked"]["accuracy"]
+    assert full > 0.5 and kept >= 0.85 * full  # the target, with margin (the mask is chosen on one evaluation batch)
+    assert meta["density"]["total"] < 0.6 < dense["density"]["total"]  # far sparser than beta 0 (~100 % kept)
+    h = meta["hparams"]
+    assert h["keep"] == 0.9 and h["controller"]["keep"] == 0.9 and h["controller"]["met"] is True
+    assert h["controller"]["beta_start"] == 1e-4 and h["controller"]["beta_max"] > 1e-4  # beta moved
+    assert h["controller"]["ratio"] == pytest.approx(kept / full)
+    assert "keep" not in dense["hparams"] and "controller" not in dense["hparams"]
+
+
+def test_an_empty_or_collapsed_mask_is_named_with_the_runs_settings(fnn, tmp_path, capsys):
+    capsys.readouterr()
+    argv = ["train", str(fnn), "--task", "arith-add", "--task-arg", "hidden=256", "--task-arg", "eval_size=512",
+            "--out", str(tmp_path / "m.safetensors"), "--steps", "150", "--batch-size", "32", "--lr", "0.1", "--beta", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert run(argv) == 0
+    err = capsys.readouterr().err
+    assert "collapsed" in err and "nearly empty" in err
+    assert "beta 1, lr 0.1, 150 steps of batch 32" in err and "--keep" in err
+
+
+def test_steps_and_batch_not_given_are_chosen_and_said_first(tmp_path, capsys, tiny_addmul):
+    ckpt, _, hidden = tiny_addmul
+    capsys.readouterr()
+    argv = ["train", str(ckpt), "--task", "arith-add", "--task-arg", f"hidden={hidden}", "--task-arg", "eval_size=64",
+            "--out", str(tmp_path / "m.safetensors"), "--device", "cpu", "--steps", "3"]  # fmt: skip
+    assert run(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("settings for ") and "--batch-size 128" in err[0] and "--steps" not in err[0]
+    meta = load_masks(tmp_path / "m.safetensors").metadata
+    assert meta["hparams"]["chosen"] == ["batch_size"] and meta["hparams"]["batch_size"] == 128 and meta["steps"] == 3
+    assert meta["hparams"]["lr"] == 0.01  # a given --steps keeps the default lr
