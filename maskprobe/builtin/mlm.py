@@ -56,7 +56,8 @@ class TextMLM(TextTask):
         out = getattr(module, "get_output_embeddings", None)
         if text.is_hf(module) and callable(out) and out() is None:
             raise BadInputError(f"{self.name}: {type(module).__name__} has no language-modelling head; text-mlm needs a "
-                                "masked LM (e.g. BertForMaskedLM)")  # fmt: skip
+                                "masked LM, e.g. BertForMaskedLM (or use keep-outputs: it keeps a bare encoder's "
+                                "hidden states)")  # fmt: skip
         config = getattr(module, "config", None)
         self.vocab = min(len(self.tok), int(getattr(config, "vocab_size", 0) or len(self.tok)))
         self.special = {int(i) for i in getattr(self.tok, "all_special_ids", [])}
