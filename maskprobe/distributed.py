@@ -291,6 +291,9 @@ def memory_plan(est: Any, processes: int = 1) -> dict[str, Any]:
             }
         )
         modes.append(_mode("sharded", r, -(-est.num_samples // r), parts))
+    for mode in modes if est.resident or est.runtime else ():  # CPU: so that the total is the process's peak
+        mode["parts"].update({"runtime": est.runtime, "process now": est.resident})
+        mode["total"] += est.runtime + est.resident
     return {
         "schema": "maskprobe.memory/1",
         "device": est.device,
