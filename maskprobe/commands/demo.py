@@ -110,6 +110,7 @@ def _story(report: dict) -> str:
     ab, s = report["ablation"], report["scores"]
     full, ex, ce = ab["full"], ab["exclusive"], ab["control_exclusive"]
     lines = [f"\nWhat it shows (accuracy, full network: add {pct(full[0])}, mul {pct(full[1])}):"]
+    lines += weak_masks(full, ab["kept"], ("add", "mul"))
     for i, name in enumerate(("add", "mul")):
         lines.append(
             f"  removing the weights only the {name} mask uses: add {pct(ex[i][0])}, mul {pct(ex[i][1])}   "
@@ -120,6 +121,24 @@ def _story(report: dict) -> str:
         "Paper (2000x4 FNN): specialised, little reuse.\n"
     )
     return "\n".join(lines)
+
+
+WEAK = 0.9  # a mask that keeps less than this share of its task's unmasked metric is named in the story
+
+
+def weak_masks(full: list[float], kept: list[list[float]], names: tuple[str, ...]) -> list[str]:
+    """One line per mask whose own task, with only the mask's weights kept, falls below :data:`WEAK` of its unmasked
+    metric: the removals then measure a network the mask no longer fully explains."""
+    from ..render import pct
+
+    out = []
+    for i, name in enumerate(names):
+        if full[i] > 0 and kept[i][i] < WEAK * full[i]:
+            out.append(
+                f"  note: the {name} mask alone keeps {name} at {pct(kept[i][i])} of {pct(full[i])} unmasked "
+                f"({kept[i][i] / full[i]:.0%}): it misses weights {name} uses; more --steps or a smaller --beta keep more"
+            )
+    return out
 
 
 def _check_outputs(out: Path, hidden: str, force: bool) -> None:
