@@ -134,10 +134,10 @@ def evaluate_under_mask(
     Raises:
         MaskFileError: the mask does not fit the checkpoint (names, shapes, recorded identity).
     """
-    from .compare import check_fits
     from .devices import module_on
     from .masked import masked_weights
     from .maskfile import load_masks, open_masks
+    from .masksets import check_fits
     from .tasks import setup_tasks
 
     setup_tasks(tasks, checkpoint)  # the contract: setup() with the checkpoint before any batches()

@@ -65,8 +65,8 @@ def inspect_mask(path: str | os.PathLike[str]) -> MaskSummary:
     """
     import numpy as np
 
-    from .compare import mask_layout
     from .maskfile import open_masks
+    from .masksets import mask_layout
 
     with open_masks(path) as r:
         layout = mask_layout([r], list(r.names))

@@ -17,7 +17,7 @@ import numpy as np
 from .analysis import excess, iomin, iou, nanmean, ratio
 from .errors import MaskFileError
 from .layout import Layout, names_layout
-from .maskfile import MaskReader, open_masks
+from .maskfile import MaskReader
 
 
 @dataclass
@@ -239,9 +239,9 @@ def overlap(
     Raises:
         MaskFileError: unreadable, damaged or mutually incompatible files.
     """
-    from .compare import check_compatible, mask_layout
+    from .masksets import check_compatible, mask_layout, open_all
 
-    readers = [open_masks(p, foreign=True) for p in paths]
+    readers = open_all(paths)  # the same file twice is refused; a failure closes what was opened
     try:
         names = check_compatible(readers, allow_mismatch)
         layout = mask_layout(readers, names, order=order, io=io)

@@ -365,12 +365,12 @@ def refuse_other_checkpoint(option: str, mask: Any, checkpoint: Any) -> None:
     Raises:
         BadInputError: it records another checkpoint (pass --allow-mismatch), or it cannot be read.
     """
-    from .compare import _fits_recorded
     from .maskfile import open_masks
+    from .masksets import fits_recorded
 
     with open_masks(mask) as reader:
         recorded = reader.metadata.get("checkpoint")
-    differ = _fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
+    differ = fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
     if differ:
         raise BadInputError(
             f"{option} {mask} was trained on another checkpoint ({differ}); pass --allow-mismatch if that is intended"

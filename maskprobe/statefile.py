@@ -63,10 +63,10 @@ def finished_differences(metadata: dict[str, Any], config: Any, task_ref: Any, c
     selection = _plain(config.selection.to_dict())
     if _plain(metadata.get("selection")) != selection:
         out.append(f"selection {_short(metadata.get('selection'))}, asked {_short(selection)}")
-    from .compare import _fits_recorded
+    from .masksets import fits_recorded
 
     recorded_ckpt = metadata.get("checkpoint") if isinstance(metadata.get("checkpoint"), dict) else {}
-    differ = _fits_recorded(recorded_ckpt, checkpoint)  # as evaluate and compare check a mask against a checkpoint
+    differ = fits_recorded(recorded_ckpt, checkpoint)  # as evaluate and compare check a mask against a checkpoint
     if differ:
         out.append(f"another checkpoint ({differ})")
     return out

@@ -344,12 +344,3 @@ def discover_tasks() -> list[TaskInfo]:
         except Exception as exc:
             found.append(TaskInfo(name, source, None, f"{type(exc).__name__}: {exc}"))
     return found
-
-
-def __getattr__(name: str) -> Any:
-    # task_args.py imports this module; its two public functions are reachable from here as well
-    if name in ("parse_task_args", "resolve_tasks"):
-        from . import task_args
-
-        return getattr(task_args, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -283,7 +283,8 @@ def test_damaged_metadata_field_is_a_one_line_error(env, tmp_path, capsys, field
 
 
 def test_task_arg_json_is_parsed_and_type_checked(env, capsys):
-    from maskprobe.tasks import parse_task_args, task_class
+    from maskprobe.task_args import parse_task_args
+    from maskprobe.tasks import task_class
 
     ref = f"{env / 'typed.py'}:Typed"
     refused(capsys, ["tasks", "--check", ref, "--task-arg", "cfg={bad"], "cfg='{bad' is not valid JSON")

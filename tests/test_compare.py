@@ -87,3 +87,19 @@ def test_incompatible_masks_are_refused(tmp_path):
     with pytest.raises(MaskFileError, match="mask different parameters"):
         compare([a, other])
     assert maskfile.FORMAT == "maskprobe.mask/1"
+
+
+def test_overlap_refuses_the_same_file_twice_and_leaks_no_handle(tmp_path):
+    """overlap() opens its files through masksets.open_all, as compare does (issue 22)."""
+    import torch
+
+    from maskprobe.errors import BadInputError, MaskFileError
+    from maskprobe.maskfile import save_masks
+    from maskprobe.overlap import overlap
+
+    a = tmp_path / "a.safetensors"
+    save_masks(a, {"w": torch.tensor([True, False, True])}, {"task": {"name": "t", "ref": "t"}})
+    with pytest.raises(BadInputError, match="given twice"):
+        overlap([a, tmp_path / "." / "a.safetensors"])
+    with pytest.raises(MaskFileError):
+        overlap([a, tmp_path / "missing.safetensors"])

@@ -9,7 +9,8 @@ import torch
 
 from maskprobe.cli import run
 from maskprobe.errors import BadInputError, PluginError
-from maskprobe.tasks import contract_problems, load_task, parse_task_args, task_class
+from maskprobe.task_args import parse_task_args
+from maskprobe.tasks import contract_problems, load_task, task_class
 from maskprobe.testing import tiny_fnn
 
 # a valid task over a 4 -> 2 FNN; the broken variants below each change one thing
@@ -248,7 +249,7 @@ def test_module_reference_and_entry_point_give_the_same_class():
 
 
 def test_task_arg_per_task_by_ref_or_position_and_plain_for_all():
-    from maskprobe.tasks import resolve_tasks
+    from maskprobe.task_args import resolve_tasks
 
     (add, add_ref), (mul, mul_ref) = resolve_tasks(
         ["arith-add", "arith-mul"], ["eval_size=5", "arith-mul:eval_size=7", "1:hidden=8,8", "2:eval-size=9"]
@@ -259,7 +260,7 @@ def test_task_arg_per_task_by_ref_or_position_and_plain_for_all():
 
 
 def test_name_renames_one_instance_and_the_record_rebuilds_it():
-    from maskprobe.tasks import resolve_tasks
+    from maskprobe.task_args import resolve_tasks
 
     tasks = resolve_tasks(["arith-add", "arith-add"], ["hidden=8,8", "1:name=legal", "2:name=news", "2:eval_size=4"])
     assert [t.name for t, _ in tasks] == ["legal", "news"]
@@ -282,7 +283,7 @@ def test_name_renames_one_instance_and_the_record_rebuilds_it():
     ],
 )  # fmt: skip
 def test_bad_per_task_arg_is_one_error(pairs, message):
-    from maskprobe.tasks import resolve_tasks
+    from maskprobe.task_args import resolve_tasks
 
     with pytest.raises(BadInputError) as err:
         resolve_tasks(["arith-add", "arith-add"], pairs)

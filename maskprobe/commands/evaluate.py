@@ -71,8 +71,8 @@ def _tasks_of_mask(mask: Path, task_arg: list[str], trust: bool) -> list:
     """The task the mask file records, rebuilt as ``compare`` rebuilds it (an installed task only, unless ``trust``;
     ``--task-arg`` over the recorded arguments; a recorded data file that moved is named with the way to give it
     again)."""
-    from ..compare import tasks_from_metadata
     from ..maskfile import open_masks
+    from ..masksets import tasks_from_metadata
 
     with open_masks(mask) as reader:
         return tasks_from_metadata([reader], task_arg, trust_tasks=trust)

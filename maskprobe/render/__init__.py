@@ -15,6 +15,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from ..jsonable import jsonable  # the library's; re-exported here for the renderers
+
 
 def num(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -57,19 +59,6 @@ def layer_column(table: Table, header: str = "parameter") -> None:
     """A column of parameter names: never cut, folded onto a second line where the terminal is too narrow
     (``encoder.layer.0.attention.self.query.weight`` and ``...key.weight`` must stay apart)."""
     table.add_column(header, overflow="fold", no_wrap=False, min_width=min(24, len(header) + 4))
-
-
-def jsonable(obj: Any) -> Any:
-    """Make NaN/inf ``null`` (JSON has no NaN), tuples lists, paths strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    return obj
 
 
 def dumps(obj: Any) -> str:
