@@ -71,6 +71,14 @@ class TrainRequest:
                     out.append((t, ref, dataclasses.replace(self.config, seed=s, beta=b), stem))
         return out
 
+    def label(self, task_name: str, config: TrainConfig) -> str:
+        """The run's name wherever it is shown (progress, messages, tables): the task, plus the seed and/or the beta
+        where several are trained (``keep-outputs beta=1e-05``), as the file stems of :meth:`jobs` tell them apart."""
+        seeds = self.seeds or (self.config.seed,)
+        betas = self.betas or (self.config.beta,)
+        seed = f" seed={config.seed}" if len(seeds) > 1 else ""
+        return task_name + seed + (f" beta={config.beta:g}" if len(betas) > 1 else "")
+
 
 class Reporter(Protocol):
     """What a run tells its caller (all optional to act on)."""
@@ -194,16 +202,17 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     out = RunResult(ckpt.to_dict())
     for (task, ref, job_config, _), plan in zip(jobs, plans, strict=True):
         cfg = dataclasses.replace(job_config, device=str(dev), **auto)
+        label = request.label(task.name, cfg)
         if request.resume and plan.mask.exists() and not plan.state.exists():
             check_finished(plan.mask, cfg, ref, ckpt)  # skipped only when made with these settings
-            reporter.status(f"{task.name}: {plan.mask} already complete, skipped")
+            reporter.status(f"{label}: {plan.mask} already complete, skipped")
             continue
         key = resume_key(cfg, ref, ckpt.identity_key)
         state = load_state(plan.state, key, shapes) if request.resume and plan.state.exists() else None
         if state is not None:
-            reporter.status(f"{task.name}: resuming at step {state.step} from {plan.state}")
+            reporter.status(f"{label}: resuming at step {state.step} from {plan.state}")
         try:
-            with reporter.progress(task.name, cfg.steps, state.step if state else 0) as callback:
+            with reporter.progress(label, cfg.steps, state.step if state else 0) as callback:
                 if shard:
                     from .sharded import train_mask_sharded
 
@@ -225,13 +234,13 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
             except BadInputError:
                 raise write_error from None
             raise BadInputError(f"{write_error}; the learned state is in {plan.state} (--resume writes the mask)") from None
-        reporter.status(f"{task.name}: saved {plan.mask}")
+        reporter.status(f"{label}: saved {plan.mask}")
         if result.controller is not None:  # --keep: whether the target was met, and with what beta
             from .controller import describe
 
-            reporter.status(f"{task.name}: {describe(result)}")
+            reporter.status(f"{label}: {describe(result)}")
         for line in result.warnings():
-            reporter.warning(f"{task.name}: {line}")
+            reporter.warning(f"{label}: {line}")
         reporter.written(result, plan.mask)
         out.written.append((result, plan.mask))
     return out
@@ -365,12 +374,12 @@ def refuse_other_checkpoint(option: str, mask: Any, checkpoint: Any) -> None:
     Raises:
         BadInputError: it records another checkpoint (pass --allow-mismatch), or it cannot be read.
     """
+    from .compare import _fits_recorded
     from .maskfile import open_masks
-    from .masksets import fits_recorded
 
     with open_masks(mask) as reader:
         recorded = reader.metadata.get("checkpoint")
-    differ = fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
+    differ = _fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
     if differ:
         raise BadInputError(
             f"{option} {mask} was trained on another checkpoint ({differ}); pass --allow-mismatch if that is intended"

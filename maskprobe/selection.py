@@ -51,6 +51,8 @@ class SelectedParameter:
         masked: whether it gets a mask; ``reason`` says why not (``bias``, ``embedding``, ``norm``,
             ``not floating point``, ``not in --include``, ``--exclude``).
         tied: its other names (the same tensor used elsewhere), in ``named_parameters(remove_duplicate=False)`` order.
+        kind: what it is, judged as the selection judges it: ``norm``, ``bias``, ``embedding``, ``weight`` (2-D or
+            more) or ``vector`` (any other 1-D or scalar parameter); ``train``'s summary counts by it.
     """
 
     name: str
@@ -60,6 +62,7 @@ class SelectedParameter:
     masked: bool
     reason: str = field(default="")
     tied: tuple[str, ...] = ()
+    kind: str = ""
 
 
 _RNN_BIAS = re.compile(r"bias_(ih|hh)(_l\d+)?(_reverse)?")
@@ -134,7 +137,9 @@ def _row(name: str, t: Any, role: _Role, tied: tuple[str, ...], selection: Selec
         masked, reason = True, ""
     if masked and _matches(names, selection.exclude):
         masked, reason = False, "--exclude"
-    return SelectedParameter(name, tuple(t.shape), dtype, t.numel(), masked, reason, tied)
+    kind = next(k for k, yes in (("norm", role.norm), ("bias", role.bias), ("embedding", role.embedding),
+                                 ("weight", t.dim() >= 2), ("vector", True)) if yes)  # fmt: skip
+    return SelectedParameter(name, tuple(t.shape), dtype, t.numel(), masked, reason, tied, kind)
 
 
 def describe_named(named: Iterable[tuple[str, Any]], selection: Selection = Selection()) -> list[SelectedParameter]:

@@ -6,31 +6,47 @@ from typing import Annotated
 
 import typer
 
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
-Tasks = Annotated[list[str], typer.Option("--task", "-t", help="Task: entry-point name, module:Class or file.py:Class.")]
+# train --help groups its options in panels, so that each panel's table gives the descriptions room at 80 columns
+METHOD = "Method (docs/method.md)"
+WEIGHTS = "Which weights get a mask"
+RUNNING = "Running, resuming, storing"
+
+Json = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object on stdout instead of tables.")]
+Tasks = Annotated[
+    list[str], typer.Option("--task", "-t", metavar="TASK", help="Task: entry-point name, module:Class or file.py:Class.")
+]
 TaskArgs = Annotated[
     list[str],
     typer.Option(
         "--task-arg",
+        metavar="KEY=VALUE",
         help="key=value for the tasks (typed from their __init__); TASK:key=value or N:key=value for one task only "
         "(its name, or its place among the --task options, from 1).",
     ),
 ]
 Model = Annotated[
-    str | None, typer.Option("--model", help="Architecture factory package.module:function for weights-only checkpoints.")
+    str | None,
+    typer.Option(
+        "--model", metavar="MODULE:FN", help="Architecture factory for weights-only checkpoints (package.module:function)."
+    ),
 ]
-ModelArgs = Annotated[list[str], typer.Option("--model-arg", help="key=value passed to the --model factory.")]
-Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary objects (runs code from the file!).")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+ModelArgs = Annotated[
+    list[str], typer.Option("--model-arg", metavar="KEY=VALUE", help="key=value passed to the --model factory.")
+]
+Trust = Annotated[
+    bool, typer.Option("--trust-checkpoint", metavar="", help="Allow unpickling arbitrary objects (runs code from the file!).")
+]
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress output.")]
 AllowMismatch = Annotated[
-    bool, typer.Option("--allow-mismatch", help="Use masks recorded from another checkpoint (its SHA-256 differs).")
+    bool, typer.Option("--allow-mismatch", metavar="", help="Use masks recorded from another checkpoint (its SHA-256 differs).")
 ]
 Threads = Annotated[
     int | None,
     typer.Option(
         "--threads",
         min=1,
+        metavar="N",
         help="CPU threads for torch and the mask kernels (default: the cores torch sees, at most 2 per busy core "
         "measured free; docs/benchmarks.md).",
     ),

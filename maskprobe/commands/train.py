@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..config import Selection, TrainConfig
-from .options import Device, Json, Model, ModelArgs, Quiet, TaskArgs, Tasks, Threads, Trust
+from .options import METHOD, RUNNING, WEIGHTS, Device, Json, Model, ModelArgs, Quiet, TaskArgs, Tasks, Threads, Trust
 
 D = TrainConfig()  # every default comes from the config, once
 
@@ -21,83 +21,201 @@ def train(
         Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint file or folder (format detected by content).")
     ],
     task: Tasks,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Mask file (one task, *.safetensors) or folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="PATH", help="Mask file (one task, *.safetensors) or folder.")],
     task_arg: TaskArgs = [],
     model: Model = None,
     model_arg: ModelArgs = [],
     trust_checkpoint: Trust = False,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="Optimiser steps per mask (paper: 20000; default: by model size and device).")
+        int | None,
+        typer.Option(
+            min=1,
+            rich_help_panel=METHOD,
+            metavar="N",
+            help="Optimiser steps per mask (paper: 20000; default: by model size and device).",
+        ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Batch size B, split into K chunks (default: by model size and device).")
+        int | None,
+        typer.Option(
+            min=1,
+            rich_help_panel=METHOD,
+            metavar="B",
+            help="Batch size B, split into K chunks (default: by model size and device).",
+        ),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Adam learning rate on the logits (default: 0.01, more for short runs).")
+        float | None,
+        typer.Option(
+            rich_help_panel=METHOD, metavar="LR", help="Adam learning rate on the logits (default: 0.01, more for short runs)."
+        ),
     ] = None,
     beta: Annotated[
         str,
-        typer.Option(help="Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each."),
+        typer.Option(
+            rich_help_panel=METHOD,
+            metavar="BETA",
+            help="Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each.",
+        ),
     ] = str(D.beta),
     keep: Annotated[
         float | None,
-        typer.Option("--keep", help="Target instead of a fixed beta: keep this fraction of the unmasked metric (e.g. 0.95)."),
+        typer.Option(
+            "--keep",
+            rich_help_panel=METHOD,
+            metavar="FRACTION",
+            help="Target instead of a fixed beta: keep this fraction of the unmasked metric (e.g. 0.95).",
+        ),
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Mask samples K per step.")] = D.samples,
-    init: Annotated[float, typer.Option(help="Initial logit (keep probability sigmoid(init)).")] = D.init,
-    tau: Annotated[float, typer.Option(help="Gumbel-sigmoid temperature (gradient only).")] = D.tau,
-    clip: Annotated[float, typer.Option(help="Gradient-norm clip over the logits.")] = D.clip,
-    seed: Annotated[int, typer.Option(help="Seed for data order and mask noise.")] = D.seed,
+    samples: Annotated[
+        int, typer.Option("--samples", "-k", min=1, rich_help_panel=METHOD, metavar="K", help="Mask samples K per step.")
+    ] = D.samples,
+    init: Annotated[
+        float, typer.Option(rich_help_panel=METHOD, metavar="LOGIT", help="Initial logit (keep probability sigmoid(init)).")
+    ] = D.init,
+    tau: Annotated[
+        float, typer.Option(rich_help_panel=METHOD, metavar="T", help="Gumbel-sigmoid temperature (gradient only).")
+    ] = D.tau,
+    clip: Annotated[
+        float, typer.Option(rich_help_panel=METHOD, metavar="NORM", help="Gradient-norm clip over the logits.")
+    ] = D.clip,
+    seed: Annotated[int, typer.Option(rich_help_panel=METHOD, metavar="N", help="Seed for data order and mask noise.")] = D.seed,
     seeds: Annotated[
-        str | None, typer.Option("--seeds", help="Several seeds, one mask each: 0,1,2 or 0-9; replaces --seed.")
+        str | None,
+        typer.Option(
+            "--seeds", rich_help_panel=METHOD, metavar="LIST", help="Several seeds, one mask each: 0,1,2 or 0-9; replaces --seed."
+        ),
     ] = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="Mask-step kernels: auto (numba on the CPU when installed), numba or torch.")
+        str,
+        typer.Option(
+            "--backend",
+            rich_help_panel=RUNNING,
+            metavar="NAME",
+            help="Mask-step kernels: auto (numba on the CPU when installed), numba or torch.",
+        ),
     ] = D.backend,
     batched_samples: Annotated[
         bool,
-        typer.Option("--batched-samples", help="Run the K samples as one vmap where the task allows it (docs/benchmarks.md)."),
+        typer.Option(
+            "--batched-samples",
+            rich_help_panel=RUNNING,
+            metavar="",
+            help="Run the K samples as one vmap where the task allows it (docs/benchmarks.md).",
+        ),
     ] = D.batched_samples,
     device: Device = "auto",
     threads: Threads = None,
     include: Annotated[
-        list[str], typer.Option("--include", help="Glob(s) of parameter names to mask (replaces the default rule).")
+        list[str],
+        typer.Option(
+            "--include",
+            rich_help_panel=WEIGHTS,
+            metavar="GLOB",
+            help="Glob(s) of parameter names to mask (replaces the default rule).",
+        ),
     ] = [],
-    exclude: Annotated[list[str], typer.Option("--exclude", help="Glob(s) of parameter names not to mask.")] = [],
-    mask_biases: Annotated[bool, typer.Option("--mask-biases", help="Mask biases too.")] = Selection.mask_biases,
+    exclude: Annotated[
+        list[str],
+        typer.Option("--exclude", rich_help_panel=WEIGHTS, metavar="GLOB", help="Glob(s) of parameter names not to mask."),
+    ] = [],
+    mask_biases: Annotated[
+        bool, typer.Option("--mask-biases", rich_help_panel=WEIGHTS, metavar="", help="Mask biases too.")
+    ] = Selection.mask_biases,
     mask_norms: Annotated[
-        bool, typer.Option("--mask-norms/--no-mask-norms", help="Mask norm gains (off by default: docs/method.md).")
+        bool,
+        typer.Option(
+            "--mask-norms/--no-mask-norms",
+            rich_help_panel=WEIGHTS,
+            metavar="",
+            help="Mask norm gains (off by default: docs/method.md).",
+        ),
     ] = Selection.mask_norms,
     fix_from: Annotated[
         Path | None,
-        typer.Option("--fix-from", help="Copy tensors of this mask file into each mask and do not train them (class removal)."),
+        typer.Option(
+            "--fix-from",
+            rich_help_panel=WEIGHTS,
+            metavar="MASK",
+            help="Copy tensors of this mask file into each mask and do not train them (class removal).",
+        ),
     ] = None,
     fix: Annotated[
-        list[str], typer.Option("--fix", help="With --fix-from: the tensors held fixed, globs or 'output' (the default).")
+        list[str],
+        typer.Option(
+            "--fix",
+            rich_help_panel=WEIGHTS,
+            metavar="GLOB",
+            help="With --fix-from: the tensors held fixed, globs or 'output' (the default).",
+        ),
     ] = [],
     allow_mismatch: Annotated[
-        bool, typer.Option("--allow-mismatch", help="Use a --fix-from mask recorded from another checkpoint.")
+        bool,
+        typer.Option(
+            "--allow-mismatch",
+            rich_help_panel=WEIGHTS,
+            metavar="",
+            help="Use a --fix-from mask recorded from another checkpoint.",
+        ),
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing mask files.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their .state.pt files.")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite existing mask files.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", rich_help_panel=RUNNING, metavar="", help="Continue interrupted runs from their .state.pt files."
+        ),
+    ] = False,
     save_every: Annotated[
         int,
-        typer.Option("--save-every", min=0, help="Snapshot the state every N steps (a kill loses at most N; 0: on signals only)"),
+        typer.Option(
+            "--save-every",
+            min=0,
+            rich_help_panel=RUNNING,
+            metavar="N",
+            help="Snapshot the state every N steps (a kill loses at most N; 0: on signals only)",
+        ),
     ] = 0,
     memory_limit: Annotated[
-        str, typer.Option("--memory-limit", help="Refuse to start above this estimated need, e.g. 8GiB; auto: free memory; off.")
+        str,
+        typer.Option(
+            "--memory-limit",
+            rich_help_panel=RUNNING,
+            metavar="SIZE",
+            help="Refuse to start above this estimated need, e.g. 8GiB; auto: free memory; off.",
+        ),
     ] = "auto",
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the memory estimate per process (1, 2, 4, 8 processes) and exit.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            rich_help_panel=RUNNING,
+            metavar="",
+            help="Print the memory estimate per process (1, 2, 4, 8 processes) and exit.",
+        ),
     ] = False,
     shard: Annotated[
-        bool, typer.Option("--shard", help="Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).")
+        bool,
+        typer.Option(
+            "--shard",
+            rich_help_panel=RUNNING,
+            metavar="",
+            help="Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).",
+        ),
     ] = False,
     pack_bits: Annotated[
-        bool, typer.Option("--pack-bits", help="Store 8 weights per byte (read by every maskprobe command; docs/mask-format.md).")
+        bool,
+        typer.Option(
+            "--pack-bits",
+            rich_help_panel=RUNNING,
+            metavar="",
+            help="Store 8 weights per byte (read by every maskprobe command; docs/mask-format.md).",
+        ),
     ] = False,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", metavar="", help="List every parameter tensor, not the summary per block and kind.")
+    ] = False,
 ) -> None:
     """Learn one binary mask per task on the frozen checkpoint and save them as safetensors.
 
@@ -135,7 +253,7 @@ def train(
         resume=resume, save_every=save_every, memory_limit="auto" if memory_limit == "auto" else parse_size(memory_limit),
         shard=shard, pack_bits=pack_bits, dry_run=dry_run, allow_mismatch=allow_mismatch,
     )  # fmt: skip
-    reporter = CliReporter(quiet, tables=not json_out)
+    reporter = CliReporter(quiet, tables=not json_out, verbose=verbose, label=request.label)
     with console.Signals() as signals:
         result = train_masks(request, reporter, should_stop=signals)
     if not distributed.current().is_main:
@@ -154,19 +272,29 @@ class CliReporter:
     """The run's :class:`maskprobe.runs.Reporter` on the terminal: the selection table and messages on stderr, a
     progress bar per mask, each mask's tables on stdout as it is written (unless ``--json``)."""
 
-    def __init__(self, quiet: bool, tables: bool):
+    def __init__(self, quiet: bool, tables: bool, verbose: bool = False, label: Any = None):
         from .. import console
         from ..progress import status_line
 
         self.err = console.err()
-        self.quiet, self.tables = quiet, tables
+        self.quiet, self.tables, self.verbose = quiet, tables, verbose
+        self.label = label or (lambda name, config: name)  # the run's name: TrainRequest.label
         self.say = status_line(self.err, quiet)
 
     def selection(self, rows: list[Any], title: str) -> None:
-        from ..render.train import selection_table
+        """One screen per block and kind (render.train.selection_summary); one row per tensor with --verbose."""
+        from ..render.train import selection_summary, selection_table
 
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.verbose:
             self.err.print(selection_table(rows, title=title))
+            return
+        for item in selection_summary(rows, title=title):
+            if isinstance(item, str):
+                self.err.print(item, markup=False, highlight=False, soft_wrap=False)
+            else:
+                self.err.print(item)
 
     def status(self, message: str) -> None:
         self.say(message)
@@ -183,15 +311,14 @@ class CliReporter:
         if not self.tables:
             return
         from .. import console
+        from ..render import names_fit
         from ..render.train import mask_table, metric_table, train_summary
 
         o = console.out()
-        o.print(mask_table(result))
-        o.print(train_summary(result), markup=False, highlight=False)
-        ranges = {result.task.name: result.task.metric_range}
-        o.print(
-            metric_table(f"{result.task.name}: metrics", [(result.task.name, result.metric_full, result.metric_masked)], ranges)
-        )
+        label = self.label(result.task.name, result.config)
+        o.print(names_fit(mask_table(result, label), o.width))  # long tensor names whole, on lines of their own
+        o.print(train_summary(result, label), markup=False, highlight=False)
+        o.print(metric_table(f"{label}: metrics", [(result.task.name, result.metric_full, result.metric_masked)]))
 
 
 def parse_numbers(text: str | None, kind: type, flag: str) -> list:

@@ -7,6 +7,7 @@ tables and JSON payloads). This module holds the formatting every one of them sh
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -14,8 +15,6 @@ from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
-
-from ..jsonable import jsonable  # the library's; re-exported here for the renderers
 
 
 def num(x: float | None, digits: int = 3) -> str:
@@ -59,6 +58,77 @@ def layer_column(table: Table, header: str = "parameter") -> None:
     """A column of parameter names: never cut, folded onto a second line where the terminal is too narrow
     (``encoder.layer.0.attention.self.query.weight`` and ``...key.weight`` must stay apart)."""
     table.add_column(header, overflow="fold", no_wrap=False, min_width=min(24, len(header) + 4))
+
+
+def common_prefix(names: Sequence[str]) -> str:
+    """The dotted prefix every name shares, ending in a dot (``bert.encoder.``); "" for fewer than two names or
+    none shared. A whole name is never a prefix (``a.b`` and ``a.b.c`` share ``a.``)."""
+    if len(names) < 2:
+        return ""
+    split = [n.split(".")[:-1] for n in names]
+    k = 0
+    while all(len(p) > k and p[k] == split[0][k] for p in split):
+        k += 1
+    return ".".join(split[0][:k]) + "." if k else ""
+
+
+def names_fit(table: Table, width: int | None) -> Any:
+    """``table`` as it is when it fits ``width`` columns with its first column (parameter names) unbroken;
+    otherwise the same rows with each name on a line of its own above its numbers, so that no name is folded into
+    fragments at 80 columns (``encoder.laye / r.0.attentio / ...``). ``width`` None: the table unchanged."""
+    if width is None:
+        return table
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    probe = Console(width=10_000, file=io.StringIO())
+    if Measurement.get(probe, probe.options, table).maximum <= width:
+        return table
+    return names_on_own_lines(table)
+
+
+def names_on_own_lines(table: Table) -> Any:
+    """A table's rows as text: the first column's cell on its own line, the other cells in aligned columns under
+    it (two spaces apart, each justified as in the table); sections as blank lines."""
+    from rich.console import Group
+    from rich.text import Text
+
+    def plain(x: Any) -> str:
+        return x.plain if isinstance(x, Text) else str(x)
+
+    cols = [[plain(c) for c in col.cells] for col in table.columns[1:]]
+    heads = [plain(col.header) for col in table.columns[1:]]
+    names = [plain(c) for c in table.columns[0].cells]
+    widths = [max([len(h), *map(len, cells)]) for h, cells in zip(heads, cols, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        justify = [col.justify for col in table.columns[1:]]
+        parts = [c.ljust(w) if j == "left" else c.rjust(w) for c, w, j in zip(cells, widths, justify, strict=True)]
+        return ("  " + "  ".join(parts)).rstrip()
+
+    out: list[Any] = []
+    if table.title:
+        out.append(Text.from_markup(str(table.title)) if isinstance(table.title, str) else table.title)
+    out.append(Text(line(heads), style="bold"))
+    for k, name in enumerate(names):
+        out.append(Text(name))
+        out.append(Text(line([c[k] for c in cols])))
+        if table.rows[k].end_section and k < len(names) - 1:
+            out.append(Text(""))
+    return Group(*out)
+
+
+def jsonable(obj: Any) -> Any:
+    """Make NaN/inf ``null`` (JSON has no NaN), tuples lists, paths strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "__fspath__"):
+        return str(obj)
+    return obj
 
 
 def dumps(obj: Any) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from . import add_row, at, layer_column, num, pct, plus_minus, signed
+from . import add_row, at, common_prefix, layer_column, names_fit, num, pct, plus_minus, signed
 
 ROLE_RANK = {"input": 0, "hidden": 1, "output": 2}
 REMOVALS = {
@@ -31,18 +31,38 @@ def _count(x: Any) -> str:
 WIDE = 130  # columns the full overlap table needs; narrower terminals get the compact one
 
 
-def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1, width: int | None = None) -> Table:
+def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1, width: int | None = None) -> Any:
     """Per-layer overlap of masks i and j: input layer, hidden layers, output layer, then the hidden-layer total
     and the total, so that trivially disjoint I/O layers cannot hide in the total. ``width`` below :data:`WIDE`
-    (an 80-column terminal): the compact form, each ratio with its chance level in one cell and no counts."""
-    if width is not None and width < WIDE:
-        return _compact_overlap_table(report, i, j)
+    (an 80-column terminal): the compact form, each ratio with its chance level in one cell and no counts.
+
+    Tensor names are never folded into fragments: where the table would not fit ``width`` with whole names, the
+    prefix all names share is said once in the title and cut from each name, and if that is not enough either,
+    each name stands on its own line above its numbers (:func:`maskprobe.render.names_fit`)."""
+    build = _compact_overlap_table if width is not None and width < WIDE else _full_overlap_table
+    t = build(report, i, j, "")
+    fitted = names_fit(t, width)
+    prefix = common_prefix([c["name"] for c in report["layers"]])
+    if fitted is t or not prefix:
+        return fitted
+    return names_fit(build(report, i, j, prefix), width)
+
+
+def _short(name: str, prefix: str) -> str:
+    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
+
+
+def _prefix_note(prefix: str) -> str:
+    return f"; names after {escape(prefix)}" if prefix else ""
+
+
+def _full_overlap_table(report: dict[str, Any], i: int, j: int, prefix: str) -> Table:
     masks, std = report["masks"], report.get("std")
     a, b = masks[i], masks[j]
     t = Table(
         title=f"Weight overlap per layer: A = {escape(a['label'])} ({escape(_file(a))}), "
         f"B = {escape(b['label'])} ({escape(_file(b))}); "
-        "chance = independent random masks of the same per-layer densities",
+        "chance = independent random masks of the same per-layer densities" + _prefix_note(prefix),
         title_justify="left",
     )
     layer_column(t, "layer")
@@ -54,7 +74,7 @@ def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1, width: int | N
         if last is not None and c["role"] != last:
             t.add_section()
         last = c["role"]
-        add_row(t, *_overlap_cells(c, i, j, at(std, "layers", k)))
+        add_row(t, *_overlap_cells(c, i, j, at(std, "layers", k), prefix))
     t.add_section()
     for key in ("hidden", "total"):
         if report.get(key):
@@ -62,12 +82,16 @@ def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1, width: int | N
     return t
 
 
-def _compact_overlap_table(report: dict[str, Any], i: int, j: int) -> Table:
+def _compact_overlap_table(report: dict[str, Any], i: int, j: int, prefix: str) -> Table:
     masks, std = report["masks"], report.get("std")
     a, b = masks[i], masks[j]
+
+    def named(m: dict[str, Any]) -> str:  # task#1, task#2 (one task's runs of a sweep): their files tell them apart
+        return escape(m["label"]) + (f" ({escape(_file(m))})" if m["label"] != m["task"] else "")
+
     t = Table(
-        title=f"Weight overlap per layer: A = {escape(a['label'])}, B = {escape(b['label'])}; (chance) = random masks "
-        "of the same per-layer densities",
+        title=f"Weight overlap per layer: A = {named(a)}, B = {named(b)}; (chance) = random masks "
+        "of the same per-layer densities" + _prefix_note(prefix),
         title_justify="left",
     )
     layer_column(t, "layer")
@@ -82,7 +106,7 @@ def _compact_overlap_table(report: dict[str, Any], i: int, j: int) -> Table:
         if last is not None and role != last:
             t.add_section()
         last = role
-        head = [c["name"], "" if role == "total" else role[:3]]
+        head = [_short(c["name"], prefix) if role != "total" else c["name"], "" if role == "total" else role[:3]]
         dens = [plus_minus(c["density"][k], at(sd, "density", k), pct) for k in (i, j)]
         if not c["counts"][i] or not c["counts"][j]:
             add_row(t, *head, *dens, "empty", "empty", "empty")
@@ -98,9 +122,9 @@ def _file(mask: dict[str, Any]) -> str:
     return str(mask["path"]).rsplit("/", 1)[-1]
 
 
-def _overlap_cells(c: dict[str, Any], i: int, j: int, sd: Any) -> list[str]:
+def _overlap_cells(c: dict[str, Any], i: int, j: int, sd: Any, prefix: str = "") -> list[str]:
     shape = "x".join(str(s) for s in c["shape"]) if c["shape"] else "-"
-    head = [c["name"], "" if c["role"] == "total" else c["role"], shape]
+    head = [_short(c["name"], prefix) if c["role"] != "total" else c["name"], "" if c["role"] == "total" else c["role"], shape]
     sizes = [f"{_count(c['counts'][k])} ({plus_minus(c['density'][k], at(sd, 'density', k), pct)})" for k in (i, j)]
     if not c["counts"][i] or not c["counts"][j]:
         return [*head, *sizes, f"{_count(c['intersection'][i][j])}", *["empty"] * 6]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -28,10 +29,105 @@ def selection_table(rows: Sequence[Any], title: str = "Parameters") -> Table:
     return t
 
 
-def mask_table(result: Any) -> Table:
-    """One trained mask: kept weights per tensor (in model order) and in total."""
+KINDS = {"weight": "weights", "norm": "norms", "bias": "biases", "embedding": "embeddings", "vector": "other 1-D"}
+
+
+def _block_of(name: str) -> tuple[str, int | None]:
+    """``encoder.layer.3.attention.self.query.weight`` -> ``("encoder.layer", 3)``: the name up to its first
+    numbered part (a layer index); ``(first part, None)`` for a name without one."""
+    parts = name.split(".")
+    for k, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[:k]), int(part)
+    return (parts[0] if len(parts) > 1 else name), None
+
+
+def selection_groups(rows: Sequence[Any]) -> list[tuple[str, list[Any]]]:
+    """The rows of :func:`selection_table` grouped by block, in model order: ``encoder.layer.0-5`` for consecutive
+    layers whose tensors agree (names after the index, shapes, kinds, verdicts), each other layer on its own, and a
+    name without a layer index under its shortest prefix that no layer's prefix starts with (``embeddings``,
+    ``bert.pooler``, ``lm_head``)."""
+    stems = {stem for stem, idx in map(_block_of, (r.name for r in rows)) if idx is not None}
+    blocks: dict[tuple[str, int | None], list[Any]] = {}
+    for r in rows:
+        stem, idx = _block_of(r.name)
+        if idx is None:
+            parts = r.name.split(".")
+            k = 1
+            while k < len(parts) - 1 and any(s == ".".join(parts[:k]) or s.startswith(".".join(parts[:k]) + ".") for s in stems):
+                k += 1
+            stem = ".".join(parts[:k])
+        blocks.setdefault((stem, idx), []).append(r)
+
+    def head(stem: str, idx: int) -> str:  # "encoder.layer.3"; "3" for a bare nn.Sequential's "3.weight"
+        return f"{stem}.{idx}" if stem else str(idx)
+
+    def signature(stem: str, idx: int, members: list[Any]) -> tuple:
+        cut = len(head(stem, idx)) + 1
+        return tuple((m.name[cut:], tuple(m.shape), m.kind, m.masked, m.reason) for m in members)
+
+    out: list[tuple[str, list[Any]]] = []
+    run: list[Any] = []  # (stem, idx, members) of consecutive alike layers
+    for (stem, idx), members in [*blocks.items(), (("", None), [])]:
+        alike = bool(run) and idx is not None and stem == run[-1][0] and idx == run[-1][1] + 1
+        if alike and signature(*run[-1]) == signature(stem, idx, members):
+            run.append((stem, idx, members))
+            continue
+        if run:
+            first, last = run[0][1], run[-1][1]
+            label = head(run[0][0], first) + (f"-{last}" if last != first else "")
+            out.append((label, [m for *_, ms in run for m in ms]))
+            run = []
+        if idx is not None:
+            run = [(stem, idx, members)]
+        elif members:
+            out.append((stem, members))
+    return out
+
+
+def selection_summary(rows: Sequence[Any], title: str = "Parameters") -> list[Any]:
+    """What would be masked, on one screen: per block (:func:`selection_groups`) and kind of tensor, how many
+    tensors and weights, and how many of them are masked (or why not); tied tensors as notes below. The full table,
+    one row per tensor, is :func:`selection_table` (``train --verbose``, ``maskprobe inspect CHECKPOINT``)."""
+    groups = selection_groups(rows)
+    t = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    t.add_column("block", overflow="fold", min_width=min(32, max((len(label) for label, _ in groups), default=5)))
+    t.add_column("kind", no_wrap=True)
+    t.add_column("tensors", justify="right")
+    t.add_column("weights", justify="right")
+    t.add_column("masked", justify="right")
+    for label, members in groups:
+        kinds: dict[str, list[Any]] = {}
+        for r in members:
+            kinds.setdefault(r.kind or "vector", []).append(r)
+        first = True
+        for kind, rs in sorted(kinds.items(), key=lambda kv: list(KINDS).index(kv[0]) if kv[0] in KINDS else len(KINDS)):
+            masked = [r for r in rs if r.masked]
+            numel = sum(r.numel for r in rs)
+            kept = sum(r.numel for r in masked)
+            tensors = f"{len(rs)}" if len(masked) in (0, len(rs)) else f"{len(masked)} of {len(rs)}"
+            if masked:
+                verdict = "all" if kept == numel else pct(kept / numel if numel else 0)
+            else:
+                verdict = "no (" + ", ".join(dict.fromkeys(r.reason for r in rs)) + ")"
+            add_row(t, label if first else "", KINDS.get(kind, kind), tensors, f"{numel:,}", verdict)
+            first = False
+    masked_rows = [r for r in rows if r.masked]
+    kept, total = sum(r.numel for r in masked_rows), sum(r.numel for r in rows)
+    notes = [
+        f"masked: {len(masked_rows)} of {len(rows)} tensors, {kept:,} of {total:,} weights ({pct(kept / total if total else 0)})"
+    ]
+    notes += [f"tied: {r.name} = {', '.join(r.tied)}" for r in rows if r.tied]
+    if len(notes) > 4:
+        notes = [*notes[:4], f"tied: {len(notes) - 4} more"]
+    return [t, *notes, "one row per tensor: train --verbose, or maskprobe inspect CHECKPOINT"]
+
+
+def mask_table(result: Any, label: str | None = None) -> Table:
+    """One trained mask: kept weights per tensor (in model order) and in total; ``label`` names the run (the task,
+    plus ``beta=``/``seed=`` in a sweep: :meth:`maskprobe.runs.TrainRequest.label`)."""
     dens = result.density()
-    t = Table(title=f"Mask for task {escape(result.task.name)}", title_justify="left")
+    t = Table(title=f"Mask for task {escape(label or result.task.name)}", title_justify="left")
     layer_column(t)
     for col in ("shape", "kept", "density"):
         t.add_column(col, justify="right")
@@ -56,13 +152,13 @@ def metric_table(title: str, rows: Sequence[tuple[str, dict[str, float], dict[st
     return t
 
 
-def train_summary(result: Any) -> str:
+def train_summary(result: Any, label: str | None = None) -> str:
     """One line under a mask's tables: density, the task loss of the last step, the metric unmasked and masked."""
     task = result.task
     full, kept = result.metric_full.get(task.metric), result.metric_masked.get(task.metric)
     rng = task.metric_range
     return (
-        f"{task.name}: density {pct(result.density()['total'])}, task loss {num(result.final_task_loss, 4)} at step "
+        f"{label or task.name}: density {pct(result.density()['total'])}, task loss {num(result.final_task_loss, 4)} at step "
         f"{result.steps_run}; {task.metric} {metric_text(full, rng)} unmasked, {metric_text(kept, rng)} with the mask"
     )
 
