@@ -123,7 +123,7 @@ class FusedEngine:
         return int((self.mask.flat_logits > 0).sum()) / self.mask.numel
 
     def snapshot(self, step: int, history: list[list[float]]) -> Any:
-        from .training import TrainState
+        from .statefile import TrainState
 
         logits = {n: t.detach().cpu().clone() for n, t in self._logits.items()}
         return TrainState(step, logits, self.mask.state_dict(), seed_bytes(self.seed), list(history))

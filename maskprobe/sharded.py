@@ -246,7 +246,7 @@ class ShardedEngine:
 
     def snapshot(self, step: int, history: list[list[float]]) -> Any:
         from .engine import seed_bytes
-        from .training import TrainState
+        from .statefile import TrainState
 
         return TrainState(step, {}, {}, seed_bytes(self.config.seed), list(history))  # no resume under --shard
 

@@ -2,18 +2,42 @@
 
 Written on SIGINT/SIGTERM, on a NaN (the last good state), every ``--save-every`` steps and when the final mask
 cannot be written; read by ``--resume``. A ``torch.save`` dict (read back with ``weights_only=True``): the
-format tag, the resume key (:func:`resume_key`) and :meth:`maskprobe.training.TrainState.to_dict`.
+format tag, the resume key (:func:`resume_key`) and :meth:`TrainState.to_dict`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInputError
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 FORMAT = "maskprobe.state/1"
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run bitwise: logits, Adam state, step count, progress history."""
+
+    step: int
+    logits: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    noise_rng: Tensor  # the seed's bytes: the noise is a hash of (seed, step), there is no RNG state
+    history: list[list[float]]
+    controller: dict[str, Any] | None = None  # --keep: maskprobe.controller.KeepController.state()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "logits": self.logits, "optimizer": self.optimizer, "noise_rng": self.noise_rng,
+                "history": self.history, **({"controller": self.controller} if self.controller is not None else {})}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        return cls(int(d["step"]), d["logits"], d["optimizer"], d["noise_rng"], d.get("history", []), d.get("controller"))
 
 
 def resume_key(config: Any, task_ref: Any, sha256: str) -> dict[str, str]:
@@ -106,15 +130,13 @@ def save_state(path: Path, state: Any, key: dict[str, str]) -> None:
 
 
 def load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> Any:
-    """The :class:`maskprobe.training.TrainState` in ``path``, after checking it belongs to this run.
+    """The :class:`TrainState` in ``path``, after checking it belongs to this run.
 
     Raises:
         BadInputError: unreadable, not a state file, made with other settings/task/checkpoint, or logits that do
             not fit the masked parameters.
     """
     import torch
-
-    from .training import TrainState
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .devices import resolve_device
 from .errors import NumericalError, PluginError
 from .evaluation import evaluate_task, plugin_failure, scalar_loss, task_loss
+from .statefile import TrainState  # re-exported: maskprobe.training.TrainState keeps working
 from .tasks import Task, TaskRef, describe_task
 
 REGULARISER = "beta / batch_size * sum(logits)"  # recorded in every mask file's hparams
@@ -61,26 +62,6 @@ class StepEvent:
     @property
     def steps_per_s(self) -> float:
         return self.step / self.elapsed if self.elapsed > 0 else 0.0
-
-
-@dataclass
-class TrainState:
-    """Everything needed to continue a run bitwise: logits, Adam state, step count, progress history."""
-
-    step: int
-    logits: dict[str, Tensor]
-    optimizer: dict[str, Any]
-    noise_rng: Tensor  # the seed's bytes: the noise is a hash of (seed, step), there is no RNG state
-    history: list[list[float]]
-    controller: dict[str, Any] | None = None  # --keep: maskprobe.controller.KeepController.state()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "logits": self.logits, "optimizer": self.optimizer, "noise_rng": self.noise_rng,
-                "history": self.history, **({"controller": self.controller} if self.controller is not None else {})}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainState:
-        return cls(int(d["step"]), d["logits"], d["optimizer"], d["noise_rng"], d.get("history", []), d.get("controller"))
 
 
 @dataclass
