@@ -39,7 +39,8 @@ def excess(measured: float, chance: float) -> float:
 
 
 def relative_drop(full: float, value: float, higher_is_better: bool = True) -> float:
-    """``(full - value) / full`` clipped to [0, 1] (0 when full is 0 or either is NaN).
+    """``(full - value) / full`` clipped to [0, 1] (0 when full is 0; NaN when either is NaN: an unknown drop stays
+    unknown, and the tables show it as such).
 
     For lower-is-better metrics: ``1 - full / value`` clipped to [0, 1].
     """

@@ -33,7 +33,7 @@ from .formats import (
     unwrap_state_dict,
 )
 from .hf_folder import hf_builder, hf_tokenizer, load_hf_folder
-from .weights import fit_state, floating_dtypes, load_fitted, load_state_into, misfit, one_dtype
+from .weights import fit_state, floating_dtypes, load_fitted, misfit, one_dtype
 
 __all__ = [
     "Checkpoint",
@@ -43,7 +43,6 @@ __all__ = [
     "load_factory",
     "fit_state",
     "identify",
-    "load_state_into",
     "parse_model_args",
     "read_contents",
     "read_shard_index",

@@ -6,8 +6,10 @@ there anyway); the ablation runs once and scores once; thresholds and a baseline
 finished report. The report is one JSON-able document (schema ``maskprobe.compare/1``, docs/compare.md) from
 which the tables, the markdown, the plots and the CI checks are all drawn.
 
-    from maskprobe import compare
-    report = compare(["add.safetensors", "mul.safetensors"], checkpoint="addmul.pt")
+    from maskprobe import compare, load_checkpoint, load_task
+    add, mul = load_task("arith-add")[0], load_task("arith-mul")[0]
+    ckpt = load_checkpoint("addmul.pt", tasks=[add])               # a Checkpoint, not a path
+    report = compare(["add.safetensors", "mul.safetensors"], checkpoint=ckpt, tasks=[add, mul])
     report.scores["p_specialize"], report.passed
 """
 
@@ -50,7 +52,7 @@ class CompareReport:
 
     @property
     def labels(self) -> list[str]:
-        """One distinct name per mask: the task, or ``task (file)`` where two masks share a task."""
+        """One distinct name per mask: the task, or ``task#1``, ``task#2``, ... where masks share a task (:func:`mask_labels`)."""
         return [m["label"] for m in self.data["masks"]]
 
     @property

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from . import __version__, distributed
 from .batching import batch_size_of, split_batch, to_device
 from .config import TrainConfig
-from .devices import resolve_device
 from .errors import NumericalError, PluginError
 from .evaluation import evaluate_task, plugin_failure, scalar_loss, task_loss
 from .statefile import TrainState  # re-exported: maskprobe.training.TrainState keeps working
@@ -353,7 +352,6 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "evaluate_task",
-    "resolve_device",
     "run",
     "train_mask",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["fit_state", "floating_dtypes", "load_fitted", "load_state_into", "misfit", "one_dtype"]
+__all__ = ["fit_state", "floating_dtypes", "load_fitted", "misfit", "one_dtype"]
 
 
 def _strip_prefixes(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
@@ -118,8 +118,3 @@ def load_fitted(model: Any, state: Mapping[str, Any]) -> Any:
         model = model.to(dtype)
     model.load_state_dict(state, strict=True)
     return model
-
-
-def load_state_into(model: Any, state: Mapping[str, Any], source: str = "checkpoint") -> Any:
-    """Load ``state`` into ``model`` strictly: :func:`fit_state`, then :func:`load_fitted`."""
-    return load_fitted(model, fit_state(model, state, source))

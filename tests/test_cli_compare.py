@@ -244,3 +244,35 @@ def test_three_masks_markdown_has_the_pairwise_matrices_and_by_k(tmp_path, capsy
     total = json.loads(js)["total"]
     assert sum(total["by_k"]) == 48 and len(total["by_k"]) == 4
     assert f"| 3 | {total['by_k'][3]:,} |" in md
+
+
+def test_a_fail_line_shows_once_on_a_terminal_and_on_stderr_in_a_log(masks, tmp_path):
+    """Tables print PASS/FAIL on stdout; the FAIL lines go to stderr too, except where both streams are one terminal
+    (they would show twice on the screen, issue 22)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    _, (a, b), _ = masks
+    argv = [sys.executable, "-m", "maskprobe", "compare", str(a), str(b), "--max-iou", "0.01"]
+    env = {**os.environ, "COLUMNS": "100"}
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env)
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    assert proc.wait(timeout=120) == 1
+    text = screen.decode(errors="replace")
+    assert text.count("FAIL iou[arith-add,arith-mul]") == 1, text
+    piped = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    assert piped.returncode == 1
+    assert piped.stdout.count("FAIL iou[arith-add,arith-mul]") == 1 and piped.stderr.count("FAIL iou[arith-add,arith-mul]") == 1

@@ -163,10 +163,21 @@ def compare(
         for item in compare_tables(data, o.width):
             o.print(item, markup=False) if isinstance(item, str) else o.print(item)
     failed = [c for c in report.checks if not c["passed"]]
-    for c in failed:  # one line per violation, where a CI log shows it
-        print(f"FAIL {c['reason']}", file=sys.stderr)
+    if fmt != "table" or not _same_terminal():  # the tables already showed them on this screen
+        for c in failed:  # one line per violation, where a CI log shows it
+            print(f"FAIL {c['reason']}", file=sys.stderr)
     if failed:
         raise CheckFailed(f"{len(failed)} of {len(report.checks)} checks failed")
+
+
+def _same_terminal() -> bool:
+    """stdout and stderr are one terminal (a FAIL line in the tables and again on stderr would show twice)."""
+    import os
+
+    try:
+        return os.isatty(1) and os.isatty(2) and os.ttyname(1) == os.ttyname(2)
+    except OSError:
+        return False
 
 
 def _recorded_checkpoints(masks: list[Path]) -> list[str]:
