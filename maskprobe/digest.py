@@ -90,6 +90,10 @@ def _tensor_bytes(t: Any) -> Any:
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
+    if t.is_quantized:  # the stored integers (the scale and zero point live in the module's other state)
+        t = t.int_repr()
+    if t.layout != torch.strided:
+        t = t.to_dense()
     return t.reshape(-1).contiguous().view(torch.uint8).numpy()
 
 
