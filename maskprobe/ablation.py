@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import analysis
+from .config import CONTROL_SEED, DEVICE, EVAL_BATCH_SIZE
 from .devices import module_on
 from .evaluation import evaluate_task
 from .masked import masked_weights
@@ -138,9 +139,9 @@ def ablate(
     tasks: Sequence[Task],
     masks: Sequence[dict[str, Tensor]],
     *,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    batch_size: int = 1024,
+    device: torch.device | str = DEVICE,
+    seed: int = CONTROL_SEED,
+    batch_size: int = EVAL_BATCH_SIZE,
     keep_io: bool = False,
     io: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,

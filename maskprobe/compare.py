@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import CONTROL_SEED, DEVICE
 from .errors import BadInputError
 from .layout import Layout
 from .maskfile import MaskReader
@@ -77,8 +78,8 @@ def compare(
     tasks: Sequence[Any] | None = None,
     keep_io: bool = False,
     io: Sequence[str] | None = None,
-    seed: int = 0,
-    device: Any = "cpu",
+    seed: int = CONTROL_SEED,
+    device: Any = DEVICE,
     allow_mismatch: bool = False,
     thresholds: Any = None,
     progress: Callable[[str], None] | None = None,

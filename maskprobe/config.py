@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# defaults shared by several functions, each set once here
+DEVICE = "cpu"  # the library's: a notebook gets what it asks for; the CLI's --device is "auto" (commands/options.py)
+EVAL_BATCH_SIZE = 1024  # batch size of every evaluation (training's final ones, evaluate, compare's ablation)
+CONTROL_SEED = 0  # seed of compare's random-removal controls
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -81,10 +86,10 @@ class TrainConfig:
     tau: float = 1.0
     clip: float = 1.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = DEVICE
     backend: str = "auto"
     batched_samples: bool = False
-    eval_batch_size: int = 1024
+    eval_batch_size: int = EVAL_BATCH_SIZE
     log_every: int = 25
     eval_every: int | None = None
     fixed_from: str | None = None

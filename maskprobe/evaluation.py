@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .batching import to_device
+from .config import DEVICE, EVAL_BATCH_SIZE
 from .errors import PluginError
 from .masked import MaskedModel, frozen
 from .tasks import Task, describe_task
@@ -27,8 +28,8 @@ def evaluate_task(
     task: Task,
     overrides: dict[str, Tensor] | None = None,
     *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 1024,
+    device: torch.device | str = DEVICE,
+    batch_size: int = EVAL_BATCH_SIZE,
     batches: int | None = None,
 ) -> dict[str, float]:
     """The task's metrics with ``overrides`` (name -> effective weight) applied; eval mode, no grad.
@@ -123,7 +124,7 @@ def evaluate_under_mask(
     mask: str | None = None,
     *,
     invert: bool = False,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = DEVICE,
     allow_mismatch: bool = False,
 ) -> list[tuple[str, dict[str, float], dict[str, float] | None]]:
     """``maskprobe evaluate``: each task's metrics on ``checkpoint`` (a loaded Checkpoint) unmasked and, with

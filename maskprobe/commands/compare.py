@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import CONTROL_SEED
 from .options import AllowMismatch, Device, Model, ModelArgs, Quiet, TaskArgs, Trust
 
 
@@ -39,7 +40,7 @@ def compare(
     keep_io: Annotated[
         bool, typer.Option("--keep-io", help="Paper's 'first full mask' variant: never remove input/output layer weights.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the random-removal controls.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random-removal controls.")] = CONTROL_SEED,
     device: Device = "auto",
     allow_mismatch: AllowMismatch = False,
     io_layer: Annotated[
