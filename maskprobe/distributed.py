@@ -92,6 +92,16 @@ def current() -> World:
     return World(dist.get_rank(), dist.get_world_size(), detect().local_rank)
 
 
+def require_group(world: World | None = None) -> None:
+    """``--shard`` needs a torchrun group of two or more processes (``world``: default :func:`current`).
+
+    Raises:
+        BadInputError: one process.
+    """
+    if not (world or current()).distributed:
+        raise BadInputError("--shard runs under torchrun with 2 or more processes (docs/distributed.md)")
+
+
 def setup(device: torch.device) -> tuple[World, torch.device]:
     """Join the process group torchrun describes; returns the world and this rank's device.
 

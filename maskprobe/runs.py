@@ -261,11 +261,11 @@ def _chosen_settings(config: TrainConfig, masked: int, reporter: Reporter) -> di
 
 
 def _open_checkpoint(request: TrainRequest, world: Any, shard: bool) -> Any:
+    from . import distributed
     from .checkpoints import load_checkpoint
 
     if shard:
-        if not world.distributed:
-            raise BadInputError("--shard runs under torchrun with 2 or more processes (docs/distributed.md)")
+        distributed.require_group(world)
         if request.resume or request.save_every:
             raise BadInputError("--shard keeps no resumable state yet: drop --resume/--save-every")
     tasks = [t for t, _ in request.tasks]

@@ -297,8 +297,7 @@ def train_mask_sharded(
     """
     from .training import run
 
-    if not distributed.current().distributed:
-        raise BadInputError("--shard runs under torchrun with 2 or more processes (docs/distributed.md)")
+    distributed.require_group()
     result = run(ShardedEngine(build, checkpoint, config), task, task_ref, config, callback=callback, should_stop=should_stop)
     if not result.completed:
         where = f"step {result.steps_run}/{config.steps} of {task.name}"
