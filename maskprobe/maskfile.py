@@ -250,38 +250,21 @@ def unpack_bits(path: Path, name: str, packed: Any, shape: tuple[int, ...]):
 
 
 def load_masks(path: str | os.PathLike[str]) -> MaskSet:
-    """Read a whole mask file into memory (packed-bit files are unpacked to bool).
+    """Read a whole mask file into memory (packed-bit files are unpacked to bool), through :class:`MaskReader`:
+    one reader, so a file is checked the same way (dtype, 0/1 bytes, packed shapes) whichever way it is read.
 
     Raises:
         MaskFileError: missing, corrupt, not a maskprobe mask, or holding non-bool tensors.
     """
+    import numpy as np
     import torch
 
-    path = Path(path)
-    with _safe_open(path, "pt") as f:
-        raw = f.metadata()
-        _check_format(path, raw)
+    with open_masks(path) as reader:
         masks = {}
-        meta = decode_metadata(raw, path)
-        shapes = packed_shapes(path, meta)
-        try:
-            for name in f.keys():
-                t = f.get_tensor(name)
-                if shapes is not None:
-                    if name not in shapes:
-                        raise MaskFileError(f"{path}: packed tensor {name!r} has no shape in the metadata")
-                    masks[name] = torch.from_numpy(unpack_bits(path, name, t.numpy(), shapes[name]).copy())
-                    continue
-                if t.dtype != torch.bool:
-                    raise MaskFileError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected bool")
-                if t.numel() and int(t.view(torch.uint8).max()) > 1:
-                    raise MaskFileError(_NOT_BOOL.format(path=path, name=name))
-                masks[name] = t
-        except MaskFileError:
-            raise
-        except Exception as exc:
-            raise MaskFileError(f"{path} is corrupt ({type(exc).__name__}: {exc})") from None
-    return MaskSet(path, masks, meta)
+        for name in reader.names:
+            arr = reader.get(name)
+            masks[name] = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr))
+        return MaskSet(Path(path), masks, reader.metadata)
 
 
 def _is_zip(path: Path) -> bool:
