@@ -197,15 +197,9 @@ def _load_torchscript(path: Path) -> Any:
 
 def _load(path: Path, fmt: str, build: Callable[[], Any], trust: bool) -> tuple[Any, str, dict[str, str]]:
     """``(module on the CPU, format, stored dtypes)``."""
-    from torch import nn
-
-    if fmt == "hf-folder":
-        return _load_hf(path), fmt, {}
-    if fmt == "torchscript":
-        return _load_torchscript(path), fmt, {}
-    obj = read_tensors(path, fmt, trust=trust)
-    if isinstance(obj, nn.Module):
-        return obj, "pickled-module", {}
+    fmt, obj = _read(path, fmt, trust)
+    if fmt in MODULE_FORMATS:
+        return obj, fmt, {}
     module = build()
     state = fit_state(module, obj, str(path))
     return load_fitted(module, state), fmt, floating_dtypes(state)
@@ -275,10 +269,17 @@ def read_contents(path: str | os.PathLike[str], *, trust: bool = False) -> tuple
     Raises:
         CheckpointError: unreadable, or unsafe without ``trust``.
     """
+    path = Path(path)
+    return _read(path, detect_format(path), trust)
+
+
+MODULE_FORMATS = frozenset({"hf-folder", "torchscript", "pickled-module"})  # files that hold their module
+
+
+def _read(path: Path, fmt: str, trust: bool) -> tuple[str, Any]:
+    """The one format branch: ``(format, module)`` for :data:`MODULE_FORMATS`, else ``(format, {name: tensor})``."""
     from torch import nn
 
-    path = Path(path)
-    fmt = detect_format(path)
     if fmt == "hf-folder":
         return fmt, _load_hf(path)
     if fmt == "torchscript":
