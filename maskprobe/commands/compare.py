@@ -67,6 +67,9 @@ def compare(
         float | None, typer.Option("--max-regression", help="With --baseline: exit 1 if P_specialize fell or P_reuse rose more.")
     ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PNG figures into this folder (the plot extra).")] = None,
+    plot_tensors: Annotated[
+        bool, typer.Option("--plot-tensors", help="With --plot: also one kept-weights figure per tensor (DIR/tensors/).")
+    ] = False,
     output_format: Annotated[str, typer.Option("--format", help="table, json or markdown (CI job summaries).")] = "table",
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     quiet: Quiet = False,
@@ -107,6 +110,8 @@ def compare(
         from ..groups import group_files
 
         groups = group_files(masks or [], group)
+    if plot_tensors and plot is None:
+        raise BadInputError("--plot-tensors needs --plot DIR (the folder the figures go to)")
     if plot is not None:
         from ..render.plots import require_matplotlib
         from ..runs import refuse_writing_into_checkpoints
@@ -145,7 +150,7 @@ def compare(
     if plot is not None:
         from ..render.plots import plot_compare
 
-        for path in plot_compare(data, plot, masks=None if group or len(masks or []) > 4 else masks):
+        for path in plot_compare(data, plot, masks=None if group or len(masks or []) > 4 else masks, per_tensor=plot_tensors):
             say(f"wrote {path}")
     if fmt == "json":
         from ..render import dumps
