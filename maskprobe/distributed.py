@@ -264,67 +264,11 @@ def on_main(world: World, fn: Callable[[], T]) -> T | None:
     return value
 
 
-def memory_plan(est: Any, processes: int = 1) -> dict[str, Any]:
-    """Per-process memory of one run in each mode, from a one-process :class:`maskprobe.memory.MemoryEstimate`.
-
-    Data-parallel with ``R`` processes: each process holds the whole model, all logits, their gradient and
-    Adam's moments (``16 n`` bytes, not sharded), but only ``K/R`` mask samples and the activations of
-    ``B/R`` examples. Sharded (``--shard``, FSDP2): each process holds ``1/R`` of the weights and of the
-    ``16 n`` bytes, plus what one chunk's forward and backward keep whole: the noise and gated weight of one
-    sample (``n (4 + w)``), two gathered FSDP units (``2 x`` the largest masked tensor) and the activations
-    of ``B/K`` examples. Shown for ``processes`` (under torchrun) or for 2, 4 and 8 (otherwise).
-
-    Returns:
-        a JSON-able dict (``schema`` ``maskprobe.memory/1``): ``masked`` weights, ``state_bytes`` (``16 n``),
-        and ``modes``: one entry per process count with ``parts`` (bytes by part) and ``total``.
-    """
-    counts = [1, processes] if processes > 1 else [1, 2, 4, 8]
-    modes = []
-    for r in counts:
-        k_each = -(-est.num_samples // r)  # --samples must be a multiple of r: rounded up
-        parts = est.parts()
-        parts["mask samples"] = est.samples // est.num_samples * k_each if est.num_samples else 0
-        parts["activations"] = est.activations // r
-        modes.append(_mode("one process" if r == 1 else "data-parallel", r, k_each, parts))
-    k = max(1, est.num_samples)
-    largest = est.backward // 24  # memory.estimate: backward scratch = 24 x the largest masked tensor's elements
-    wbytes = est.samples / (k * est.masked) - 4 if est.masked else 4  # per-element bytes of a masked weight
-    for r in counts[1:]:
-        parts = est.parts()  # parts not named here (e.g. end-of-run evaluation) are counted unchanged
-        parts.update(
-            {
-                "weights": est.weights // r + int(2 * largest * wbytes),
-                "logits+grad": est.logits // r,
-                "adam": est.optimizer // r,
-                "mask samples": est.samples // k,  # one sample in flight: a chunk's backward runs before the next
-                "activations": est.activations // k,
-            }
-        )
-        modes.append(_mode("sharded", r, -(-est.num_samples // r), parts))
-    for mode in modes if est.resident or est.runtime else ():  # CPU: so that the total is the process's peak
-        mode["parts"].update({"runtime": est.runtime, "process now": est.resident})
-        mode["total"] += est.runtime + est.resident
-    return {
-        "schema": "maskprobe.memory/1",
-        "device": est.device,
-        "masked": est.masked,
-        "state_bytes": est.logits + est.optimizer,
-        "batch_size": est.batch_size,
-        "samples": est.num_samples,
-        "activation_per_example": est.activation_per_example,
-        "modes": modes,
-    }
-
-
 def _raise_reported(error: BaseException, world: World) -> None:
     """Re-raise this rank's own error; the CLI keeps quiet about it on ranks other than 0, which report it."""
     if not world.is_main:
         error.reported_by_rank0 = True  # a declared attribute of MaskprobeError; set on a plugin's own exceptions too
     raise error
-
-
-def _mode(name: str, processes: int, samples: int, parts: dict[str, int]) -> dict[str, Any]:
-    return {"mode": name, "processes": processes, "samples_per_process": samples, "parts": parts, "total": sum(parts.values())}
 
 
 def _exit_code(error: BaseException) -> int:

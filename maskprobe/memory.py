@@ -66,6 +66,7 @@ ACT_FACTOR = 2  # activations kept for backward + their gradients + slack; measu
 # Measured: the peak RSS of 2-step CPU runs of the 42-1024x4-20 and 42-2048x4-20 FNNs (3.2M and 12.7M masked
 # weights) minus the parts above, fitted as a constant plus the gated-weight gradients (n w): 120 MiB.
 CPU_RUNTIME = 120 * 1024**2
+BACKWARD_BYTES_PER_ELEMENT = 24  # backward scratch per element of the largest masked tensor (module docstring)
 
 
 def parse_size(text: str) -> int | None:
@@ -111,6 +112,7 @@ class MemoryEstimate:
     grads: int = 0
     runtime: int = 0
     resident: int = 0  # the process's resident bytes when estimated (CPU); neither it nor runtime is in ``total``
+    largest: int = 0  # elements of the largest masked tensor (sharded runs gather it whole)
 
     @property
     def fixed(self) -> int:
@@ -212,7 +214,7 @@ def estimate(
         logits=8 * n,
         optimizer=8 * n,
         samples=int(k * n * (4 + wbytes)),
-        backward=24 * largest,
+        backward=BACKWARD_BYTES_PER_ELEMENT * largest,
         finish=int(n * (4 + wbytes)),
         activations=ACT_FACTOR * act_per_example * batch_size,
         activation_per_example=act_per_example,
@@ -221,7 +223,64 @@ def estimate(
         grads=int(n * wbytes),
         runtime=CPU_RUNTIME if on_cpu else 0,
         resident=resident_bytes() if on_cpu else 0,
+        largest=largest,
     )
+
+
+def memory_plan(est: MemoryEstimate, processes: int = 1) -> dict[str, Any]:
+    """Per-process memory of one run in each mode, from a one-process :class:`MemoryEstimate`.
+
+    Data-parallel with ``R`` processes: each process holds the whole model, all logits, their gradient and
+    Adam's moments (``16 n`` bytes, not sharded), but only ``K/R`` mask samples and the activations of
+    ``B/R`` examples. Sharded (``--shard``, FSDP2): each process holds ``1/R`` of the weights and of the
+    ``16 n`` bytes, plus what one chunk's forward and backward keep whole: the noise and gated weight of one
+    sample (``n (4 + w)``), two gathered FSDP units (``2 x`` the largest masked tensor) and the activations
+    of ``B/K`` examples. Shown for ``processes`` (under torchrun) or for 2, 4 and 8 (otherwise).
+
+    Returns:
+        a JSON-able dict (``schema`` ``maskprobe.memory/1``): ``masked`` weights, ``state_bytes`` (``16 n``),
+        and ``modes``: one entry per process count with ``parts`` (bytes by part) and ``total``.
+    """
+    counts = [1, processes] if processes > 1 else [1, 2, 4, 8]
+    modes = []
+    for r in counts:
+        k_each = -(-est.num_samples // r)  # --samples must be a multiple of r: rounded up
+        parts = est.parts()
+        parts["mask samples"] = est.samples // est.num_samples * k_each if est.num_samples else 0
+        parts["activations"] = est.activations // r
+        modes.append(_mode("one process" if r == 1 else "data-parallel", r, k_each, parts))
+    k = max(1, est.num_samples)
+    largest = est.largest
+    wbytes = est.samples / (k * est.masked) - 4 if est.masked else 4  # per-element bytes of a masked weight
+    for r in counts[1:]:
+        parts = est.parts()  # parts not named here (e.g. end-of-run evaluation) are counted unchanged
+        parts.update(
+            {
+                "weights": est.weights // r + int(2 * largest * wbytes),
+                "logits+grad": est.logits // r,
+                "adam": est.optimizer // r,
+                "mask samples": est.samples // k,  # one sample in flight: a chunk's backward runs before the next
+                "activations": est.activations // k,
+            }
+        )
+        modes.append(_mode("sharded", r, -(-est.num_samples // r), parts))
+    for mode in modes if est.resident or est.runtime else ():  # CPU: so that the total is the process's peak
+        mode["parts"].update({"runtime": est.runtime, "process now": est.resident})
+        mode["total"] += est.runtime + est.resident
+    return {
+        "schema": "maskprobe.memory/1",
+        "device": est.device,
+        "masked": est.masked,
+        "state_bytes": est.logits + est.optimizer,
+        "batch_size": est.batch_size,
+        "samples": est.num_samples,
+        "activation_per_example": est.activation_per_example,
+        "modes": modes,
+    }
+
+
+def _mode(name: str, processes: int, samples: int, parts: dict[str, int]) -> dict[str, Any]:
+    return {"mode": name, "processes": processes, "samples_per_process": samples, "parts": parts, "total": sum(parts.values())}
 
 
 def resident_bytes() -> int:

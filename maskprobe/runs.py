@@ -188,7 +188,9 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
     masked = [r.name for r in rows if r.masked]
     task0 = request.tasks[0][0]
     if request.dry_run:
-        plan = distributed.memory_plan(_estimate_memory(ckpt.model, task0, config, masked), world.size)
+        from .memory import memory_plan
+
+        plan = memory_plan(_estimate_memory(ckpt.model, task0, config, masked), world.size)
         return RunResult(ckpt.to_dict(), memory_plan=plan)
     if not shard:  # a meta-device model has no activations to measure
         per_process = dataclasses.replace(config, samples=config.samples // world.size)  # K/R samples each
