@@ -66,8 +66,13 @@ def demo(
     base_task, _ = load_task("arith-both", args)
     recipe = base_task.base_recipe().with_steps(base_steps)
     say(f"[1/3] training the base network 42-{hidden.replace(',', 'x')}-20 on add+mul for {recipe.steps} steps")
-    progress = None if quiet else (lambda s, loss: say(f"  base step {s}/{recipe.steps} loss {loss:.4f}"))
-    model = fit(base_task, recipe, seed=seed, callback=progress)
+    t_base = time.perf_counter()
+
+    def progress(s: int, loss: float) -> None:  # with the time left: the demo's length depends on the machine
+        left = (time.perf_counter() - t_base) / s * (recipe.steps - s) if s else 0.0
+        say(f"  base step {s}/{recipe.steps} loss {loss:.4f}" + (f", about {left:.0f} s left" if s < recipe.steps else ""))
+
+    model = fit(base_task, recipe, seed=seed, callback=None if quiet else progress)
     ckpt_path = out / "addmul.pt"
     atomic_write(ckpt_path, lambda tmp: torch.save(model.state_dict(), tmp))
     base_acc = evaluate_task(model, base_task)["accuracy"]
@@ -95,7 +100,7 @@ def demo(
     from ..render.compare import compare_tables
 
     o = console.out()
-    for item in compare_tables(report):
+    for item in compare_tables(report, o.width):  # the terminal's width: the compact overlap table at 80 columns
         o.print(item)
     o.print(_story(report), markup=False)
     o.print(f"Done in {elapsed:.0f} s. Rerun the comparison yourself:\n"
