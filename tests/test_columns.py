@@ -273,3 +273,14 @@ def test_seeds_are_labelled_and_verbose_lists_every_tensor(sweep, capsys):
     err = capsys.readouterr().err
     assert "arith-add seed=1: step 2/2" in err and "arith-add seed=0: saved" in err
     assert "one row per tensor" not in err and "no (bias)" in err  # the full table, one row per tensor
+
+
+@pytest.mark.slow  # the whole demo at tiny settings: ~50 s on 2 busy cores
+def test_the_demo_fits_80_columns_and_says_the_time_left(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    argv = ["demo", "--out", str(tmp_path), "--base-steps", "600", "--steps", "20", "--hidden", "16,16", "--device", "cpu"]
+    assert run(argv) == 0
+    captured = capsys.readouterr()
+    lines = lines_of(captured.out, 80)  # the compact overlap table, not the 130-column one
+    assert any("IoU (chance)" in line for line in lines)
+    assert re.search(r"base step 500/600 loss \d+\.\d+, about \d+ s left", captured.err)
