@@ -38,7 +38,7 @@ def demo(
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """The whole story on the paper's addition/multiplication task, on a small FNN (about a minute on an idle 2-core machine)."""
+    """The whole story on the paper's addition/multiplication task, on a small FNN (about 100 s of CPU time)."""
     import torch
 
     from .. import console
