@@ -39,7 +39,7 @@ Trust = Annotated[
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress output.")]
 AllowMismatch = Annotated[
-    bool, typer.Option("--allow-mismatch", metavar="", help="Use masks recorded from another checkpoint (its SHA-256 differs).")
+    bool, typer.Option("--allow-mismatch", metavar="", help="Use masks recorded from other weights or architecture.")
 ]
 Threads = Annotated[
     int | None,
