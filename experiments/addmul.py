@@ -47,6 +47,7 @@ from experiments.common import (  # noqa: E402
     cli,
     default_out,
     finish,
+    mask_recipe,
     overlap_row,
     pm,
     run_seeds,
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         "mask_steps": steps,
         "beta": beta,
     }
-    extra = [f"Model: {args.model} {targs}; masks: {steps} steps, beta {beta}, lr 1e-2, batch 128, K 4."]
+    extra = [f"Model: {args.model} {targs}; {mask_recipe(steps, beta)}."]
     finish("Addition / multiplication", args, started, runner, runs, fields, extra, report(runs), full_scores)
 
 

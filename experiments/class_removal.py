@@ -38,6 +38,7 @@ from experiments.common import (  # noqa: E402
     default_out,
     finish,
     load_json,
+    mask_recipe,
     mean_std,
     pm,
     positive_float,
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         "base_steps": base_steps,
         "beta": args.beta,
     }
-    extra = [f"Digits CNN (16 channels), base {base_steps} steps; masks {steps} steps, beta {args.beta}, lr 1e-2, batch 128, "
-             "K 4; removal masks with --fix-from the control (output layer copied, frozen)."]  # fmt: skip
+    extra = [f"Digits CNN (16 channels), base {base_steps} steps; {mask_recipe(steps, args.beta)}; "
+             "removal masks with --fix-from the control (output layer copied, frozen)."]  # fmt: skip
     finish("Class removal (digits)", args, started, runner, runs, fields, extra, report(runs, args.classes), full_score)
 
 

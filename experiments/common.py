@@ -79,6 +79,15 @@ def arith_options(p: argparse.ArgumentParser, sizes: Iterable[str], base_help: s
     p.add_argument("--eval-size", type=positive_int, default=10_000, help="evaluation examples per task (the paper: 10,000)")
 
 
+def mask_recipe(steps: int, beta: float) -> str:
+    """``masks: S steps, beta B, lr 0.01, batch 128, K 4``: the settings of the scripts' masks, the rest read from
+    maskprobe's defaults (the scripts pass only --steps and --beta), so the results never name stale numbers."""
+    from maskprobe.config import TrainConfig
+
+    c = TrainConfig()
+    return f"masks: {steps} steps, beta {beta}, lr {c.lr:g}, batch {c.batch_size}, K {c.samples}"
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite float >= 0 (beta)."""
     try:

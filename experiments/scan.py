@@ -52,6 +52,7 @@ from experiments.common import (  # noqa: E402
     default_out,
     finish,
     load_json,
+    mask_recipe,
     mean_std,
     pm,
     positive_float,
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "beta": beta,
         "tokens": TOKENS,
     }
-    extra = [f"Model: {targs}; masks: {steps} steps, beta {beta}, lr 1e-2, batch 128, K 4."]
+    extra = [f"Model: {targs}; {mask_recipe(steps, beta)}."]
     finish(f"SCAN ({args.model})", args, started, runner, runs, fields, extra, report(runs), simple_score)
 
 
