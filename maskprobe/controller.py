@@ -13,9 +13,10 @@ mask) while the mask keeps more than it must, stands still at the target and fal
 Beta starts at ``--beta`` and stays there until the lowest logit has fallen by ``init / 2``. The metric is read
 under the mask the logits are heading to (a lookahead, :meth:`KeepController.measure`), because ``logit > 0``
 cannot change for the first ``init / lr`` steps. The run still overshoots (the mask lags beta) and oscillates;
-the mask returned is the sparsest real mask (``logit > 0``) measured that met the target, the final one when none
-did. What it did is recorded in the mask file's ``hparams.controller`` (:meth:`KeepController.summary`); the
-method and its measurements are in docs/method.md, "A target instead of a beta".
+the mask returned is the sparsest real mask (``logit > 0``) measured that met the target (on the first evaluation
+batch, then confirmed on the whole evaluation set), the final one when none did. What it did is recorded in the
+mask file's ``hparams.controller`` (:meth:`KeepController.summary`); the method and its measurements are in
+docs/method.md, "A target instead of a beta".
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def kept_fraction(full: float | None, metric: float | None, higher_is_better: bo
     return full / metric if metric > 0 else 1.0
 
 
+def _value(metrics: dict | None, name: str) -> float | None:
+    value = (metrics or {}).get(name)
+    return None if value is None or value != value else float(value)
+
+
 class KeepController:
     """The beta of a ``--keep`` run: :meth:`measure` (or :meth:`observe`) every :attr:`every` steps, :attr:`beta`
     for the next steps."""
@@ -52,7 +58,8 @@ class KeepController:
         self.every = max(1, steps // UPDATES)
         # at most x10 per init / lr steps (the time a logit takes to cross 0): faster, beta outruns the mask
         self.rate = math.log(10) * self.every * lr / max(abs(init), 1e-3)
-        self.full: float | None = None
+        self.full: float | None = None  # the unmasked metric on the first evaluation batch
+        self.full_all: float | None = None  # on the whole evaluation set (measured when first needed)
         self.trace: list[list[float]] = []  # [step, beta, ratio, density] per measurement
         self.best: dict[str, Any] | None = None  # the sparsest mask measured that met the target
         self.best_info: list[float] | None = None  # its [step, beta, ratio, density]
@@ -82,18 +89,28 @@ class KeepController:
             masks.update({n: t > c for n, t in logits.items()})
         kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
         density = kept / max(1, sum(m.numel() for m in masks.values()))
-        metric = (engine.evaluate(task, masks, eval_batch_size, batches=1) or {}).get(task.metric)
-        metric = None if metric is None or metric != metric else float(metric)
-        self.observe(step, metric, density, (lambda: masks) if c == 0 else None, move=low <= self.init / 2)
+        metric = _value(engine.evaluate(task, masks, eval_batch_size, batches=1), task.metric)
+
+        def confirm() -> float:  # a candidate is measured on the whole evaluation set (one batch is noisy)
+            if self.full_all is None:
+                self.full_all = _value(engine.evaluate(task, None, eval_batch_size), task.metric)
+            return kept_fraction(self.full_all, _value(engine.evaluate(task, masks, eval_batch_size), task.metric),
+                                 self.higher_is_better)  # fmt: skip
+
+        self.observe(step, metric, density, (lambda: masks) if c == 0 else None, move=low <= self.init / 2, confirm=confirm)
         return metric
 
-    def observe(self, step: int, metric: float | None, density: float, masks: Any = None, move: bool = True) -> None:
+    def observe(self, step: int, metric: float | None, density: float, masks: Any = None, move: bool = True,
+                confirm: Any = None) -> None:  # fmt: skip
         """One measurement: remember the mask when it is the real one (``masks``, a function returning it, given)
-        and the sparsest that met the target, then move beta (unless ``move`` is False)."""
+        and the sparsest that met the target (also by ``confirm()``, the ratio on the whole evaluation set, when
+        given), then move beta (unless ``move`` is False)."""
         r = self.ratio(metric)
         self.trace.append([step, self.beta, r, density])
         if masks is not None and r >= self.keep and (self.best_info is None or density < self.best_info[3]):
-            self.best, self.best_info = masks(), [step, self.beta, r, density]
+            confirmed = r if confirm is None else confirm()
+            if confirmed >= self.keep:
+                self.best, self.best_info = masks(), [step, self.beta, confirmed, density]
         if not move:
             return
         gap = (r - self.keep) / max(1.0 - self.keep, 1e-3)
@@ -132,11 +149,12 @@ class KeepController:
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs (it goes into the state file)."""
-        return {"beta": self.beta, "full": self.full, "trace": self.trace, "best": self.best, "best_info": self.best_info}
+        return {"beta": self.beta, "full": self.full, "full_all": self.full_all, "trace": self.trace, "best": self.best,
+                "best_info": self.best_info}  # fmt: skip
 
     def load(self, state: dict[str, Any] | None) -> None:
         if state:
-            self.beta, self.full = float(state["beta"]), state["full"]
+            self.beta, self.full, self.full_all = float(state["beta"]), state["full"], state.get("full_all")
             self.trace, self.best, self.best_info = list(state["trace"]), state["best"], state["best_info"]
 
 

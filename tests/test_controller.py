@@ -42,6 +42,7 @@ def test_the_mask_kept_is_the_sparsest_real_one_that_met_the_target():
     c.observe(2, 0.95, 0.3, lambda: "sparse")
     c.observe(3, 0.5, 0.1, lambda: "collapsed")  # below the target: not kept
     c.observe(4, 0.99, 0.2, None)  # a lookahead mask, not a real one: not kept
+    c.observe(5, 1.0, 0.05, lambda: "lucky batch", confirm=lambda: 0.8)  # the whole evaluation set says no
     assert c.best == "sparse" and c.best_info[0] == 2
     s = c.summary_of(1.0, 0.93)
     assert s["keep"] == 0.9 and s["met"] is True and s["ratio"] == pytest.approx(0.93) and s["kept_step"] == 2
