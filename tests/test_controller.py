@@ -46,7 +46,7 @@ def test_the_mask_kept_is_the_sparsest_real_one_that_met_the_target():
     assert c.best == "sparse" and c.best_info[0] == 2
     s = c.summary_of(1.0, 0.93)
     assert s["keep"] == 0.9 and s["met"] is True and s["ratio"] == pytest.approx(0.93) and s["kept_step"] == 2
-    assert s["beta_start"] == 1e-4 and s["beta_min"] <= s["beta_max"] and len(s["trajectory"]) == 4
+    assert s["beta_start"] == 1e-4 and s["beta_min"] <= s["beta_max"] and len(s["trajectory"]) == 5
     assert c.summary_of(1.0, 0.5)["met"] is False
 
 
