@@ -284,3 +284,33 @@ def test_the_demo_fits_80_columns_and_says_the_time_left(tmp_path, capsys, monke
     lines = lines_of(captured.out, 80)  # the compact overlap table, not the 130-column one
     assert any("IoU (chance)" in line for line in lines)
     assert re.search(r"base step 500/600 loss \d+\.\d+, about \d+ s left", captured.err)
+
+
+def test_a_trained_masks_table_keeps_long_names_whole_at_80_columns():
+    from types import SimpleNamespace
+
+    from maskprobe.render.train import mask_table
+
+    masks = {n: torch.ones(384, 1536, dtype=torch.bool) for n in LONG}
+    numel = 384 * 1536 * len(LONG)
+    dens = {"per_tensor": dict.fromkeys(LONG, 1.0), "kept": numel, "numel": numel, "total": 1.0}
+    result = SimpleNamespace(masks=masks, density=lambda: dens, task=SimpleNamespace(name="keep-outputs"))
+    table = mask_table(result, "keep-outputs beta=1e-05")
+    lines = shown(names_fit(table, 80), width=80)
+    assert lines[0].startswith("Mask for task keep-outputs beta=1e-05")
+    assert all(name in lines for name in LONG)  # each on a line of its own, whole
+    assert names_fit(table, 200) is table  # where they fit: the table as it was
+
+
+def test_two_masks_of_one_task_are_told_apart_by_their_files_at_80_columns(long_named):
+    import copy
+
+    report = copy.deepcopy(long_named)
+    for k, m in enumerate(report["masks"]):
+        m.update(
+            task="keep-outputs",
+            label=f"keep-outputs#{k + 1}",
+            path=f"/runs/keep-outputs.beta{['1e-05', '0.0001'][k]}.safetensors",
+        )
+    text = " ".join(" ".join(shown(*compare_tables(report, 80), width=80)).split())
+    assert "A = keep-outputs#1 (keep-outputs.beta1e-05.safetensors), B = keep-outputs#2 (keep-outputs.beta0.0001" in text
