@@ -151,6 +151,11 @@ class TrainConfig:
             )
 
 
+# Where beta starts under --keep when --beta is not given: low, because beta rises quickly while the target is kept
+# and falls only after the mask has paid for a beta too high (measured on all-MiniLM-L6-v2: starting at the
+# default 1e-4 cost the mask its sparsity for the rest of a 500-step run; docs/method.md, "A target instead of a beta")
+KEEP_START_BETA = 1e-6
+
 # Settings chosen when not given (``maskprobe train`` without --steps / --batch-size / --lr): by the number of masked
 # weights and the device. Small networks keep the paper-like defaults (5,000 steps of 128: the arithmetic FNNs);
 # a pretrained transformer of tens of millions of weights gets the recipe measured on all-MiniLM-L6-v2 on a CPU

@@ -98,7 +98,7 @@ def _train(ckpt, out, *extra):
 
 def test_keep_finds_a_sparse_mask_that_keeps_the_target_and_records_it(fnn, tmp_path, capsys):
     dense = _train(fnn, tmp_path / "beta0.safetensors", "--beta", "0")
-    meta = _train(fnn, tmp_path / "keep.safetensors", "--keep", "0.9")
+    meta = _train(fnn, tmp_path / "keep.safetensors", "--keep", "0.9", "--beta", "1e-4")  # a short run: start high
     full, kept = meta["metric_full"]["accuracy"], meta["metric_masked"]["accuracy"]
     assert full > 0.5 and kept >= 0.85 * full  # the target, with margin (the mask is chosen on one evaluation batch)
     assert meta["density"]["total"] < 0.6 < dense["density"]["total"]  # far sparser than beta 0 (~100 % kept)
@@ -131,3 +131,14 @@ def test_steps_and_batch_not_given_are_chosen_and_said_first(tmp_path, capsys, t
     meta = load_masks(tmp_path / "m.safetensors").metadata
     assert meta["hparams"]["chosen"] == ["batch_size"] and meta["hparams"]["batch_size"] == 128 and meta["steps"] == 3
     assert meta["hparams"]["lr"] == 0.01  # a given --steps keeps the default lr
+
+
+def test_keep_without_beta_starts_low_and_a_given_beta_is_the_start(tmp_path, tiny_addmul):
+    ckpt, _, hidden = tiny_addmul
+    base = ["train", str(ckpt), "--task", "arith-add", "--task-arg", f"hidden={hidden}", "--task-arg", "eval_size=64",
+            "--steps", "4", "--batch-size", "8", "--device", "cpu", "--quiet", "--keep", "0.9"]  # fmt: skip
+    assert run([*base, "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert run([*base, "--out", str(tmp_path / "b.safetensors"), "--beta", "1e-3"]) == 0
+    a, b = (load_masks(tmp_path / f"{n}.safetensors").metadata["hparams"] for n in "ab")
+    assert a["beta"] == 1e-6 and a["controller"]["beta_start"] == 1e-6 and a["keep"] == 0.9
+    assert b["beta"] == 1e-3 and b["controller"]["beta_start"] == 1e-3

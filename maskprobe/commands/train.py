@@ -10,13 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import Selection, TrainConfig
+from ..config import KEEP_START_BETA, Selection, TrainConfig
 from .options import METHOD, RUNNING, WEIGHTS, Device, Json, Model, ModelArgs, Quiet, TaskArgs, Tasks, Threads, Trust
 
 D = TrainConfig()  # every default comes from the config, once
 
 
 def train(
+    ctx: typer.Context,
     checkpoint: Annotated[
         Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint file or folder (format detected by content).")
     ],
@@ -237,6 +238,8 @@ def train(
     set_threads(threads)
     quiet = quiet or not distributed.detect().is_main  # under torchrun only rank 0 prints
     betas = parse_numbers(beta, float, "--beta")
+    if keep is not None and ctx.get_parameter_source("beta").name == "DEFAULT":
+        betas = [KEEP_START_BETA]  # --keep without --beta: beta starts low and rises (docs/method.md)
     seed_list = parse_numbers(seeds, int, "--seeds") if seeds is not None else [seed]
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases, mask_norms)
     chosen = tuple(n for n, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr)) if v is None)
