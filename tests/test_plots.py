@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 from maskprobe.cli import run  # noqa: E402
 from maskprobe.compare import compare  # noqa: E402
 from maskprobe.maskfile import save_masks  # noqa: E402
-from maskprobe.render import plots  # noqa: E402
+from maskprobe.render import figure, kept, plots  # noqa: E402
 
 
 def png_size(path):
@@ -27,8 +27,8 @@ def png_size(path):
 
 
 def expected(kind):
-    w, h = plots.FIGSIZE[kind]
-    return round(w * plots.DPI), round(h * plots.DPI)
+    w, h = figure.FIGSIZE[kind]
+    return round(w * figure.DPI), round(h * figure.DPI)
 
 
 def _masks(tmp_path, n):
@@ -87,7 +87,7 @@ def test_cli_writes_the_figures_for_two_masks(tmp_path, capsys):
 def test_large_matrices_are_shown_by_blocks():
     a = np.zeros((2048, 1000), bool)
     a[:1024] = True
-    b = plots._blocks(a, limit=512)
+    b = kept._blocks(a, limit=512)
     assert b.shape == (512, 500)
     assert b[:256].min() == 1.0 and b[256:].max() == 0.0
 
@@ -157,7 +157,7 @@ def assert_no_collisions(fig):
 def test_a_block_averaged_tensor_is_labelled_in_its_own_indices(shape):
     rng = np.random.default_rng(0)
     arrays = [rng.random(shape) < 0.3, rng.random(shape) < 0.5]
-    fig = plots.kept_figure("encoder.layer.0.intermediate.dense.weight", arrays, ["a", "b"])
+    fig = kept.kept_figure("encoder.layer.0.intermediate.dense.weight", arrays, ["a", "b"])
     ax = fig.axes[0]
     assert ax.get_images()[0].get_array().shape[:2] == (min(shape[0], 512), min(shape[1], 512))  # averaged over blocks
     assert ax.get_xlim() == (-0.5, shape[1] - 0.5) and ax.get_ylim() == (shape[0] - 0.5, -0.5)
@@ -182,7 +182,7 @@ def test_the_overview_of_a_kind_has_a_panel_per_layer_and_no_collisions(masks):
     members = [(f"encoder.layer.{k}.intermediate.dense.weight", [rng.random((1536, 384)) < 0.3 for _ in range(masks)])
                for k in range(6)]  # fmt: skip
     members[4] = (members[4][0], None)  # unused: said in its panel, not drawn blank
-    fig = plots.kind_figure(plots.layer_kind(members[0][0]), members, [f"t{k}" for k in range(masks)])
+    fig = kept.kind_figure(kept.layer_kind(members[0][0]), members, [f"t{k}" for k in range(masks)])
     assert len(fig.axes) == 6 * (1 if masks == 2 else masks)
     drawn = [ax for ax in fig.axes if ax.get_images()]
     assert len(drawn) == len(fig.axes) - (1 if masks == 2 else masks)
@@ -206,7 +206,7 @@ def test_an_unused_tensor_gets_no_image_and_is_named_in_the_overview(tmp_path):
         m["pooler.dense.weight"] = torch.zeros(6, 6, dtype=torch.bool)  # no task reads the pooler
         paths.append(save_masks(tmp_path / f"m{t}.safetensors", m, {"task": {"name": f"t{t}"}}))
     report = compare(paths).to_dict()
-    assert plots.unused_tensors(report) == ["pooler.dense.weight"]
+    assert kept.unused_tensors(report) == ["pooler.dense.weight"]
     written = {p.relative_to(tmp_path / "figs").as_posix() for p in
                plots.plot_compare(report, tmp_path / "figs", masks=paths, per_tensor=True)}  # fmt: skip
     assert "kept_encoder.layer.N.ffn.weight.png" in written
@@ -218,20 +218,20 @@ def test_an_unused_tensor_gets_no_image_and_is_named_in_the_overview(tmp_path):
     import matplotlib.pyplot as plt
 
     seen = []
-    real_save = plots._save
+    real_save = plots.save
     try:
-        plots._save = lambda fig, path: seen.append([t.get_text() for t in fig.texts]) or real_save(fig, path)
+        plots.save = lambda fig, path: seen.append([t.get_text() for t in fig.texts]) or real_save(fig, path)
         plots.plot_density(report, tmp_path / "d.png")
     finally:
-        plots._save = real_save
+        plots.save = real_save
     assert any("kept by no mask: pooler.dense.weight" in t for t in seen[0])
     plt.close("all")
 
 
 def test_layer_kinds_and_bar_labels():
-    assert plots.layer_kind("encoder.layer.3.attention.self.query.weight") == "encoder.layer.N.attention.self.query.weight"
-    assert plots.layer_kind("pooler.dense.weight") == "pooler.dense.weight"
-    assert plots._member_label("encoder.layer.N.ffn.weight", "encoder.layer.3.ffn.weight") == "layer 3"
+    assert kept.layer_kind("encoder.layer.3.attention.self.query.weight") == "encoder.layer.N.attention.self.query.weight"
+    assert kept.layer_kind("pooler.dense.weight") == "pooler.dense.weight"
+    assert kept._member_label("encoder.layer.N.ffn.weight", "encoder.layer.3.ffn.weight") == "layer 3"
     layers = [{"name": f"encoder.layer.0.attention.self.{k}.weight", "role": "hidden"} for k in ("query", "key")]
     assert plots._layer_labels(layers) == ["query", "key"]
     long = [{"name": "a." + "x" * 40 + ".weight", "role": "input"}]
