@@ -87,24 +87,6 @@ def train(
             "--seeds", rich_help_panel=METHOD, metavar="LIST", help="Several seeds, one mask each: 0,1,2 or 0-9; replaces --seed."
         ),
     ] = None,
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            rich_help_panel=RUNNING,
-            metavar="NAME",
-            help="Mask-step kernels: auto (numba on the CPU when installed), numba or torch.",
-        ),
-    ] = D.backend,
-    batched_samples: Annotated[
-        bool,
-        typer.Option(
-            "--batched-samples",
-            rich_help_panel=RUNNING,
-            metavar="",
-            help="Run the K samples as one vmap where the task allows it (docs/benchmarks.md).",
-        ),
-    ] = D.batched_samples,
     device: Device = "auto",
     threads: Threads = None,
     include: Annotated[
@@ -159,6 +141,24 @@ def train(
             help="Use a --fix-from mask recorded from another checkpoint.",
         ),
     ] = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            rich_help_panel=RUNNING,
+            metavar="NAME",
+            help="Mask-step kernels: auto (numba on the CPU when installed), numba or torch.",
+        ),
+    ] = D.backend,
+    batched_samples: Annotated[
+        bool,
+        typer.Option(
+            "--batched-samples",
+            rich_help_panel=RUNNING,
+            metavar="",
+            help="Run the K samples as one vmap where the task allows it (docs/benchmarks.md).",
+        ),
+    ] = D.batched_samples,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite existing mask files.")] = False,
     resume: Annotated[
         bool,
