@@ -18,9 +18,11 @@ runtime               on the CPU, :data:`CPU_RUNTIME` bytes: the mask kernels' c
                       allocator caches, measured (independent of the model); shown, not checked (below)
 end of the run         ``n (4 + w)``: the final state's copy of the logits and the masked weights the
                       evaluation of the mask builds, while the training buffers still exist
-activations           ``2 a B``: ``a`` = bytes of every leaf module's outputs per example, measured by one
-                      forward pass of a single example without gradients; doubled for what autograd keeps
-                      and the gradients flowing back
+activations           ``1.25 s B``: ``s`` = bytes autograd saves for backward per example, measured by one
+                      forward pass of a single example with the masked weights requiring gradients
+                      (:func:`saved_bytes_per_example`), plus a quarter for the gradients flowing back; where
+                      that cannot run (it fails, or saves nothing), ``2 a B`` with ``a`` = bytes of every leaf
+                      module's outputs per example (:func:`activation_bytes_per_example`)
 ====================  ==================================================================================
 
 It is an estimate, not a bound (allocator fragmentation, a task's own temporaries and fused kernels move
@@ -61,7 +63,10 @@ _UNITS = {
 }
 
 
-ACT_FACTOR = 2  # activations kept for backward + their gradients + slack; measured in docs/reliability.md
+ACT_FACTOR = 2  # leaf outputs: activations kept for backward + their gradients + slack; docs/reliability.md
+# saved tensors: what autograd keeps + the gradients flowing back. Measured: a 4-layer BERT (hidden 256, 122 tokens,
+# keep-outputs, batch 32) saves 7.8 MiB per example and peaked 319 MiB above the other parts (1.28 x 248 MiB).
+SAVED_FACTOR = 1.25
 # what a CPU run adds whatever the model: numba's compiled kernels and LLVM, thread pools, allocator caches.
 # Measured: the peak RSS of 2-step CPU runs of the 42-1024x4-20 and 42-2048x4-20 FNNs (3.2M and 12.7M masked
 # weights) minus the parts above, fitted as a constant plus the gated-weight gradients (n w): 120 MiB.
@@ -111,6 +116,7 @@ class MemoryEstimate:
     num_samples: int
     grads: int = 0
     runtime: int = 0
+    act_factor: float = ACT_FACTOR
     resident: int = 0  # the process's resident bytes when estimated (CPU); neither it nor runtime is in ``total``
     largest: int = 0  # elements of the largest masked tensor (sharded runs gather it whole)
 
@@ -194,10 +200,43 @@ def activation_bytes_per_example(module: nn.Module, run_one: Any, examples: int)
     return total // max(1, examples)
 
 
+def saved_bytes_per_example(module: nn.Module, names: list[str], run_with: Any, examples: int) -> int:
+    """Bytes autograd saves for backward when ``run_with(overrides)`` runs ``examples`` examples with ``overrides``
+    (the masked weights, as tensors sharing the parameters' storage, requiring gradients, as in training), per
+    example. Saved tensors are counted once per storage; the module's own parameters and buffers are not counted.
+    """
+    from torch.autograd.graph import saved_tensors_hooks
+
+    params = dict(module.named_parameters())
+    own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point() and t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    overrides = {n: params[n].detach().requires_grad_() for n in names}
+    with torch.enable_grad(), saved_tensors_hooks(pack, lambda t: t):
+        run_with(overrides)
+    return sum(v for k, v in seen.items() if k not in own) // max(1, examples)
+
+
 def estimate(
-    module: nn.Module, names: list[str], *, device: torch.device | str, batch_size: int, samples: int, act_per_example: int
+    module: nn.Module,
+    names: list[str],
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    samples: int,
+    act_per_example: int,
+    act_factor: float = ACT_FACTOR,
 ) -> MemoryEstimate:
-    """The estimate for masking ``names`` of ``module`` with batch ``batch_size`` and ``samples`` samples per step."""
+    """The estimate for masking ``names`` of ``module`` with batch ``batch_size`` and ``samples`` samples per step.
+
+    ``act_per_example`` is what :func:`activation_bytes_per_example` measured (``act_factor`` :data:`ACT_FACTOR`),
+    or :func:`saved_bytes_per_example` (``act_factor`` :data:`SAVED_FACTOR`)."""
     device = torch.device(device)
     params = dict(module.named_parameters())
     n = sum(params[m].numel() for m in names)
@@ -216,13 +255,14 @@ def estimate(
         samples=int(k * n * (4 + wbytes)),
         backward=BACKWARD_BYTES_PER_ELEMENT * largest,
         finish=int(n * (4 + wbytes)),
-        activations=ACT_FACTOR * act_per_example * batch_size,
+        activations=int(act_factor * act_per_example * batch_size),
         activation_per_example=act_per_example,
         batch_size=batch_size,
         num_samples=k,
         grads=int(n * wbytes),
         runtime=CPU_RUNTIME if on_cpu else 0,
         resident=resident_bytes() if on_cpu else 0,
+        act_factor=act_factor,
         largest=largest,
     )
 
@@ -318,7 +358,7 @@ def suggestions(est: MemoryEstimate, budget: int) -> list[str]:
     out = []
     per_sample = est.samples // est.num_samples if est.num_samples else 0
     room = budget - est.fixed
-    per_example = ACT_FACTOR * est.activation_per_example
+    per_example = int(est.act_factor * est.activation_per_example)
     # largest batch with the same samples (at least one example per sample)
     if per_example and room - est.samples > 0:
         b = (room - est.samples) // per_example

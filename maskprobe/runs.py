@@ -415,11 +415,20 @@ def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[st
     from .batching import batch_size_of, split_batch
     from .evaluation import task_loss
     from .masked import MaskedModel, frozen
-    from .memory import activation_bytes_per_example, estimate
+    from .memory import ACT_FACTOR, SAVED_FACTOR, activation_bytes_per_example, estimate, saved_bytes_per_example
 
     batch = next(iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed))))
     one = split_batch(batch, max(1, batch_size_of(batch)))[0]  # a single example: cheap even for a large model
+
+    def run_with(overrides: dict) -> Any:
+        return task_loss(task, MaskedModel(module, overrides), one, 0)
+
     with frozen(module):
-        act = activation_bytes_per_example(module, lambda: task_loss(task, MaskedModel(module, {}), one, 0), 1)
+        try:  # what autograd keeps, as in training; a model or task where that cannot run: the leaf outputs
+            act, factor = saved_bytes_per_example(module, names, run_with, 1), SAVED_FACTOR
+        except Exception:  # noqa: BLE001 - only the estimate's precision is at stake; the run reports real failures
+            act = 0
+        if act <= 0:
+            act, factor = activation_bytes_per_example(module, lambda: run_with({}), 1), ACT_FACTOR
     return estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples,
-                    act_per_example=act)  # fmt: skip
+                    act_per_example=act, act_factor=factor)  # fmt: skip

@@ -135,3 +135,20 @@ def test_the_estimate_is_near_the_measured_peak(tmp_path):
 
     estimate_total, peak = measured("dry"), measured("train")
     assert 0.75 * peak <= estimate_total <= 1.25 * peak, (human(estimate_total), human(peak))
+
+
+def test_saved_probe_counts_what_autograd_keeps_not_the_weights():
+    from maskprobe.masked import MaskedModel
+    from maskprobe.memory import saved_bytes_per_example
+
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+    for p in model.parameters():
+        p.requires_grad_(False)  # frozen, as training holds it
+    names = ["0.weight", "2.weight"]
+    x = torch.randn(8, 64)
+    per = saved_bytes_per_example(model, names, lambda o: MaskedModel(model, o)(x).sum(), 8)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    # the input and the hidden layer (64 + 512 floats per example, the ReLU's output shared with the second
+    # Linear's input) are kept; the 34k weights are not counted
+    assert 0 < per < weights // 8 and (64 + 512) * 4 <= per <= 3 * (64 + 512) * 4
+    assert not model[0].weight.requires_grad  # the module is left as it was
