@@ -314,3 +314,11 @@ def test_two_masks_of_one_task_are_told_apart_by_their_files_at_80_columns(long_
         )
     text = " ".join(" ".join(shown(*compare_tables(report, 80), width=80)).split())
     assert "A = keep-outputs#1 (keep-outputs.beta1e-05.safetensors), B = keep-outputs#2 (keep-outputs.beta0.0001" in text
+
+
+def test_inspect_keeps_long_tensor_names_whole_at_80_columns(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    path = save_masks(tmp_path / "m.safetensors", {n: torch.ones(6, 5, dtype=torch.bool) for n in LONG}, {"task": {"name": "t"}})
+    assert run(["inspect", str(path)]) == 0
+    lines = lines_of(capsys.readouterr().out, 80)
+    assert all(name in lines for name in LONG)  # each on a line of its own, not folded into fragments

@@ -39,8 +39,9 @@ def inspect(
         if json_out:
             console.print_json(dumps(show.mask_payload(summary)))
         else:
-            for table in show.mask_tables(summary):
-                console.out().print(table)
+            o = console.out()
+            for table in show.mask_tables(summary, o.width):  # long tensor names whole at 80 columns
+                o.print(table)
         return
     selection = Selection(parse_globs(include), parse_globs(exclude), mask_biases, mask_norms)
     tasks = [t for t, _ in resolve_tasks(task, task_arg)] if task else []
@@ -49,4 +50,5 @@ def inspect(
     if json_out:
         console.print_json(dumps(show.checkpoint_payload(summary)))
     else:
-        console.out().print(show.checkpoint_table(summary))
+        o = console.out()
+        o.print(show.checkpoint_table(summary, o.width))

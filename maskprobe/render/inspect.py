@@ -7,11 +7,13 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from . import add_row, dumps, layer_column, pct, shape_str
+from . import add_row, dumps, layer_column, names_fit, pct, shape_str
 from .train import selection_table
 
 
-def mask_tables(summary: Any) -> list[Table]:
+def mask_tables(summary: Any, width: int | None = None) -> list[Any]:
+    """The mask's metadata and its density per tensor; ``width``: the terminal's, where a tensor name that would be
+    folded goes on a line of its own (:func:`maskprobe.render.names_fit`)."""
     meta = summary.metadata
     title = f"{escape(str(summary.path))}: maskprobe mask ({meta.get('format')})"
     m = Table(title=title, title_justify="left", show_header=False)
@@ -31,7 +33,7 @@ def mask_tables(summary: Any) -> list[Table]:
     add_row(
         t, "total", "", "", f"{summary.kept:,} / {summary.numel:,}", pct(summary.kept / summary.numel if summary.numel else 0)
     )
-    return [m, t]
+    return [m, names_fit(t, width)]
 
 
 def mask_payload(summary: Any) -> dict[str, Any]:
@@ -46,8 +48,9 @@ def mask_payload(summary: Any) -> dict[str, Any]:
     }
 
 
-def checkpoint_table(summary: Any) -> Table:
-    return selection_table(summary.rows, title=f"{summary.path}: {summary.format} ({summary.note})")
+def checkpoint_table(summary: Any, width: int | None = None) -> Any:
+    """Every parameter with the selection's verdict (one row each; ``width`` as in :func:`mask_tables`)."""
+    return names_fit(selection_table(summary.rows, title=f"{summary.path}: {summary.format} ({summary.note})"), width)
 
 
 def checkpoint_payload(summary: Any) -> dict[str, Any]:
