@@ -55,6 +55,10 @@ class FusedEngine:
         self.seed = config.seed
         self.batched_asked = self.batched = bool(config.batched_samples)
         self.fallback: str | None = None  # why vmap gave way to the loop, when it did
+        # the compile backend in one process keeps loss, norm and logit sum on the device: backward() and
+        # logit_sum() then return 0-d tensors, update() never reads back, failure() says what went wrong (training.run)
+        self.lazy = self.mask.fused and not distributed.current().distributed
+        self._total: Tensor | None = None
 
     def frozen(self) -> Any:
         return frozen(self.module)
@@ -81,6 +85,12 @@ class FusedEngine:
             samples.append(gated)
             total = total + loss_of(MaskedModel(self.module, {**self._fixed_weights, **gated}), chunks[j]) / k
         self._grads = _sample_grads(total, samples)
+        return self._loss(total)
+
+    def _loss(self, total: Tensor) -> float | Tensor:
+        if self.lazy:
+            self._total = total.detach().double()
+            return self._total
         return float(total.detach())
 
     def _backward_vmap(self, step: int, stacked: tuple[Any, Any], n: int, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
@@ -101,17 +111,29 @@ class FusedEngine:
         else:
             grads = (None,) * len(names)
         self._grads = [{m: None if g is None else g[i] for m, g in zip(names, grads, strict=True)} for i in range(n)]
-        return float(total.detach())
+        return self._loss(total)
 
-    def update(self, step: int, reg: float, clip: float) -> float:
+    def update(self, step: int, reg: float, clip: float) -> float | Tensor:
         """Gradient (with the regulariser on rank 0 only, so that the sum over ranks counts it once), the sum over
-        ranks, the clip and Adam; returns the global gradient norm (non-finite: nothing changed)."""
+        ranks, the clip and Adam; returns the global gradient norm (non-finite: nothing changed).
+
+        Lazy (:attr:`lazy`): the norm as a device tensor, the update skipped on the device when this step's loss
+        or gradient is non-finite; :meth:`failure` reports it."""
+        if self.lazy:
+            total = self._total if self._total is not None else torch.zeros((), dtype=torch.float64, device=self.device)
+            loss = torch.stack([total + reg * self.mask.logit_sum_value(), total])
+            return self.mask.update_lazy(step, self._grads, reg, clip, loss)
         world = distributed.current()
         reduce = (lambda buf: distributed.reduce_gradient(buf, world)) if world.distributed else None
         return self.mask.update(step, self._grads, reg if world.is_main else 0.0, clip, reduce=reduce)
 
-    def logit_sum(self) -> float:
-        return self.mask.logit_sum
+    def logit_sum(self) -> float | Tensor:
+        return self.mask.logit_sum_value() if self.lazy else self.mask.logit_sum
+
+    def failure(self) -> dict[str, Any] | None:
+        """Lazy engines: the first step whose loss or gradient was non-finite (a host read; see
+        :meth:`maskprobe.maskstep.MaskLogits.failure`), or None."""
+        return self.mask.failure() if self.lazy else None
 
     def finite(self) -> bool:
         return bool(torch.isfinite(self.mask.flat_logits).all())
@@ -120,7 +142,7 @@ class FusedEngine:
         return self.mask.nonfinite_gradient()
 
     def density(self) -> float:
-        return int((self.mask.flat_logits > 0).sum()) / self.mask.numel
+        return self.mask.kept() / self.mask.numel
 
     def snapshot(self, step: int, history: list[list[float]]) -> Any:
         from .statefile import TrainState
@@ -142,6 +164,8 @@ class FusedEngine:
 
     def info(self) -> dict[str, str]:
         out = {"backend": self.mask.backend, "noise": NOISE}
+        if (why := self.mask.fallback()) is not None:
+            out["backend"] = f"torch (compile failed: {why})"
         if self.batched_asked:  # recorded only when asked for: the default's metadata stays as it was
             out["samples"] = "vmap" if self.batched else f"loop (vmap failed: {self.fallback})" if self.fallback else "loop"
         return out

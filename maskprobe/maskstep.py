@@ -14,7 +14,9 @@ fp32 Adam. Per step:
    under torchrun a hook sums the gradient over ranks; one fused pass applies the norm clip and Adam.
 
 Backends (``backend=``): ``"numba"`` (CPU kernels of :mod:`maskprobe.kernels`), ``"torch"`` (the same
-formulas as tensor ops; any device), ``"auto"`` (numba for float32 weights on the CPU when installed).
+formulas as tensor ops; any device), ``"compile"`` (:mod:`maskprobe.fused`: the whole step's elementwise work as
+three ``torch.compile`` functions, nothing read back to the host; any device, eager when compiling fails),
+``"auto"`` (numba for float32 weights on the CPU when installed, compile on CUDA, else torch).
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ EPS = 1e-8
 
 
 def resolve_backend(name: str, device: torch.device, dtypes: Sequence[torch.dtype]) -> str:
-    """``auto`` -> ``numba`` on the CPU with float32 weights when numba is installed, else ``torch``."""
+    """``auto`` -> ``numba`` on the CPU with float32 weights when numba is installed, ``compile`` on CUDA, else
+    ``torch``. Resolving imports nothing: ``compile`` compiles on the first step (maskprobe/fused.py)."""
     if name == "auto":
         ok = device.type == "cpu" and kernels.numba_available() and all(d == torch.float32 for d in dtypes)
-        return "numba" if ok else "torch"
+        return "numba" if ok else "compile" if device.type == "cuda" else "torch"
+    if name == "compile":
+        return name
     if name == "numba":
         if not kernels.numba_available():
             raise BadInputError("--backend numba needs numba: pip install 'maskprobe[fast]'")
@@ -50,7 +55,7 @@ def resolve_backend(name: str, device: torch.device, dtypes: Sequence[torch.dtyp
         return name
     if name == "torch":
         return name
-    raise BadInputError(f"unknown backend {name!r}; choose auto, numba or torch")
+    raise BadInputError(f"unknown backend {name!r}; choose auto, numba, torch or compile")
 
 
 class MaskLogits:
@@ -62,7 +67,7 @@ class MaskLogits:
         lr: Adam learning rate (default 1e-2); betas (0.9, 0.999), eps 1e-8 as torch.optim.Adam.
         tau: Gumbel-sigmoid temperature (default 1.0); changes the gradient only.
         seed: noise seed; sample k of step t is a pure function of (seed, t, k).
-        backend: ``"auto"``, ``"numba"`` or ``"torch"`` (see the module docstring).
+        backend: ``"auto"``, ``"numba"``, ``"torch"`` or ``"compile"`` (see the module docstring).
     """
 
     def __init__(
@@ -94,11 +99,36 @@ class MaskLogits:
         self.exp_avg = torch.zeros(self.numel, **f32)
         self.exp_avg_sq = torch.zeros(self.numel, **f32)
         self.adam_step = 0
-        self.logit_sum = float(self.flat_logits.sum())
+        self._logit_sum: float | Tensor = float(self.flat_logits.sum())
         self._gated: list[list[Tensor]] = []  # reusable output buffers, one set per sample index
         self._stacks: list[Tensor] | None = None  # (K, n) buffers of sample_stacked; _gated then holds their rows
         self.sample_offset = 0  # global index of local sample 0 (data-parallel runs)
         self._nonfinite: str | None = None
+        self.fused = self.backend == "compile"  # the fused step: device-side numbers (maskprobe/fused.py)
+        if self.fused:
+            self._fail = torch.zeros(7, dtype=torch.float64, device=self.device)  # fused.FAIL_FIELDS
+            self._kept: Tensor | None = None
+            self._keys: tuple[tuple[int, int], Tensor] | None = None
+            self._sums: Tensor | None = None
+            self._logit_sum = self.flat_logits.sum().double()
+
+    @property
+    def logit_sum(self) -> float:
+        """``sum(logits)`` (the regulariser's sum) after the last update; a host read under the compile backend."""
+        return float(self._logit_sum)
+
+    def logit_sum_value(self) -> float | Tensor:
+        """:attr:`logit_sum` as held: a float, or under the compile backend a 0-d float64 tensor on the device."""
+        return self._logit_sum
+
+    def fallback(self) -> str | None:
+        """Why the compile backend ran its functions eagerly (torch.compile failed), or None."""
+        if not self.fused:
+            return None
+        from .fused import fused
+
+        reasons = [f.fallback for f in (fused("forward"), fused("backward"), fused("adam")) if f.fallback]
+        return reasons[0] if reasons else None
 
     # -- views ------------------------------------------------------------------------------------------
 
@@ -129,7 +159,9 @@ class MaskLogits:
             self._piece(self.exp_avg_sq, j).copy_(optimizer["state"][n]["exp_avg_sq"].reshape(-1))
         self.adam_step = int(optimizer["step"])
         torch.sigmoid(self.flat_logits, out=self._buf)
-        self.logit_sum = float(self.flat_logits.sum())
+        self._logit_sum = self.flat_logits.sum().double() if self.fused else float(self.flat_logits.sum())
+        if self.fused:
+            self._kept = None
 
     def memory_bytes(self, samples: int) -> dict[str, int]:
         """Bytes this object holds: ``state`` (logits, p/grad, 2 Adam moments) and ``gated`` (K samples)."""
@@ -150,6 +182,9 @@ class MaskLogits:
         """
         while len(self._gated) <= k:
             self._gated.append([torch.empty_like(w) for w in self._w])
+        if self.fused:
+            self._draw_all(step, k)
+            return {n: self._gated[k][j].view(self._shapes[j]).detach().requires_grad_(True) for j, n in enumerate(self.names)}
         out = {}
         for j, name in enumerate(self.names):
             out[name] = self._draw(step, k, j).view(self._shapes[j]).detach().requires_grad_(True)
@@ -162,6 +197,23 @@ class MaskLogits:
         fwd(self._w[j], self._piece(self._buf, j), self.key(step, k, j), buf)
         return buf
 
+    def _step_keys(self, step: int, count: int) -> Tensor:
+        """The noise keys of samples ``0..count-1`` of ``step``, ``(count, T, 2)`` int64 on the device: one copy per
+        step (pinned, asynchronous on CUDA)."""
+        if self._keys is None or self._keys[0] != (step, self.sample_offset) or self._keys[1].shape[0] < count:
+            count = max(count, len(self._gated))
+            host = torch.tensor([[self.key(step, k, j) for j in range(len(self.names))] for k in range(count)], dtype=torch.int64)
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            self._keys = ((step, self.sample_offset), host.to(self.device, non_blocking=True))
+        return self._keys[1][:count]
+
+    def _draw_all(self, step: int, k: int) -> None:
+        """Gate every tensor for sample ``k`` into ``self._gated[k]`` in one fused call (compile backend)."""
+        from .fused import fused
+
+        fused("forward")(self._w, self._buf, tuple(self._offsets), self._step_keys(step, k + 1)[k], self._gated[k])
+
     def sample_stacked(self, step: int, count: int) -> dict[str, Tensor]:
         """Samples ``0..count-1`` of step ``step`` at once: name -> ``(count, *shape)`` leaf requiring grad whose row
         ``k`` is bitwise :meth:`sample` ``(step, k)`` (the same kernel, key and buffer), for ``torch.func.vmap``.
@@ -173,8 +225,11 @@ class MaskLogits:
             self._stacks = stacks = [torch.empty((count, w.numel()), dtype=w.dtype, device=w.device) for w in self._w]
             self._gated = [[s[k] for s in stacks] for k in range(count)]
         out = {}
-        for j, name in enumerate(self.names):
+        if self.fused:
             for k in range(count):
+                self._draw_all(step, k)
+        for j, name in enumerate(self.names):
+            for k in range(count if not self.fused else 0):
                 self._draw(step, k, j)
             out[name] = stacks[j][:count].view(count, *self._shapes[j]).detach().requires_grad_(True)
         return out
@@ -187,6 +242,9 @@ class MaskLogits:
             grads: per sample k, name -> ``dL/d(w*m_k)`` (None or missing: the sample did not use it).
             reg: the regulariser's gradient, ``beta / B``, added to every logit.
         """
+        if self.fused:
+            self._gradient_fused(step, grads, reg)
+            return math.sqrt(float(self._sums.sum()))
         bwd = kernels.gate_backward_numba if self.backend == "numba" else kernels.gate_backward_torch
         total = 0.0
         for j, (name, w) in enumerate(zip(self.names, self._w, strict=True)):
@@ -196,6 +254,67 @@ class MaskLogits:
             piece = self._piece(self._buf, j)
             total += bwd(w, piece, self._piece(self.flat_logits, j), gs, keys, self.tau, float(reg), piece)
         return math.sqrt(total)
+
+    def _gradient_fused(self, step: int, grads: Sequence[Mapping[str, Tensor | None]], reg: float) -> None:
+        from .fused import fused
+
+        per_tensor = [[None if (g := s.get(name)) is None else g.reshape(-1) for s in grads] for name in self.names]
+        keys = self._step_keys(step, len(grads))
+        reg_t = torch.tensor(float(reg), dtype=torch.float32)
+        self._buf, self._sums = fused("backward")(
+            self._w, self._buf, self.flat_logits, tuple(self._offsets), per_tensor, keys, reg_t.to(self.device), self.tau
+        )
+
+    def _adam_fused(self, step: int, clip: float, loss: Tensor | None) -> Tensor:
+        """Clip + Adam on the device (compile backend), skipped when this step's loss or gradient, or an earlier
+        one, was non-finite; returns the norm (a 0-d device tensor)."""
+        from .fused import fused
+
+        self.adam_step += 1
+        t = self.adam_step
+        scal = torch.tensor([self.lr / (1.0 - BETAS[0] ** t), math.sqrt(1.0 - BETAS[1] ** t), float(t), float(step)],
+                            dtype=torch.float64)  # fmt: skip
+        # float32 like the torch backend's scalars; then carried as float64 (exact)
+        scal[:2] = scal[:2].float().double()
+        if loss is None:
+            loss = torch.zeros(2, dtype=torch.float64)
+        if self.device.type == "cuda":
+            scal = scal.pin_memory()
+        scal = scal.to(self.device, non_blocking=True)
+        norm, lsum, kept = fused("adam")(self.flat_logits, self._buf, self.exp_avg, self.exp_avg_sq, self._sums, scal,
+                                         self._fail, loss.to(self.device), clip=float(clip), b1=BETAS[0], b2=BETAS[1],
+                                         eps=EPS)  # fmt: skip
+        self._logit_sum, self._kept = lsum.double(), kept
+        return norm
+
+    def update_lazy(
+        self, step: int, grads: Sequence[Mapping[str, Tensor | None]], reg: float, clip: float, loss: Tensor
+    ) -> Tensor:
+        """:meth:`update` with nothing read back (compile backend, one process): the norm as a device tensor.
+
+        ``loss`` is ``[loss, task loss]`` (a float64 device tensor). A non-finite loss or gradient skips this
+        update and every later one and is recorded on the device; :meth:`failure` reads it."""
+        self._gradient_fused(step, grads, reg)
+        return self._adam_fused(step, clip, loss)
+
+    def failure(self) -> dict[str, Any] | None:
+        """After :meth:`update_lazy`: the first failing step (a host read), or None. The logits and Adam state are
+        those at the start of that step (every later update was skipped), and :attr:`adam_step` is set back."""
+        if not self.fused:
+            return None
+        rec = self._fail.tolist()
+        if rec[0] == 0:
+            return None
+        self.adam_step = int(rec[2]) - 1
+        tensor = self.names[int(rec[3])] if rec[3] >= 0 else None
+        return {"step": int(rec[1]), "kind": "loss" if rec[4] == 1 else "gradient", "loss": rec[5], "task_loss": rec[6],
+                "tensor": tensor}  # fmt: skip
+
+    def kept(self) -> int:
+        """How many logits are > 0 (the compile backend counts them during the update, on the device)."""
+        if self.fused and self._kept is not None:
+            return int(self._kept)
+        return int((self.flat_logits > 0).sum())
 
     def nonfinite_gradient(self) -> str | None:
         """After an :meth:`update` that met a non-finite gradient: the first tensor whose logit gradient held
@@ -212,7 +331,7 @@ class MaskLogits:
         """Adam on ``gradient * scale`` (the clip factor); the work buffer holds ``p`` again afterwards."""
         self.adam_step += 1
         fn = kernels.adam_numba if self.backend == "numba" else kernels.adam_torch
-        self.logit_sum = fn(self.flat_logits, self._buf, self.exp_avg, self.exp_avg_sq, lr=self.lr, b1=BETAS[0],
+        self._logit_sum = fn(self.flat_logits, self._buf, self.exp_avg, self.exp_avg_sq, lr=self.lr, b1=BETAS[0],
                             b2=BETAS[1], eps=EPS, t=self.adam_step, scale=scale)  # fmt: skip
 
     def update(
@@ -229,6 +348,8 @@ class MaskLogits:
 
         Returns the gradient norm before clipping; a non-finite norm changes nothing (the caller decides).
         """
+        if self.fused:
+            return self._update_fused(step, grads, reg, clip, reduce)
         norm = self.gradient(step, grads, reg)
         if reduce is not None:
             norm = reduce(self._buf)
@@ -237,6 +358,25 @@ class MaskLogits:
             torch.sigmoid(self.flat_logits, out=self._buf)  # restore p; the logits are untouched
             return norm
         self.adam(clip_factor(norm, clip))
+        return norm
+
+    def _update_fused(self, step: int, grads: Sequence[Mapping[str, Tensor | None]], reg: float, clip: float,
+                      reduce: Callable[[Tensor], float] | None) -> float:  # fmt: skip
+        """:meth:`update` for the compile backend, reading the norm back (torchrun, benchmarks, the host API)."""
+        self._gradient_fused(step, grads, reg)
+        if reduce is not None:
+            norm = reduce(self._buf)
+            if not math.isfinite(norm):
+                self._nonfinite = self._find_nonfinite()
+                torch.sigmoid(self.flat_logits, out=self._buf)
+                return norm
+            self._sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
+            self._sums[0] = norm * norm
+        norm = float(self._adam_fused(step, clip, None))
+        fail = self.failure()
+        self._nonfinite = None if fail is None else fail["tensor"]
+        if fail is not None:
+            self._fail.zero_()  # the host API raises nothing itself: this object stays usable
         return norm
 
 

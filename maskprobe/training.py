@@ -224,8 +224,10 @@ def run(
     completed = True
     ctl = _keep_controller(engine, task, config, resume)  # --keep: beta moves (maskprobe/controller.py); else None
 
-    def snap() -> TrainState:
-        return _with_controller(engine.snapshot(step, history), ctl)
+    lazy = getattr(engine, "lazy", False)  # loss and norm stay on the device until a line is due (engine.py)
+
+    def snap(at: int | None = None) -> TrainState:
+        return _with_controller(engine.snapshot(step if at is None else at, history), ctl)
 
     def loss_of(model: Any, chunk: Any) -> Tensor:
         return scalar_loss(task, task_loss(task, model, to_device(chunk, device), step), device)
@@ -254,19 +256,22 @@ def run(
             reg = regulariser_grad(config.beta if ctl is None else ctl.beta, bsz)
             last_task = summed
             last_loss = summed + reg * engine.logit_sum()
-            if not math.isfinite(last_loss):
+            if not lazy and not math.isfinite(last_loss):
                 raise NumericalError(
                     f"task {task.name!r}: loss is {last_loss} at step {step + 1} (task loss {summed})",
                     state=snap() if engine.finite() else None,
                 )
             norm = engine.update(step, reg, config.clip)  # the regulariser counted once; logits untouched if non-finite
-            if not math.isfinite(norm):
+            if not lazy and not math.isfinite(norm):
                 raise NumericalError(
                     f"task {task.name!r}: the gradient of the logits of {engine.nonfinite_gradient() or '?'!r} is "
                     f"non-finite at step {step + 1} (loss {last_loss:.4g})",
                     state=snap(),
                 )
             step += 1
+            if lazy and (save_every and step % save_every == 0 or step % eval_every == 0 or step % config.log_every == 0
+                         or step == config.steps or (ctl is not None and ctl.due(step, config.steps))):  # fmt: skip
+                last_loss, last_task = _read_back(engine, task, last_loss, last_task, snap)
             if save_every and on_snapshot is not None and step % save_every == 0:
                 on_snapshot(snap())
             if ctl is not None and ctl.due(step, config.steps):
@@ -282,6 +287,8 @@ def run(
                 if callback is not None and world.is_main:
                     callback(StepEvent(task.name, step, config.steps, last_loss, last_task, d, time.perf_counter() - t0, metric,
                                        task.metric))  # fmt: skip
+    if lazy:
+        last_loss, last_task = _read_back(engine, task, last_loss, last_task, snap)
     state = snap()
     masks = engine.masks() if ctl is None or ctl.best is None else ctl.best  # --keep: the sparsest that met it
     metric_full = engine.evaluate(task, None, config.eval_batch_size)
@@ -307,6 +314,24 @@ def _with_controller(state: TrainState, ctl: Any) -> TrainState:
     if ctl is not None:
         state.controller = ctl.state()
     return state
+
+
+def _read_back(engine: Any, task: Task, loss: Any, task_loss: Any, snap: Callable[[int], TrainState]) -> tuple[float, float]:
+    """A lazy engine's numbers read back (the progress line, a snapshot, the end): the loss as floats, or the
+    :class:`NumericalError` the per-step checks raise, with the state at the start of the failing step (the
+    engine skipped every update from that step on)."""
+    fail = engine.failure()
+    if fail is None:
+        return float(loss), float(task_loss)
+    at = fail["step"]
+    if fail["kind"] == "loss":
+        raise NumericalError(f"task {task.name!r}: loss is {fail['loss']} at step {at + 1} (task loss {fail['task_loss']})",
+                             state=snap(at) if engine.finite() else None)  # fmt: skip
+    raise NumericalError(
+        f"task {task.name!r}: the gradient of the logits of {fail['tensor'] or '?'!r} is non-finite at step {at + 1} "
+        f"(loss {fail['loss']:.4g})",
+        state=snap(at),
+    )
 
 
 def _next_batch(task: Task, batches: Iterator[Any], step: int) -> Any:
