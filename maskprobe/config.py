@@ -55,7 +55,7 @@ class TrainConfig:
         clip: gradient-norm clip over the logits (default 1.0).
         seed: data order and mask noise (default 0).
         device: where the run happens (default ``"cpu"``).
-        backend: mask-step kernels: ``auto``, ``numba`` or ``torch`` (maskprobe/maskstep.py).
+        backend: mask-step kernels: ``auto``, ``numba``, ``torch`` or ``compile`` (maskprobe/maskstep.py).
         batched_samples: run the K samples of a step as one ``torch.func.vmap`` over stacked gated weights instead
             of a loop over chunks, where the task's loss allows it and the chunks have equal sizes (the loop
             otherwise); the same noise, the same mask up to float rounding. Default False (docs/benchmarks.md,

@@ -147,7 +147,7 @@ def train(
             "--backend",
             rich_help_panel=RUNNING,
             metavar="NAME",
-            help="Mask-step kernels: auto (numba on the CPU when installed), numba or torch.",
+            help="Mask-step kernels: auto (numba on the CPU when installed, compile on CUDA), numba, torch or compile.",
         ),
     ] = D.backend,
     batched_samples: Annotated[
