@@ -8,16 +8,18 @@ from typing import Annotated
 import typer
 
 from ..config import Selection
-from .options import Json, Model, ModelArgs, TaskArgs, Trust
+from .options import Exclude, Include, Json, MaskBiases, MaskNorms, Model, ModelArgs, TaskArgs, Trust
 
 
 def inspect(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="A checkpoint or a mask file.")],
-    include: Annotated[list[str], typer.Option("--include", help="Selection globs, as for train.")] = [],
-    exclude: Annotated[list[str], typer.Option("--exclude", help="Selection globs, as for train.")] = [],
-    mask_biases: Annotated[bool, typer.Option("--mask-biases")] = False,
-    mask_norms: Annotated[bool, typer.Option("--mask-norms/--no-mask-norms")] = Selection.mask_norms,
-    task: Annotated[list[str], typer.Option("--task", "-t", help="Task whose build_model() gives the architecture.")] = [],
+    include: Include = [],
+    exclude: Exclude = [],
+    mask_biases: MaskBiases = Selection.mask_biases,
+    mask_norms: MaskNorms = Selection.mask_norms,
+    task: Annotated[
+        list[str], typer.Option("--task", "-t", metavar="TASK", help="Task whose build_model() gives the architecture.")
+    ] = [],
     task_arg: TaskArgs = [],
     model: Model = None,
     model_arg: ModelArgs = [],
@@ -27,7 +29,6 @@ def inspect(
     """What a checkpoint or mask file holds: format, parameters, what would be masked, metadata."""
     from .. import console
     from ..checkpoints import parse_model_args
-    from ..config import Selection
     from ..inspection import inspect_checkpoint, inspect_mask, is_mask_file
     from ..render import dumps
     from ..render import inspect as show

@@ -11,6 +11,30 @@ METHOD = "Method (docs/method.md)"
 WEIGHTS = "Which weights get a mask"
 RUNNING = "Running, resuming, storing"
 
+# which parameters get a mask (train, inspect); defaults: config.Selection's
+Include = Annotated[
+    list[str],
+    typer.Option(
+        "--include",
+        rich_help_panel=WEIGHTS,
+        metavar="GLOB",
+        help="Glob(s) of parameter names to mask (replaces the default rule).",
+    ),
+]
+Exclude = Annotated[
+    list[str],
+    typer.Option("--exclude", rich_help_panel=WEIGHTS, metavar="GLOB", help="Glob(s) of parameter names not to mask."),
+]
+MaskBiases = Annotated[bool, typer.Option("--mask-biases", rich_help_panel=WEIGHTS, metavar="", help="Mask biases too.")]
+MaskNorms = Annotated[
+    bool,
+    typer.Option(
+        "--mask-norms/--no-mask-norms",
+        rich_help_panel=WEIGHTS,
+        metavar="",
+        help="Mask norm gains (off by default: docs/method.md).",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object on stdout instead of tables.")]
 Tasks = Annotated[
     list[str], typer.Option("--task", "-t", metavar="TASK", help="Task: entry-point name, module:Class or file.py:Class.")

@@ -11,7 +11,24 @@ from typing import Annotated, Any
 import typer
 
 from ..config import KEEP_START_BETA, Selection, TrainConfig
-from .options import METHOD, RUNNING, WEIGHTS, Device, Json, Model, ModelArgs, Quiet, TaskArgs, Tasks, Threads, Trust
+from .options import (
+    METHOD,
+    RUNNING,
+    WEIGHTS,
+    Device,
+    Exclude,
+    Include,
+    Json,
+    MaskBiases,
+    MaskNorms,
+    Model,
+    ModelArgs,
+    Quiet,
+    TaskArgs,
+    Tasks,
+    Threads,
+    Trust,
+)
 
 D = TrainConfig()  # every default comes from the config, once
 
@@ -89,31 +106,10 @@ def train(
     ] = None,
     device: Device = "auto",
     threads: Threads = None,
-    include: Annotated[
-        list[str],
-        typer.Option(
-            "--include",
-            rich_help_panel=WEIGHTS,
-            metavar="GLOB",
-            help="Glob(s) of parameter names to mask (replaces the default rule).",
-        ),
-    ] = [],
-    exclude: Annotated[
-        list[str],
-        typer.Option("--exclude", rich_help_panel=WEIGHTS, metavar="GLOB", help="Glob(s) of parameter names not to mask."),
-    ] = [],
-    mask_biases: Annotated[
-        bool, typer.Option("--mask-biases", rich_help_panel=WEIGHTS, metavar="", help="Mask biases too.")
-    ] = Selection.mask_biases,
-    mask_norms: Annotated[
-        bool,
-        typer.Option(
-            "--mask-norms/--no-mask-norms",
-            rich_help_panel=WEIGHTS,
-            metavar="",
-            help="Mask norm gains (off by default: docs/method.md).",
-        ),
-    ] = Selection.mask_norms,
+    include: Include = [],
+    exclude: Exclude = [],
+    mask_biases: MaskBiases = Selection.mask_biases,
+    mask_norms: MaskNorms = Selection.mask_norms,
     fix_from: Annotated[
         Path | None,
         typer.Option(
