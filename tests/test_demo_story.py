@@ -1,7 +1,7 @@
 """The demo at its default settings must show what the paper found (specialisation), beyond the control, on any
 machine.
 
-This runs the real demo (about a minute on 2 idle CPU cores). The settings are the demo's defaults; the
+This runs the real demo (about 100 s of CPU time, as the README says). The settings are the demo's defaults; the
 assertions are the paper's qualitative claim, held to margins that the seed grid shows are robust (seeds stand
 in for other CPUs' rounding; `python benchmarks/robustness.py demo --seeds 0-9`, docs/benchmarks.md,
 "Base-network robustness"). Measured minimum over seeds 0-9 on an AMD EPYC, 2026-12-01, in brackets:
