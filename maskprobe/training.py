@@ -116,6 +116,8 @@ class MaskResult:
                 )
         density = self.density()["total"]
         if density < 0.01 and self.completed:
+            if keep is not None and keep.get("met"):
+                cure = f"it met --keep {c.keep:g}, so the metric may say little about the model here: try a higher --keep"
             out.append(f"the mask is nearly empty ({100 * density:.2f} % kept; {settings}); {cure} (docs/method.md, 'Settings')")
         if keep is not None and keep.get("met") is False:
             out.append(
