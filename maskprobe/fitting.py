@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batching import to_device
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -64,23 +66,31 @@ def fit(
     model: nn.Module | None = None,
     callback: Callable[[int, float], None] | None = None,
     log_every: int = 500,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     """Train ``model`` (default: ``task.build_model()``, seeded) with ``recipe`` (default: ``task.base_recipe()``).
 
-    ``callback(step, loss)`` is called every ``log_every`` steps and at the end. Returns the model in eval mode.
-    The same seed gives the same network on the same machine and thread count (docs/reliability.md).
+    ``callback(step, loss)`` is called every ``log_every`` steps and at the end (the loss is read back from the
+    device only then). ``device``: where to train (the model is built and initialised on the CPU, then moved, so
+    a seed starts from the same weights everywhere; each batch is moved there); None leaves the model where it
+    is. Returns the model in eval mode, on that device. The same seed gives the same network on the same
+    machine, device and thread count (docs/reliability.md).
     """
     recipe = recipe or task.base_recipe() or Recipe()
     if recipe.schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {recipe.schedule!r} (cosine or constant)")
     torch.manual_seed(seed)
     model = model if model is not None else task.build_model()
+    if device is not None:
+        model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr_at(0))
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for step, batch in enumerate(task.batches("train", recipe.batch_size, gen)):
         for group in opt.param_groups:
             group["lr"] = recipe.lr_at(step)
+        if device is not None:
+            batch = to_device(batch, torch.device(device))
         loss = task.loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

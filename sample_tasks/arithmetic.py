@@ -23,6 +23,7 @@ and pass the same architecture to maskprobe (``--task-arg model=lstm --task-arg 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -168,25 +169,47 @@ class AddMulTask(ArithmeticTask):
     ops = (ADD, MUL)
 
 
-def train_base(task: Task, steps: int | None = None, seed: int = 0, callback=None, recipe: Recipe | None = None) -> nn.Module:
+def train_base(
+    task: Task, steps: int | None = None, seed: int = 0, callback=None, recipe: Recipe | None = None, device=None
+) -> nn.Module:
     """Train ``task``'s network from scratch with its base recipe (:func:`maskprobe.fitting.fit`); ``steps``
-    overrides the recipe's. ``callback(step, loss)`` is called every 500 steps."""
-    return fit(task, (recipe or task.base_recipe()).with_steps(steps), seed=seed, callback=callback)
+    overrides the recipe's. ``callback(step, loss)`` is called every 500 steps. ``device``: where to train
+    (None: the CPU, where the model is built)."""
+    return fit(task, (recipe or task.base_recipe()).with_steps(steps), seed=seed, callback=callback, device=device)
 
 
-def train_and_save(task: Task, out: str, steps: int | None, seed: int, recipe: Recipe | None = None) -> dict[str, float]:
-    """The base recipe for a sample task's command line: train (progress lines on stdout), save the state dict
-    atomically to ``out``, and return the task's metrics on the trained network. ``recipe``: another recipe
-    than the task's (:func:`recipe_from`)."""
+def train_and_save(
+    task: Task, out: str, steps: int | None, seed: int, recipe: Recipe | None = None, device=None
+) -> dict[str, float]:
+    """The base recipe for a sample task's command line: train (progress lines on stdout) on ``device``, save the
+    state dict (CPU tensors) atomically to ``out``, and return the task's metrics on the trained network.
+    ``recipe``: another recipe than the task's (:func:`recipe_from`)."""
     from maskprobe.atomic import atomic_write
     from maskprobe.training import evaluate_task
 
     def progress(s: int, loss: float) -> None:
         print(f"step {s} loss {loss:.4f}", flush=True)
 
-    model = train_base(task, steps=steps, seed=seed, callback=progress, recipe=recipe)
-    atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
-    return evaluate_task(model, task)
+    model = train_base(task, steps=steps, seed=seed, callback=progress, recipe=recipe, device=device)
+    atomic_write(out, lambda tmp: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp))
+    return evaluate_task(model, task, device=device or "cpu")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device`` of the base-training command lines (as ``maskprobe train``'s)."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:N")
+
+
+def device_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """``--device`` resolved, or one line ``PROG: error: ...`` on stderr and maskprobe's bad-input exit code."""
+    from maskprobe.devices import resolve_device
+    from maskprobe.errors import BadInputError
+
+    try:
+        return resolve_device(args.device)
+    except BadInputError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -220,9 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the base recipe's steps (FNN 10,000, LSTM 6,000)")
     add_recipe_args(p)
     p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p)
     args = p.parse_args(argv)
+    device = device_from(p, args)
     task = AddMulTask(**model_args(args))
-    metrics = train_and_save(task, args.out, args.steps, args.seed, recipe_from(args, task))
+    metrics = train_and_save(task, args.out, args.steps, args.seed, recipe_from(args, task), device=device)
     print(f"saved {args.out}; accuracy {metrics['accuracy']:.4f}")
 
 

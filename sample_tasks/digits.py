@@ -129,10 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    from sample_tasks.arithmetic import train_and_save
+    from sample_tasks.arithmetic import add_device_arg, device_from, train_and_save
 
-    metrics = train_and_save(DigitsTask(channels=args.channels), args.out, args.steps, args.seed)
+    add_device_arg(p)
+    args = p.parse_args(argv)
+    device = device_from(p, args)
+    metrics = train_and_save(DigitsTask(channels=args.channels), args.out, args.steps, args.seed, device=device)
     print(f"saved {args.out}; accuracy {metrics['accuracy']:.4f}")
 
 

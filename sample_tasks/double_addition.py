@@ -40,9 +40,11 @@ from maskprobe.tasks import Task
 from sample_tasks.arithmetic import (
     LSTM_RECIPE,
     RECIPE,
+    add_device_arg,
     add_model_args,
     add_recipe_args,
     build_fnn,
+    device_from,
     model_args,
     parse_hidden,
     recipe_from,
@@ -191,9 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the base recipe's steps (FNN 10,000, LSTM 3,000)")
     add_recipe_args(p)
     p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p)
     args = p.parse_args(argv)
+    device = device_from(p, args)
     task = BothPairsTask(**model_args(args))
-    m = train_and_save(task, args.out, args.steps, args.seed, recipe_from(args, task))
+    m = train_and_save(task, args.out, args.steps, args.seed, recipe_from(args, task), device=device)
     print(f"saved {args.out}; accuracy {m['accuracy']:.4f} (pair 1 {m['accuracy_pair1']:.4f}, pair 2 {m['accuracy_pair2']:.4f})")
 
 

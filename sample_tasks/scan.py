@@ -207,7 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=RECIPE.lr, help="Adam learning rate, constant (the paper's code: 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-size", type=int, default=0, help="simple-split test commands to score at the end (0: all 4,182)")
+    from sample_tasks.arithmetic import add_device_arg, device_from
+
+    add_device_arg(p)
     args = p.parse_args(argv)
+    device = device_from(p, args)
     from maskprobe.atomic import atomic_write
     from maskprobe.training import evaluate_task
 
@@ -219,9 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"step {step} loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     recipe = replace(task.base_recipe(), steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    model = fit(task, recipe, seed=args.seed, callback=progress, log_every=250)
-    atomic_write(args.out, lambda tmp: torch.save(model.state_dict(), tmp))
-    m = evaluate_task(model, task)
+    model = fit(task, recipe, seed=args.seed, callback=progress, log_every=250, device=device)
+    atomic_write(args.out, lambda tmp: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp))
+    m = evaluate_task(model, task, device=device)
     print(
         f"saved {args.out} ({time.perf_counter() - t0:.0f} s); simple-split test: accuracy {m['accuracy']:.4f}, "
         f"token accuracy {m['token_accuracy']:.4f}"

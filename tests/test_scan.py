@@ -209,7 +209,8 @@ def test_base_recipe_is_the_one_fitting_routine(tmp_path):
     assert task.base_recipe() == Recipe(steps=2000, batch_size=128, lr=3e-3, schedule="constant", clip=5.0)
     assert ScanJumpTask(model="transformer").base_recipe() == task.base_recipe()
     out = tmp_path / "b.pt"
-    main(["--model", "lstm", "--out", str(out), "--steps", "3", "--batch-size", "16", "--lr", "0.01", "--eval-size", "8"])
+    main(["--model", "lstm", "--out", str(out), "--steps", "3", "--batch-size", "16", "--lr", "0.01", "--eval-size", "8",
+          "--device", "cpu"])  # fmt: skip
     main_sd = torch.load(out, weights_only=True)  # the command line = fit() with the recipe and its overrides
     direct = fit(ScanSimpleTask(model="lstm"), Recipe(steps=3, batch_size=16, lr=0.01, schedule="constant", clip=5.0))
     assert all(torch.equal(main_sd[k], v) for k, v in direct.state_dict().items())
