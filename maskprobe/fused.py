@@ -6,9 +6,9 @@ gradient, Adam), written once in plain torch ops as three functions over *all* m
 * :func:`gate_forward` (once per sample): hash noise + hard gate + ``w * m`` for every tensor;
 * :func:`gate_backward` (once per step): the straight-through gradient of all K samples plus the regulariser,
   written into the work buffer, and each tensor's sum of squares;
-* :func:`adam` (once per step): norm, clip factor, Adam, ``p = sigmoid(logits)`` for the next step, the logit
-  sum and the kept count, all skipped once a non-finite loss or gradient was met (a sticky flag on the device
-  records the step, so the state at the start of the failing step survives until the loop reads it).
+* :func:`adam` (once per step): norm, clip factor, Adam, the logit sum and the kept count, all skipped once a
+  non-finite loss or gradient was met (a sticky flag on the device records the step, so the state at the start
+  of the failing step survives until the loop reads it).
 
 ``torch.compile`` (inductor) turns each into fused Triton kernels on CUDA (one pass per tensor instead of a
 dozen separate hash ops) and into C++ through the system compiler on the CPU; nothing is copied to the host, so
@@ -136,7 +136,9 @@ def adam(
         fail: float64 ``(FAIL_FIELDS,)``, the sticky failure record (updated in place).
         loss: float64 ``[loss, task loss]`` of this step (a non-finite one fails the step, as a bad gradient does).
 
-    Afterwards ``grad`` holds ``sigmoid(logits)`` again. Returns ``(norm, logit sum, kept count)``.
+    Returns ``(norm, logit sum, kept count)``. The caller then writes ``p = sigmoid(logits)`` with ATen's own
+    ``torch.sigmoid`` (inductor's differs in the last bit, and ``p`` decides the masks: this way they are bitwise the
+    torch backend's on the same device).
     """
     norm = sums.sum().sqrt()
     loss_ok = torch.isfinite(loss).all()
@@ -151,7 +153,6 @@ def adam(
     logits.copy_(l_out)
     m.copy_(torch.where(ok, m_new, m))
     v.copy_(torch.where(ok, v_new, v))
-    grad.copy_(torch.sigmoid(l_out))
     first = (fail[0] == 0) & ~ok
     bad = ~torch.isfinite(sums)
     tensor = torch.where(bad.any(), torch.argmax(bad.to(torch.int64)), -1).to(torch.float64)

@@ -284,6 +284,7 @@ class MaskLogits:
         norm, lsum, kept = fused("adam")(self.flat_logits, self._buf, self.exp_avg, self.exp_avg_sq, self._sums, scal,
                                          self._fail, loss.to(self.device), clip=float(clip), b1=BETAS[0], b2=BETAS[1],
                                          eps=EPS)  # fmt: skip
+        torch.sigmoid(self.flat_logits, out=self._buf)  # ATen's sigmoid: p (and so the masks) as the torch backend's
         self._logit_sum, self._kept = lsum.double(), kept
         return norm
 
@@ -328,11 +329,15 @@ class MaskLogits:
         return None
 
     def adam(self, scale: float = 1.0) -> None:
-        """Adam on ``gradient * scale`` (the clip factor); the work buffer holds ``p`` again afterwards."""
+        """Adam on ``gradient * scale`` (the clip factor); the work buffer holds ``p`` again afterwards.
+
+        The compile backend's :meth:`update` runs its own fused clip + Adam; this method is the torch formula."""
         self.adam_step += 1
         fn = kernels.adam_numba if self.backend == "numba" else kernels.adam_torch
         self._logit_sum = fn(self.flat_logits, self._buf, self.exp_avg, self.exp_avg_sq, lr=self.lr, b1=BETAS[0],
                             b2=BETAS[1], eps=EPS, t=self.adam_step, scale=scale)  # fmt: skip
+        if self.fused:
+            self._logit_sum, self._kept = torch.tensor(self._logit_sum, dtype=torch.float64, device=self.device), None
 
     def update(
         self,
