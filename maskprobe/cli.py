@@ -75,9 +75,8 @@ def _run(argv: list[str] | None) -> int:
         return int(code) if isinstance(code, int) else 0
     except typer.Exit as e:
         return int(getattr(e, "exit_code", 0) or 0)
-    except typer.Abort:
-        print("maskprobe: aborted", file=sys.stderr)
-        return EXIT_SIGINT
+    except typer.Abort as e:  # click's answer to a KeyboardInterrupt it caught (outside a command's own handler)
+        return _interrupted(e.__cause__ or e.__context__)
     except CheckFailed as e:
         print(f"maskprobe: check failed: {e}", file=sys.stderr)
         return e.exit_code
@@ -89,9 +88,8 @@ def _run(argv: list[str] | None) -> int:
             rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else None
             print(f"maskprobe{f' [rank {rank}]' if rank not in (None, '0') else ''}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("maskprobe: interrupted", file=sys.stderr)
-        return EXIT_SIGINT
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     except BrokenPipeError:
         return 0
     except Exception as e:
@@ -103,6 +101,15 @@ def _run(argv: list[str] | None) -> int:
         # a bug of ours: one line, the traceback on request
         print(f"maskprobe: internal error: {type(e).__name__}: {e} (set MASKPROBE_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _interrupted(error: BaseException | None) -> int:
+    """One line and 130 (SIGINT) or 143 (SIGTERM) for a signal that stopped the program outside a command."""
+    from .errors import EXIT_SIGTERM, signal_name
+
+    signum = getattr(error, "signum", None) or 2
+    print(f"maskprobe: interrupted by {signal_name(signum)}", file=sys.stderr)
+    return EXIT_SIGTERM if signum == 15 else EXIT_SIGINT
 
 
 def main() -> None:

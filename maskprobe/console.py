@@ -6,8 +6,8 @@
   task plugin prints;
 * :func:`out` (results: tables, JSON) and :func:`err` (progress, messages) — rich consoles; without a
   terminal (CI, a pipe) they print plain text, full layer names, no colour codes;
-* :class:`Signals` — SIGINT/SIGTERM as a flag the training loop polls at step boundaries (a second Ctrl-C
-  stops at once).
+* :class:`Signals` — SIGINT/SIGTERM stop a command at once, except inside the training loop, which polls them
+  as a flag at step boundaries (a second Ctrl-C stops at once), and while what was learned is being saved.
 
 The commands import this module; nothing here imports a command.
 """
@@ -86,23 +86,41 @@ def results_only_on_stdout() -> Iterator[None]:
 
 
 def results_guard(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``command`` run inside :func:`results_only_on_stdout` (applied to every command, after parsing, so that
-    ``--help`` still prints on stdout)."""
+    """``command`` run inside :func:`results_only_on_stdout` and :class:`Signals` (applied to every command, after
+    parsing, so that ``--help`` still prints on stdout); a signal becomes one :class:`~maskprobe.errors.Interrupted`."""
 
     @functools.wraps(command)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        with results_only_on_stdout():
-            return command(*args, **kwargs)
+        from .errors import Interrupted, signal_name
+
+        try:
+            with results_only_on_stdout(), Signals():  # a signal stops every command at once (train: see Signals)
+                return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # one line and 130/143 (click would turn it into its Abort, 130 only)
+            signum = getattr(exc, "signum", None) or 2
+            raise Interrupted(f"interrupted by {signal_name(signum)} before {command.__name__} finished", signum) from None
 
     return guarded
 
 
 class Signals:
-    """Turn SIGINT/SIGTERM into a flag the training loop polls at step boundaries; ``signum`` says which."""
+    """SIGINT/SIGTERM while a command runs; ``signum`` says which came first, calling the object whether one came.
+
+    By default a signal stops the command at once: the handler raises :class:`~maskprobe.errors.Stopped` (a
+    KeyboardInterrupt, so that no ``except Exception`` on the way swallows it; the CLI prints one line and exits
+    130 or 143). Two regions the library marks (:mod:`maskprobe.interrupts`) change that:
+
+    * :meth:`polled` (the training loop): the first signal only sets the flag, which the loop polls at every step
+      boundary to save a state that resumes bitwise; a second one (Ctrl-C twice) raises at once;
+    * :meth:`held` (saving a state file, writing a mask, the optimiser update): every signal only sets the flag,
+      and the code checks it when the region ends.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.count = 0  # signals received
         self._old: dict[int, Any] = {}
+        self._modes: list[str] = []  # the regions entered, innermost last
 
     def __enter__(self) -> Signals:
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -113,9 +131,32 @@ class Signals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
+        from .errors import Stopped
+
+        first = self.signum is None
+        self.count += 1
+        if first:
+            self.signum = signum
+        mode = self._modes[-1] if self._modes else "raise"
+        if mode == "hold" or (mode == "poll" and first):
+            return
+        raise Stopped(self.signum or signum)
+
+    @contextlib.contextmanager
+    def _region(self, mode: str) -> Iterator[None]:
+        self._modes.append(mode)
+        try:
+            yield
+        finally:
+            self._modes.pop()
+
+    def polled(self) -> Any:
+        """The first signal only sets the flag (a second one raises)."""
+        return self._region("poll")
+
+    def held(self) -> Any:
+        """No signal interrupts; each only sets the flag."""
+        return self._region("hold")
 
     def __call__(self) -> bool:
         return self.signum is not None

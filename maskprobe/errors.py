@@ -96,8 +96,26 @@ class RankFailed(MaskprobeError):
 
 
 class Interrupted(MaskprobeError):
-    """Training stopped by a signal; what was learned has been saved."""
+    """A command stopped by a signal; the message says what was kept (a training run saves what it learned)."""
 
     def __init__(self, message: str, signum: int = 2):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = EXIT_SIGTERM if signum == 15 else EXIT_SIGINT
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal that stops the work at once (raised by the CLI's signal handler, maskprobe.console.Signals).
+
+    A KeyboardInterrupt, so that no ``except Exception`` on the way (a plugin's failure turned into a
+    PluginError) mistakes it for an error; ``signum`` decides the exit code (130 or 143).
+    """
+
+    def __init__(self, signum: int = 2):
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+def signal_name(signum: int | None) -> str:
+    """``SIGINT`` / ``SIGTERM`` (what a user sent), ``signal N`` for any other."""
+    return {2: "SIGINT", 15: "SIGTERM"}.get(signum or 2, f"signal {signum}")

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .config import TrainConfig
 from .errors import BadInputError, Interrupted, NumericalError
+from .interrupts import held
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,18 @@ def train_masks(
     main = distributed.detect().is_main
     lock = OutputLock([] if request.dry_run or not main else [p.mask for p in plans])
     lock.acquire()  # a second train into the same --out refuses here (one line), before any work
+    written: list[Path] = []  # the masks written so far, for the message of an interrupted run
     try:
         if not (request.force or request.resume or request.dry_run):
             refuse_existing(plans)  # written meanwhile by a run that held the lock before us
-        result = _train_locked(request, jobs, plans, reporter, should_stop)
+        result = _train_locked(request, jobs, plans, reporter, should_stop, written)
+    except KeyboardInterrupt as exc:  # a signal outside the training loop (loading, data, set-up): stop at once
+        lock.release()
+        lock.remove_created_folders()
+        from .interrupts import by, signum_of
+
+        raise Interrupted(f"interrupted by {by(should_stop, exc)} {_kept(written, 'before any mask was trained')}",
+                          signum_of(should_stop, exc)) from None  # fmt: skip
     except BaseException:
         lock.release()
         lock.remove_created_folders()  # only the folders this run made, and only where empty
@@ -165,7 +174,16 @@ def train_masks(
     return result
 
 
-def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Reporter, should_stop: Any) -> RunResult:
+def _kept(written: list[Path], otherwise: str) -> str:
+    """What an interrupted run kept, for its one line."""
+    if not written:
+        return f"{otherwise}; nothing was written"
+    return f"after writing {', '.join(str(p) for p in written)} (kept; --resume trains the rest)"
+
+
+def _train_locked(
+    request: TrainRequest, jobs: list, plans: list, reporter: Reporter, should_stop: Any, written: list[Path]
+) -> RunResult:
     from . import distributed
     from .devices import resolve_device
     from .selection import describe_selection
@@ -227,15 +245,17 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
         except NumericalError as exc:
             raise _with_saved_state(exc, plan, key, save_state) from None
         if not result.completed:
-            _save_interrupted(result, plan, key, should_stop)
+            _save_interrupted(result, plan, key, should_stop, written)
         try:
-            distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, request.pack_bits))
+            with held(should_stop):  # a signal now waits for the mask (a second or two): it is what the run is for
+                distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, request.pack_bits))
         except BadInputError as write_error:  # the disk filled up at the end: keep what was learned if possible
             try:
                 save_state(plan.state, result.state, key)
             except BadInputError:
                 raise write_error from None
             raise BadInputError(f"{write_error}; the learned state is in {plan.state} (--resume writes the mask)") from None
+        written.append(plan.mask)
         reporter.status(f"{label}: saved {plan.mask}")
         if result.controller is not None:  # --keep: whether the target was met, and with what beta
             from .controller import describe
@@ -245,6 +265,8 @@ def _train_locked(request: TrainRequest, jobs: list, plans: list, reporter: Repo
             reporter.warning(f"{label}: {line}")
         reporter.written(result, plan.mask)
         out.written.append((result, plan.mask))
+        if should_stop is not None and should_stop() and len(out.written) < len(jobs) and not world.distributed:
+            raise KeyboardInterrupt  # a signal while the mask was written: the next mask is not started
     return out
 
 
@@ -287,20 +309,28 @@ def _with_saved_state(exc: NumericalError, plan: Any, key: dict[str, str], save_
     return NumericalError(f"{exc}; {where}")
 
 
-def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any) -> None:
+def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any, written: list[Path]) -> None:
+    """Save the state of a run a signal stopped (no further signal interrupts the save) and raise Interrupted,
+    whose one line says where it stopped, what was kept and how to continue."""
     import shlex
     import sys
 
+    from .interrupts import by, signum_of
     from .statefile import save_state
 
-    signum = getattr(should_stop, "signum", None) or 2
-    where = f"step {result.steps_run}/{result.config.steps} of {result.task.name}"
+    signum = signum_of(should_stop)
+    steps = f"step {result.steps_run}/{result.config.steps}"
+    where = f"at {steps} of {result.task.name}"
+    if result.steps_run >= result.config.steps:
+        where = f"after training {result.task.name} ({steps}), before its final evaluation finished"
+    where = f"by {by(should_stop)} {where}" + (f" (kept: {', '.join(str(p) for p in written)})" if written else "")
     try:
-        save_state(plan.state, result.state, key)
+        with held(should_stop):
+            save_state(plan.state, result.state, key)
     except BadInputError as write_error:
-        raise Interrupted(f"interrupted at {where}; the state could not be saved ({write_error})", signum) from None
+        raise Interrupted(f"interrupted {where}; the state could not be saved ({write_error})", signum) from None
     cmd = " ".join(shlex.quote(a) for a in ["maskprobe", *sys.argv[1:]] if a not in ("--force", "--resume"))
-    raise Interrupted(f"interrupted at {where}; state saved to {plan.state}; continue with: {cmd} --resume", signum)
+    raise Interrupted(f"interrupted {where}; state saved to {plan.state}; continue with: {cmd} --resume", signum)
 
 
 def _write_mask(plan: Any, result: Any, ckpt: Any, pack_bits: bool = False) -> None:
@@ -376,12 +406,12 @@ def refuse_other_checkpoint(option: str, mask: Any, checkpoint: Any) -> None:
     Raises:
         BadInputError: it records another checkpoint (pass --allow-mismatch), or it cannot be read.
     """
-    from .compare import _fits_recorded
     from .maskfile import open_masks
+    from .masksets import fits_recorded
 
     with open_masks(mask) as reader:
         recorded = reader.metadata.get("checkpoint")
-    differ = _fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
+    differ = fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
     if differ:
         raise BadInputError(
             f"{option} {mask} was trained on another checkpoint ({differ}); pass --allow-mismatch if that is intended"

@@ -28,6 +28,7 @@ from .batching import batch_size_of, split_batch, to_device
 from .config import TrainConfig
 from .errors import NumericalError, PluginError
 from .evaluation import evaluate_task, plugin_failure, scalar_loss, task_loss
+from .interrupts import held, polled
 from .statefile import TrainState  # re-exported: maskprobe.training.TrainState keeps working
 from .tasks import Task, TaskRef, describe_task
 
@@ -178,7 +179,9 @@ def train_mask(
     Args:
         callback: receives a :class:`StepEvent` every ``config.log_every`` steps and at the end.
         should_stop: polled at every step boundary; when it returns True the loop stops and the result
-            has ``completed=False`` (its ``state`` resumes the run).
+            has ``completed=False`` and no metrics (its ``state`` resumes the run, and the final evaluation runs
+            then). With ``should_stop`` given, a KeyboardInterrupt (a second signal, or one during the final
+            evaluation: :mod:`maskprobe.interrupts`) ends the run the same way instead of losing the state.
         resume: a :class:`TrainState` from an interrupted run with the same config.
         save_every: call ``on_snapshot(state)`` every this many steps (default 0: never), so that a
             killed run loses at most ``save_every`` steps.
@@ -221,6 +224,8 @@ def run(
         next(batches)
     eval_every = config.eval_every if config.eval_every is not None else max(1, config.steps // 10)
     last_loss = last_task = float("nan")
+    if history:  # resumed: the loss last reported, in case no step is left (the final evaluation was interrupted)
+        last_loss = float(history[-1][1])
     metric: float | None = None
     t0 = time.perf_counter()
     completed = True
@@ -234,67 +239,83 @@ def run(
     def loss_of(model: Any, chunk: Any) -> Tensor:
         return scalar_loss(task, task_loss(task, model, to_device(chunk, device), step), device)
 
-    with engine.frozen():
-        while step < config.steps:
-            stop = should_stop is not None and should_stop()
-            if stop and not world.distributed:
-                completed = False
-                break
-            # under torchrun every rank draws the same global batch and runs its share of the K chunks
-            # (distributed.py); any failure is held until every rank has reported (agree_step)
-            error, local, bsz = None, float("nan"), 1
-            try:
-                batch = _next_batch(task, batches, step)
-                bsz = batch_size_of(batch)
-                k = max(1, min(config.samples, bsz))
-                share = distributed.sample_share(k, world)
-                local = engine.backward(step, split_batch(batch, k), share, k, loss_of)
-            except Exception as exc:  # noqa: BLE001 - re-raised by agree_step, on every rank
-                error = exc
-            summed, stop = distributed.agree_step(world, local, error, stop)
-            if stop:
-                completed = False
-                break
-            reg = regulariser_grad(config.beta if ctl is None else ctl.beta, bsz)
-            last_task = summed
-            last_loss = summed + reg * engine.logit_sum()
-            if not lazy and not math.isfinite(last_loss):
-                raise NumericalError(
-                    f"task {task.name!r}: loss is {last_loss} at step {step + 1} (task loss {summed})",
-                    state=snap() if engine.finite() else None,
-                )
-            norm = engine.update(step, reg, config.clip)  # the regulariser counted once; logits untouched if non-finite
-            if not lazy and not math.isfinite(norm):
-                raise NumericalError(
-                    f"task {task.name!r}: the gradient of the logits of {engine.nonfinite_gradient() or '?'!r} is "
-                    f"non-finite at step {step + 1} (loss {last_loss:.4g})",
-                    state=snap(),
-                )
-            step += 1
-            if lazy and (save_every and step % save_every == 0 or step % eval_every == 0 or step % config.log_every == 0
-                         or step == config.steps or (ctl is not None and ctl.due(step, config.steps))):  # fmt: skip
-                last_loss, last_task = _read_back(engine, task, last_loss, last_task, snap)
-            if save_every and on_snapshot is not None and step % save_every == 0:
-                on_snapshot(snap())
-            if ctl is not None and ctl.due(step, config.steps):
-                metric = ctl.measure(engine, task, config.eval_batch_size, step)
-            elif step % eval_every == 0 or step == config.steps:
-                metric = _quick_metric(engine, task, config)
-            if step % config.log_every == 0 or step == config.steps:
-                if not engine.finite():
-                    # these logits are bad: the last good state is the last snapshot
-                    raise NumericalError(f"task {task.name!r}: logits became non-finite by step {step}", state=None)
-                d = engine.density()
-                history.append([step, last_loss, d])
-                if callback is not None and world.is_main:
-                    callback(StepEvent(task.name, step, config.steps, last_loss, last_task, d, time.perf_counter() - t0, metric,
-                                       task.metric))  # fmt: skip
+    try:
+        with engine.frozen(), polled(should_stop):
+            while step < config.steps:
+                stop = should_stop is not None and should_stop()
+                if stop and not world.distributed:
+                    completed = False
+                    break
+                # under torchrun every rank draws the same global batch and runs its share of the K chunks
+                # (distributed.py); any failure is held until every rank has reported (agree_step)
+                error, local, bsz = None, float("nan"), 1
+                try:
+                    batch = _next_batch(task, batches, step)
+                    bsz = batch_size_of(batch)
+                    k = max(1, min(config.samples, bsz))
+                    share = distributed.sample_share(k, world)
+                    local = engine.backward(step, split_batch(batch, k), share, k, loss_of)
+                except Exception as exc:  # noqa: BLE001 - re-raised by agree_step, on every rank
+                    error = exc
+                summed, stop = distributed.agree_step(world, local, error, stop)
+                if stop:
+                    completed = False
+                    break
+                reg = regulariser_grad(config.beta if ctl is None else ctl.beta, bsz)
+                last_task = summed
+                last_loss = summed + reg * engine.logit_sum()
+                if not lazy and not math.isfinite(last_loss):
+                    raise NumericalError(
+                        f"task {task.name!r}: loss is {last_loss} at step {step + 1} (task loss {summed})",
+                        state=snap() if engine.finite() else None,
+                    )
+                with held(should_stop):  # the logits, the Adam state and ``step`` move together, or not at all
+                    norm = engine.update(step, reg, config.clip)  # the regulariser counted once; logits untouched if non-finite
+                    step += 1 if lazy or math.isfinite(norm) else 0
+                if not lazy and not math.isfinite(norm):
+                    raise NumericalError(
+                        f"task {task.name!r}: the gradient of the logits of {engine.nonfinite_gradient() or '?'!r} is "
+                        f"non-finite at step {step + 1} (loss {last_loss:.4g})",
+                        state=snap(),
+                    )
+                if lazy and (save_every and step % save_every == 0 or step % eval_every == 0 or step % config.log_every == 0
+                             or step == config.steps or (ctl is not None and ctl.due(step, config.steps))):  # fmt: skip
+                    last_loss, last_task = _read_back(engine, task, last_loss, last_task, snap)
+                if save_every and on_snapshot is not None and step % save_every == 0:
+                    on_snapshot(snap())
+                if ctl is not None and ctl.due(step, config.steps):
+                    metric = ctl.measure(engine, task, config.eval_batch_size, step)
+                elif step % eval_every == 0 or step == config.steps:
+                    metric = _quick_metric(engine, task, config)
+                if step % config.log_every == 0 or step == config.steps:
+                    if not engine.finite():
+                        # these logits are bad: the last good state is the last snapshot
+                        raise NumericalError(f"task {task.name!r}: logits became non-finite by step {step}", state=None)
+                    d = engine.density()
+                    history.append([step, last_loss, d])
+                    if callback is not None and world.is_main:
+                        elapsed = time.perf_counter() - t0
+                        callback(StepEvent(task.name, step, config.steps, last_loss, last_task, d, elapsed, metric, task.metric))
+    except KeyboardInterrupt:  # a second signal inside a step (Ctrl-C twice): the step it cut short changed nothing
+        if should_stop is None or world.distributed:
+            raise
+        completed = False
     if lazy:
         last_loss, last_task = _read_back(engine, task, last_loss, last_task, snap)
-    state = snap()
-    masks = engine.masks() if ctl is None or ctl.best is None else ctl.best  # --keep: the sparsest that met it
-    metric_full = engine.evaluate(task, None, config.eval_batch_size)
-    metric_masked = engine.evaluate(task, masks, config.eval_batch_size)
+    with held(should_stop):
+        state = snap()
+        masks = engine.masks() if ctl is None or ctl.best is None else ctl.best  # --keep: the sparsest that met it
+    if should_stop is not None and should_stop() and not world.distributed:  # a signal in the last step: no final evaluation
+        completed = False
+    if not completed:  # the caller saves ``state`` for --resume, which runs the final evaluation
+        return MaskResult(task, task_ref, config, masks, state, last_loss, {}, {}, False, engine.info(), [], last_task)
+    try:
+        metric_full = engine.evaluate(task, None, config.eval_batch_size)
+        metric_masked = engine.evaluate(task, masks, config.eval_batch_size)
+    except KeyboardInterrupt:  # a signal stops the final evaluation at once; what training learned is ``state``
+        if should_stop is None or world.distributed:
+            raise
+        return MaskResult(task, task_ref, config, masks, state, last_loss, {}, {}, False, engine.info(), [], last_task)
     summary = None if ctl is None else ctl.summary_of(metric_full.get(task.metric), metric_masked.get(task.metric))
     return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed,
                       engine.info(), engine.layers(), last_task, summary)  # fmt: skip

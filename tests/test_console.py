@@ -189,9 +189,9 @@ def test_err_is_a_console_on_stderr(capsys):
 # ---- signals ---------------------------------------------------------------------------------------------
 
 
-def test_sigterm_becomes_a_flag_and_a_second_signal_stops_at_once():
+def test_sigterm_in_the_training_loop_becomes_a_flag_and_a_second_signal_stops_at_once():
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with console.Signals() as stop:
+    with console.Signals() as stop, stop.polled():
         assert stop() is False and stop.signum is None
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop() is True and stop.signum == signal.SIGTERM
@@ -202,9 +202,26 @@ def test_sigterm_becomes_a_flag_and_a_second_signal_stops_at_once():
 
 
 def test_sigint_is_remembered_as_sigint():
-    with console.Signals() as stop:
+    with console.Signals() as stop, stop.polled():
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signum == signal.SIGINT
+
+
+def test_outside_the_training_loop_a_signal_stops_at_once_with_its_number():
+    from maskprobe.errors import Stopped
+
+    with console.Signals() as stop:
+        with pytest.raises(Stopped) as caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert caught.value.signum == signal.SIGTERM and stop.signum == signal.SIGTERM
+
+
+def test_while_held_no_signal_interrupts_and_the_flag_says_so():
+    with console.Signals() as stop:
+        with stop.polled(), stop.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a second one too: saving the state must finish
+        assert stop() is True and stop.count == 2
 
 
 def test_signals_outside_the_main_thread_install_nothing_and_do_not_fail():
