@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest_reliability import make_checkpoint, one_thread  # noqa: F401
 
-from maskprobe.errors import EXIT_SIGINT, EXIT_SIGTERM
+from maskprobe.errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, BadInputError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and FIFOs")
 
@@ -219,3 +219,20 @@ def test_a_signal_while_plotting_stops_at_once(env, masks, tmp_path, monkeypatch
     assert rc == EXIT_SIGTERM and time.monotonic() - t0 < 10
     assert "SIGTERM" in _one_line(capsys.readouterr().err)
     assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone with it
+
+
+# ---- item 12: --plot into a folder that cannot be made ----------------------------------------------------------
+
+
+def test_plot_into_a_folder_that_cannot_be_made_is_one_line_exit_2(env, masks, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from maskprobe import cli
+
+    (tmp_path / "file").write_text("x")
+    rc = cli.run(["compare", *map(str, masks), "--plot", str(tmp_path / "file" / "plots")])
+    assert rc == EXIT_BAD_INPUT
+    assert "--plot" in _one_line(capsys.readouterr().err)
+    from maskprobe.render.plots import plot_compare
+
+    with pytest.raises(BadInputError, match="--plot"):  # the library's own check, for a notebook's call
+        plot_compare({"masks": []}, tmp_path / "file" / "plots")

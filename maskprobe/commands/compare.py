@@ -113,10 +113,11 @@ def compare(
     if plot_tensors and plot is None:
         raise BadInputError("--plot-tensors needs --plot DIR (the folder the figures go to)")
     if plot is not None:
-        from ..render.plots import require_matplotlib
+        from ..render.plots import check_plot_folder, require_matplotlib
         from ..runs import refuse_writing_into_checkpoints
 
         require_matplotlib()
+        check_plot_folder(plot)  # before any work: a folder that cannot be made is one line, not exit 70
         files = [f for fs in groups.values() for f in fs] if groups else masks or []
         refuse_writing_into_checkpoints("--plot", plot, [checkpoint, *_recorded_checkpoints(files)])
     say = status_line(console.err(), quiet or fmt != "table")

@@ -204,6 +204,24 @@ def plot_drops(report: dict[str, Any], path: Path) -> Path:
     return save(fig, path)
 
 
+def check_plot_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir`` as a Path, if figures could be written there (a folder, or one that could be made). Creates nothing.
+
+    Raises:
+        BadInputError: it is a file, a file stands where one of its parents should be, or no permission to write.
+    """
+    from ..atomic import check_writable
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--plot {out} exists and is not a folder")
+    try:
+        check_writable(out / "density.png")
+    except BadInputError as exc:
+        raise BadInputError(f"--plot {out}: {exc}") from None
+    return out
+
+
 def plot_compare(
     report: dict[str, Any],
     out_dir: str | os.PathLike[str],
@@ -225,10 +243,11 @@ def plot_compare(
         BadInputError: matplotlib missing or ``out_dir`` not a writable folder.
     """
     require_matplotlib()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"--plot {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_plot_folder(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only file system, a file as a parent: one line, not exit 70
+        raise BadInputError(f"--plot {out}: cannot create the folder: {exc.strerror or exc}") from None
     tasks = [m.get("label", m["task"]) for m in report["masks"]]
     paths = []
     pairs = [(i, j) for i in range(len(tasks)) for j in range(i + 1, len(tasks))][:max_pairs]
