@@ -22,6 +22,12 @@ Run::
     python benchmarks/train_step.py                       # all models, K = 1,2,4,8, CPU (+ CUDA if present)
     python benchmarks/train_step.py --models fnn --samples 1,4 --rounds 21 --json out.json
     python benchmarks/train_step.py --backend torch       # the pure-torch kernels (no numba)
+    python benchmarks/train_step.py --devices cuda --backend compile,torch   # the fused kernels vs torch's, one run
+
+With several ``--backend`` names the first is ``mask K=k`` and the others ``mask[NAME] K=k``; ``auto`` is numba on
+the CPU (torch without it) and compile on CUDA. The compile backend's step runs as ``train_mask`` runs it there:
+nothing read back per step (``MaskLogits.update_lazy``); its bandwidth rows time the compiled passes after a
+warm-up that compiles them.
 """
 
 from __future__ import annotations
@@ -144,8 +150,13 @@ def mask_step(
                 gated = engine.sample(t, j)
                 samples.append(gated)
                 total = total + loss_fn(MaskedModel(model, gated), chunk) / k
-            float(total.detach())  # train_mask reads the loss every step (NaN check, progress)
-            engine.update(t, _sample_grads(total, samples), 1e-4 / bsz, 1.0)  # the production update path
+            grads = _sample_grads(total, samples)
+            if engine.fused:  # train_mask keeps the loss on the device (engine.lazy) and reads it at progress lines
+                loss = torch.stack([total.detach(), total.detach()]).double()
+                engine.update_lazy(t, grads, 1e-4 / bsz, 1.0, loss)
+            else:
+                float(total.detach())  # train_mask reads the loss every step (NaN check, progress)
+                engine.update(t, grads, 1e-4 / bsz, 1.0)  # the production update path
         counter[0] += 1
 
     return step, engine
@@ -215,8 +226,9 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int, device: to
 
 
 def bench_model(
-    name: str, device: torch.device, samples: list[int], rounds: int, backend: str, include=(), floor=True, vmap=False
-) -> dict:
+    name: str, device: torch.device, samples: list[int], rounds: int, backend: str, include=(), floor=True, vmap=False,
+    others: tuple[str, ...] = (),
+) -> dict:  # fmt: skip
     model, batch, loss_fn = MODELS[name](device)
     chosen = set(select_parameters(model, Selection(include=tuple(include))))
     masked = sum(p.numel() for n, p in model.named_parameters() if n in chosen)
@@ -225,6 +237,8 @@ def bench_model(
     engines = {}
     for k in samples:
         variants[f"mask K={k}"], engines[k] = mask_step(model, batch, loss_fn, k, backend, tuple(include))
+        for other in others:
+            variants[f"mask[{other}] K={k}"] = mask_step(model, batch, loss_fn, k, other, tuple(include))[0]
         if floor:
             variants[f"floor K={k}"] = floor_step(model, batch, loss_fn, k, tuple(include))
         if vmap and k > 1:
@@ -265,6 +279,9 @@ def bench_bandwidth(device: torch.device, rounds: int, backend: str) -> dict:
         "gate backward": lambda: engine.gradient(0, fake, 1e-6),
         "adam": lambda: engine.adam(1.0),
     }
+    if engine.fused:  # the passes the compile backend's step runs, nothing read back
+        variants["gate backward"] = lambda: engine._gradient_fused(0, fake, 1e-6)
+        variants["adam"] = lambda: engine._adam_fused(0, 1.0, None)
     med = interleaved(variants, rounds, device)
     # bytes each must move at the least: copy r+w 8; forward reads w and p, writes w*m: 12;
     # backward reads w, p, dL/d(w*m), writes dL/dl: 16; Adam reads l, g, m, v, writes l, m, v, p: 32
@@ -308,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", default="1,2,4,8", help="K values")
     p.add_argument("--rounds", type=int, default=11, help="timed rounds per variant (after 2 warm-up rounds)")
     p.add_argument("--devices", default="auto", help="cpu, cuda or auto (cpu, and cuda when present)")
-    p.add_argument("--backend", default="auto", help="mask-step kernels: auto, numba or torch")
+    p.add_argument("--backend", default="auto", help="mask-step kernels: auto, numba, torch, compile; several: a,b (compared)")
     p.add_argument("--threads", type=int, default=0, help="torch (and numba) threads; 0 = leave as is")
     p.add_argument("--no-bandwidth", action="store_true")
     p.add_argument("--no-floor", action="store_true", help="skip the chunked-matmul floor (K leaf copies, no gate)")
@@ -330,19 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": machine(), "command": " ".join(["python", *sys.argv]), "models": [], "bandwidth": {}}
     print(json.dumps(results["machine"]))
     for dev in devices:
-        backend = args.backend if dev.type == "cpu" else "torch"
-        if not args.no_bandwidth:
-            bw = bench_bandwidth(dev, args.rounds, backend)
-            results["bandwidth"][str(dev)] = bw
-            print(f"\n[{dev}] elementwise kernels on {bw['numel']:,} weights (median ms, GB/s, fraction of copy)")
+        names = [b for b in args.backend.split(",") if dev.type == "cpu" or b != "numba"] or ["auto"]
+        backend, others = names[0], tuple(names[1:])
+        for b in names if not args.no_bandwidth else ():
+            bw = bench_bandwidth(dev, args.rounds, b)
+            results["bandwidth"][str(dev) if b == backend else f"{dev} {b}"] = bw
+            print(f"\n[{dev}] {b}: elementwise kernels on {bw['numel']:,} weights (median ms, GB/s, fraction of copy)")
             for v in bw["ms"]:
                 print(f"  {v:<14} {bw['ms'][v]:8.2f} ms  {bw['GB_per_s'][v]:6.1f} GB/s  {bw['fraction_of_copy'][v]:5.2f}")
         for name in args.models.split(","):
-            r = bench_model(name, dev, samples, args.rounds, backend, args.include, not args.no_floor, args.vmap)
+            r = bench_model(name, dev, samples, args.rounds, backend, args.include, not args.no_floor, args.vmap, others)
             results["models"].append(r)
             print(f"\n[{dev}] {name}: {r['masked_weights']:,} masked weights, batch {r['batch']}, backend {r['backend']}")
             for v in r["ms"]:
-                print(f"  {v:<14} {r['ms'][v]:8.2f} ms  x{r['ratio'][v]:.2f}")
+                print(f"  {v:<20} {r['ms'][v]:8.2f} ms  x{r['ratio'][v]:.2f}")
             print(f"  mask state {r['state_bytes_per_weight']:.1f} B/weight; with K gated copies: "
                   + ", ".join(f"K={k}: {b:.1f}" for k, b in r["mask_bytes_per_weight"].items()))  # fmt: skip
     results["load_after"] = [round(x, 2) for x in __import__("os").getloadavg()]
