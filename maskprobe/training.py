@@ -125,7 +125,12 @@ class MaskResult:
                 f"--keep {c.keep:g} not met: the mask keeps {100 * keep['ratio']:.1f} % of the unmasked {self.task.metric} "
                 f"({settings}); {cure}"
             )
-        if density > 0.9 and self.completed:
+        if density > 0.9 and self.completed and keep is not None:
+            out.append(
+                f"the mask stayed dense ({100 * density:.1f} % kept): no sparser mask measured kept {c.keep:g} of the "
+                f"unmasked {self.task.metric} ({settings}); try a lower --keep or more --steps"
+            )
+        elif density > 0.9 and self.completed:
             init, lr = self.config.init, self.config.lr
             out.append(
                 f"the mask stayed dense ({100 * density:.1f} % kept): nothing was pruned; try more --steps or a larger --beta "
