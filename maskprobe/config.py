@@ -15,6 +15,7 @@ from typing import Any
 DEVICE = "cpu"  # the library's: a notebook gets what it asks for; the CLI's --device is "auto" (commands/options.py)
 EVAL_BATCH_SIZE = 1024  # batch size of every evaluation (training's final ones, evaluate, compare's ablation)
 CONTROL_SEED = 0  # seed of compare's random-removal controls
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a 64-bit signed integer (beyond it, an overflow deep inside torch)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class TrainConfig:
                 raise BadInputError(f"--{name} must be > 0, got {v}")
             if name == "beta" and v < 0:
                 raise BadInputError(f"--beta must be >= 0, got {v}")
+        if not SEED_MIN <= self.seed <= SEED_MAX:  # torch's generators and the state file hold 64-bit signed seeds
+            raise BadInputError(f"--seed must be an integer from {SEED_MIN} to {SEED_MAX}, got {self.seed}")
         for name in ("steps", "batch_size", "samples"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

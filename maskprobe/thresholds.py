@@ -221,13 +221,22 @@ def evaluate_thresholds(
 # ---- baseline --------------------------------------------------------------------------------------------
 
 
+MAX_BASELINE_BYTES = 1 << 30  # a compare JSON of a thousand masks is a few MB; more is not one
+
+
 def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A previous ``compare --format json`` output.
 
     Raises:
         BadInputError: missing, not JSON, or another schema.
     """
+    from .paths import input_kind
+
     path = Path(path)
+    if input_kind(path, f"baseline not found: {path}") != "file":  # a FIFO would block forever, /dev/zero never end
+        raise BadInputError(f"baseline {path} is a folder; give the JSON file 'compare --format json' wrote")
+    if path.stat().st_size > MAX_BASELINE_BYTES:
+        raise BadInputError(f"baseline {path} is {path.stat().st_size:,} bytes; a compare JSON is far smaller")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

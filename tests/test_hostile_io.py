@@ -236,3 +236,85 @@ def test_plot_into_a_folder_that_cannot_be_made_is_one_line_exit_2(env, masks, t
 
     with pytest.raises(BadInputError, match="--plot"):  # the library's own check, for a notebook's call
         plot_compare({"masks": []}, tmp_path / "file" / "plots")
+
+
+# ---- item 17: files that are not regular files, ranges that never end ------------------------------------------
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "fifo.txt"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("which", ["fifo", "zero", "loop"])
+def test_data_that_is_not_a_regular_file_is_refused_before_it_is_opened(tmp_path, fifo, which):
+    from maskprobe.builtin.data import read_records
+
+    path = {"fifo": fifo, "zero": Path("/dev/zero"), "loop": tmp_path / "loop.txt"}[which]
+    if which == "loop":
+        os.symlink(path.name, path)  # a link to itself
+    t0 = time.monotonic()
+    with pytest.raises(BadInputError) as caught:  # the old code blocked on the FIFO, read /dev/zero until memory ran out
+        read_records(path)
+    assert time.monotonic() - t0 < 5
+    assert ("symlink loop" if which == "loop" else "not a regular file") in str(caught.value)  # not "not found"
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    from maskprobe.builtin.data import read_records
+
+    path = tmp_path / "d.csv"
+    path.write_text("text,text,label\na,b,x\nc,d,y\n")
+    with pytest.raises(BadInputError, match="'text' twice"):  # the old code trained on the last 'text' column
+        read_records(path)
+
+
+@pytest.mark.parametrize("which", ["fifo", "zero"])
+def test_a_baseline_that_is_not_a_regular_file_is_one_line(env, masks, fifo, which, capsys):
+    from maskprobe import cli
+
+    path = fifo if which == "fifo" else Path("/dev/zero")
+    t0 = time.monotonic()
+    rc = cli.run(["compare", *map(str, masks), "--baseline", str(path), "--quiet"])
+    assert rc == EXIT_BAD_INPUT and time.monotonic() - t0 < 30
+    assert "not a regular file" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--seeds", "0-1000000"], ["--seeds", "0-999,1000"], ["--seed", "99999999999999999999"],
+     ["--seed=-9223372036854775809"], ["--seeds", "0,99999999999999999999"]],
+)  # fmt: skip
+def test_huge_seeds_and_seed_ranges_are_refused_with_the_limit(env, tmp_path, capsys, flags):
+    from conftest_reliability import train_argv
+
+    from maskprobe import cli
+
+    out = tmp_path / "o"
+    t0 = time.monotonic()
+    rc = cli.run(train_argv(env / "c.pt", out, *flags, steps=1))
+    assert rc == EXIT_BAD_INPUT and time.monotonic() - t0 < 30  # not minutes of silence, not exit 70
+    line = _one_line(capsys.readouterr().err)
+    assert "at most 1,000" in line or "9223372036854775807" in line
+    assert not out.exists()
+
+
+def test_compare_seed_beyond_64_bits_is_one_line(env, masks, capsys):
+    from maskprobe import cli
+
+    rc = cli.run(["compare", *map(str, masks), "--seed", "99999999999999999999"])
+    assert rc == EXIT_BAD_INPUT and "--seed" in _one_line(capsys.readouterr().err)
+
+
+# ---- item 24: messages that say what is wrong ------------------------------------------------------------------
+
+
+def test_a_tokenizer_given_as_a_file_is_not_called_a_missing_folder(tmp_path):
+    from maskprobe.task_args import resolve_tasks
+
+    (tmp_path / "tokenizer.json").write_text("{}")
+    [(task, _)] = resolve_tasks(["text-lm"], [f"data={tmp_path / 'd.txt'}", f"tokenizer={tmp_path / 'tokenizer.json'}"])
+    with pytest.raises(BadInputError, match="is a file; give the folder"):
+        task._tokenizer(None)

@@ -89,6 +89,11 @@ class TextTask(Task):
         try:
             if self.tokenizer_path:
                 folder = Path(self.tokenizer_path).expanduser()
+                if folder.is_file():
+                    raise BadInputError(
+                        f"{self.name}: tokenizer={folder} is a file; give the folder that holds it (tokenizer.json, "
+                        "tokenizer_config.json, ...)"
+                    )
                 if not folder.is_dir():
                     raise BadInputError(f"{self.name}: tokenizer folder not found: {folder}")
                 return hf_tokenizer(folder)

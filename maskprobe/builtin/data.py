@@ -73,10 +73,11 @@ def read_records(path: str | Path, *, whole: bool = False) -> Records:
     Raises:
         BadInputError: the file is missing, empty, malformed, or needs ``datasets`` that is not installed.
     """
+    from ..paths import input_kind
+
     p = Path(path).expanduser()
-    if not p.exists():
-        raise BadInputError(f"data file not found: {p}")
-    if p.is_dir():
+    # a FIFO would block open() forever and /dev/zero never ends: only a regular file or a folder is read
+    if input_kind(p, f"data file not found: {p}") == "dir":
         records = _read_hf_folder(p)
     else:
         suffix = p.suffix.lower()
@@ -153,6 +154,9 @@ def _read_csv(p: Path, delimiter: str) -> Records:
         raise BadInputError(f"{p} is not valid {'TSV' if tsv else 'CSV'} ({exc})") from None
     if not header:
         return Records(str(p), {})
+    twice = sorted({n for n in header if header.count(n) > 1})
+    if twice:  # csv.DictReader keeps the last of two equal names: the task would silently read another column
+        raise BadInputError(f"{p}: the header names column {twice[0]!r} twice; give every column its own name")
     return Records(str(p), {name: [r.get(name) for r in rows] for name in header})
 
 

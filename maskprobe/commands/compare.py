@@ -93,6 +93,10 @@ def compare(
         raise BadInputError(f"--format must be table, json or markdown, got {output_format!r}")
     if group and task:
         raise BadInputError("--task gives one task per mask file; with --group the tasks come from the masks' metadata")
+    from ..config import SEED_MAX, SEED_MIN
+
+    if not SEED_MIN <= seed <= SEED_MAX:  # beyond it, an overflow inside torch after the long work
+        raise BadInputError(f"--seed must be an integer from {SEED_MIN} to {SEED_MAX}, got {seed}")
     checks = Thresholds(
         min_specialize=min_specialize,
         max_reuse=max_reuse,

@@ -320,6 +320,9 @@ class CliReporter:
         o.print(metric_table(f"{label}: metrics", [(result.task.name, result.metric_full, result.metric_masked)]))
 
 
+MAX_VALUES = 1000  # --seeds/--beta values per run (one mask each; 0-1000000 would only print nothing for minutes)
+
+
 def parse_numbers(text: str | None, kind: type, flag: str) -> list:
     """``"0,1,2"`` or ``"0-9"`` (integers) -> a list of ``kind``; a one-line error for anything else or a repeat."""
     from ..errors import BadInputError
@@ -333,6 +336,8 @@ def parse_numbers(text: str | None, kind: type, flag: str) -> list:
             if dash and lo:
                 if int(hi) < int(lo):
                     raise ValueError(part)
+                if int(hi) - int(lo) + 1 + len(values) > MAX_VALUES:  # one mask each: refused before a list is built
+                    raise BadInputError(f"{flag} {part} asks for {int(hi) - int(lo) + 1:,} masks; at most {MAX_VALUES:,} per run")
                 values += list(range(int(lo), int(hi) + 1))
             else:
                 values.append(kind(part))
@@ -341,6 +346,8 @@ def parse_numbers(text: str | None, kind: type, flag: str) -> list:
         raise BadInputError(f"{flag} takes a comma-separated list of numbers ({form}), got {text!r}") from None
     if not values:
         raise BadInputError(f"{flag} is empty")
+    if len(values) > MAX_VALUES:
+        raise BadInputError(f"{flag} asks for {len(values):,} masks; at most {MAX_VALUES:,} per run")
     if len(set(values)) != len(values):
         raise BadInputError(f"{flag} repeats a value: {text!r}")
     return values
