@@ -142,3 +142,30 @@ def test_keep_without_beta_starts_low_and_a_given_beta_is_the_start(tmp_path, ti
     a, b = (load_masks(tmp_path / f"{n}.safetensors").metadata["hparams"] for n in "ab")
     assert a["beta"] == 1e-6 and a["controller"]["beta_start"] == 1e-6 and a["keep"] == 0.9
     assert b["beta"] == 1e-3 and b["controller"]["beta_start"] == 1e-3
+
+
+def _result(density: float, masked: float, controller: dict | None, keep: float | None = 0.9):
+    from types import SimpleNamespace
+
+    from maskprobe.tasks import TaskRef
+    from maskprobe.training import MaskResult
+    from sample_tasks.arithmetic import AddTask
+
+    n = 1000
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[: round(density * n)] = True
+    cfg = TrainConfig(keep=keep, beta=1e-6 if keep else 1e-4)
+    return MaskResult(AddTask(hidden="8"), TaskRef("arith-add", {}), cfg, {"w": mask}, SimpleNamespace(step=500), 0.0,
+                      {"accuracy": 1.0}, {"accuracy": masked}, controller=controller)  # fmt: skip
+
+
+def test_keep_warnings_say_what_fits_a_target_not_a_beta():
+    met = {"keep": 0.9, "beta_min": 1e-7, "beta_max": 1e-4, "met": True, "ratio": 0.95}
+    empty = _result(0.005, 0.95, met).warnings()
+    assert len(empty) == 1 and "nearly empty (0.50 % kept" in empty[0] and "higher --keep" in empty[0]
+    dense = _result(0.99, 0.95, met).warnings()
+    assert len(dense) == 1 and "stayed dense" in dense[0] and "lower --keep" in dense[0] and "--beta" not in dense[0]
+    missed = _result(0.3, 0.8, {**met, "met": False, "ratio": 0.8}).warnings()
+    assert len(missed) == 1 and "--keep 0.9 not met" in missed[0] and "80.0 %" in missed[0]
+    fixed = _result(0.005, 0.3, None, keep=None).warnings()  # a fixed beta: collapsed and empty, named with beta
+    assert len(fixed) == 2 and all("beta 0.0001, lr 0.01, 500 steps of batch 128" in w for w in fixed)
