@@ -16,7 +16,7 @@ import typer
 
 from .commands import compare, demo, evaluate, inspect, tasks, train
 from .console import results_guard
-from .errors import EXIT_INTERNAL, EXIT_SIGINT, CheckFailed, Interrupted, MaskprobeError, RankFailed
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_SIGINT, CheckFailed, Interrupted, MaskprobeError, RankFailed
 
 app = typer.Typer(
     name="maskprobe",
@@ -94,13 +94,27 @@ def _run(argv: list[str] | None) -> int:
         return 0
     except Exception as e:
         if hasattr(e, "show") and hasattr(e, "exit_code"):  # click's / typer's usage errors
-            e.show(file=sys.stderr)
-            return int(e.exit_code)
+            return _usage_error(e)
         if os.environ.get("MASKPROBE_DEBUG"):
             raise
         # a bug of ours: one line, the traceback on request
         print(f"maskprobe: internal error: {type(e).__name__}: {e} (set MASKPROBE_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _usage_error(error: Exception) -> int:
+    """A click/typer usage error as the one ``maskprobe: error:`` line of docs/cli.md (click prints a usage block
+    and a boxed or ``Error:`` line), exit 2; ``maskprobe`` alone still prints its help."""
+    if type(error).__name__ == "NoArgsIsHelpError":  # click >= 8.2: no arguments, and the app says "show the help"
+        error.show(file=sys.stderr)  # type: ignore[attr-defined]
+        return int(getattr(error, "exit_code", 2))
+    fmt = getattr(error, "format_message", None)
+    text = " ".join(str(fmt() if callable(fmt) else error).split()) or type(error).__name__
+    ctx = getattr(error, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "maskprobe"
+    print(f"maskprobe: error: {text} (see '{path} --help')", file=sys.stderr)
+    code = getattr(error, "exit_code", 2)
+    return int(code) if isinstance(code, int) and code else EXIT_BAD_INPUT
 
 
 def _interrupted(error: BaseException | None) -> int:

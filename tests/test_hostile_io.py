@@ -318,3 +318,19 @@ def test_a_tokenizer_given_as_a_file_is_not_called_a_missing_folder(tmp_path):
     [(task, _)] = resolve_tasks(["text-lm"], [f"data={tmp_path / 'd.txt'}", f"tokenizer={tmp_path / 'tokenizer.json'}"])
     with pytest.raises(BadInputError, match="is a file; give the folder"):
         task._tokenizer(None)
+
+
+# ---- item 25: typer's usage errors as docs/cli.md's one line ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "c.pt", "--bogus"], ["train"], ["nosuch"], ["train", "c.pt", "--steps", "abc"], ["compare", "--format"]],
+)
+def test_usage_errors_are_one_maskprobe_error_line(argv, capsys):
+    from maskprobe import cli
+
+    assert cli.run(argv) == EXIT_BAD_INPUT
+    cap = capsys.readouterr()
+    line = _one_line(cap.err)  # no "Usage:" block, no box: the wording is click's, the prefix and one line ours
+    assert line.startswith("maskprobe: error: ") and "--help" in line and cap.out == ""
