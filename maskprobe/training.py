@@ -133,7 +133,8 @@ class MaskResult:
         elif density > 0.9 and self.completed:
             init, lr = self.config.init, self.config.lr
             out.append(
-                f"the mask stayed dense ({100 * density:.1f} % kept): nothing was pruned; try more --steps or a larger --beta "
+                f"the mask stayed dense ({100 * density:.1f} % kept): {_pruned(self.density())}; "
+                "try more --steps or a larger --beta "
                 f"(a logit moves about --lr per step: from {init:g} to 0 takes ~{max(1, round(init / lr))} steps at lr {lr:g})"
             )
         return out
@@ -324,6 +325,14 @@ def run(
     summary = None if ctl is None else ctl.summary_of(metric_full.get(task.metric), metric_masked.get(task.metric))
     return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed,
                       engine.info(), engine.layers(), last_task, summary)  # fmt: skip
+
+
+def _pruned(density: dict[str, Any]) -> str:
+    """How much a dense mask pruned, in words that are true: "nothing was pruned" only when nothing was."""
+    removed = density["numel"] - density["kept"]
+    if removed == 0:
+        return "nothing was pruned"
+    return f"only {100 * removed / density['numel']:.3g} % was pruned ({removed:,} of {density['numel']:,} weights)"
 
 
 def _keep_controller(engine: Any, task: Task, config: TrainConfig, resume: TrainState | None) -> Any:

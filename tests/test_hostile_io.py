@@ -334,3 +334,25 @@ def test_usage_errors_are_one_maskprobe_error_line(argv, capsys):
     cap = capsys.readouterr()
     line = _one_line(cap.err)  # no "Usage:" block, no box: the wording is click's, the prefix and one line ours
     assert line.startswith("maskprobe: error: ") and "--help" in line and cap.out == ""
+
+
+# ---- item 22: a dense mask's warning says how much it pruned -------------------------------------------------------
+
+
+@pytest.mark.parametrize("removed, said", [(0, "nothing was pruned"), (19, "only 1.9 % was pruned (19 of 1,000 weights)")])
+def test_a_dense_mask_says_how_much_was_pruned(removed, said):
+    import types
+
+    import torch
+
+    from maskprobe.config import TrainConfig
+    from maskprobe.tasks import TaskRef
+    from maskprobe.training import MaskResult
+    from sample_tasks.arithmetic import AddTask
+
+    mask = torch.ones(1000, dtype=torch.bool)
+    mask[:removed] = False
+    result = MaskResult(AddTask(hidden="8"), TaskRef("arith-add", {}), TrainConfig(), {"w": mask},
+                        types.SimpleNamespace(step=10), 0.0, {}, {})  # fmt: skip
+    [line] = [w for w in result.warnings() if "stayed dense" in w]
+    assert said in line and ("nothing was pruned" in line) == (removed == 0)
