@@ -44,6 +44,7 @@ class OutputLock:
                 self._lock_one(target)
         except BaseException:
             self.release()
+            self.remove_created_folders()
             raise
         return self
 
@@ -74,9 +75,11 @@ class OutputLock:
             except FileNotFoundError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._held.append((path, fd))
+                self._held.append((path, fd))  # ours now: release() removes it, also if writing the pid fails
+                try:
+                    _write_pid(fd)
+                except OSError as exc:  # a full disk (ENOSPC), a quota: one line, and no empty lock or folder left
+                    raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None
                 return
             os.close(fd)
         raise BadInputError(f"cannot lock {path}: it keeps being replaced")
@@ -107,3 +110,9 @@ def _read_pid(fd: int) -> int | None:
         return int(text) if text else None
     except (OSError, ValueError):
         return None
+
+
+def _write_pid(fd: int) -> None:
+    """This process's id into the lock file ``fd`` (for the message of a second run)."""
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())

@@ -356,3 +356,23 @@ def test_a_dense_mask_says_how_much_was_pruned(removed, said):
                         types.SimpleNamespace(step=10), 0.0, {}, {})  # fmt: skip
     [line] = [w for w in result.warnings() if "stayed dense" in w]
     assert said in line and ("nothing was pruned" in line) == (removed == 0)
+
+
+# ---- item 11: a full disk when the lock is written ----------------------------------------------------------------
+
+
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_lock_or_folder(env, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from conftest_reliability import train_argv
+
+    from maskprobe import cli, locking
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(locking, "_write_pid", full)
+    out = tmp_path / "o"
+    assert cli.run(train_argv(env / "c.pt", out / "m.safetensors", steps=1)) == EXIT_BAD_INPUT  # was exit 70
+    assert os.strerror(errno.ENOSPC) in _one_line(capsys.readouterr().err)
+    assert not out.exists()  # neither o/ nor an empty o/.m.safetensors.lock
