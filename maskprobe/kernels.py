@@ -245,7 +245,7 @@ _pool: Any = None
 def _ranges(n: int) -> list[tuple[int, int]]:
     parts = max(1, torch.get_num_threads()) if n >= _PARALLEL_MIN else 1
     step = -(-n // parts)
-    step = -(-step // 8192) * 8192  # whole blocks
+    step = max(8192, -(-step // 8192) * 8192)  # whole blocks (at least one: a tensor of 0 elements is one empty range)
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
 
 

@@ -200,6 +200,9 @@ def _train_locked(
         refuse_other_checkpoint("--fix-from", config.fixed_from, ckpt)
     setup_tasks([t for t, _ in request.tasks], ckpt)
     rows = describe_selection(ckpt.model, config.selection, stored_dtypes=ckpt.dtypes)
+    empty = [f"{r.name} {tuple(r.shape)}" for r in rows if r.masked and r.numel == 0]
+    if empty and not any(r.numel for r in rows if r.masked):  # 0/0 density: no mask to learn
+        raise BadInputError(f"no weight to mask: every selected tensor is empty ({', '.join(empty[:3])}); a layer of size 0?")
     auto = _chosen_settings(config, sum(r.numel for r in rows if r.masked), reporter)  # the run's first line
     config = dataclasses.replace(config, **auto)
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")

@@ -376,3 +376,26 @@ def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_lock_or_folder(env, t
     assert cli.run(train_argv(env / "c.pt", out / "m.safetensors", steps=1)) == EXIT_BAD_INPUT  # was exit 70
     assert os.strerror(errno.ENOSPC) in _one_line(capsys.readouterr().err)
     assert not out.exists()  # neither o/ nor an empty o/.m.safetensors.lock
+
+
+# ---- item 15: zero-size weight tensors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden, code", [("0", EXIT_BAD_INPUT), ("16,0", 0)])
+def test_zero_size_weights_are_one_line_or_a_mask(tmp_path, capsys, hidden, code):
+    import torch
+    from conftest_reliability import train_argv
+
+    from maskprobe import cli
+    from sample_tasks.arithmetic import AddTask
+
+    torch.save(AddTask(hidden=hidden).build_model().state_dict(), tmp_path / "z.pt")
+    out = tmp_path / "o" / "m.safetensors"
+    assert cli.run(train_argv(tmp_path / "z.pt", out, hidden=hidden, steps=2)) == code  # both were exit 70
+    err = capsys.readouterr().err
+    if code:
+        assert "no weight to mask" in _one_line(err) and not out.parent.exists()
+    else:
+        from maskprobe.maskfile import load_masks
+
+        assert "Traceback" not in err and load_masks(out).masks["2.weight"].shape == (0, 16)
