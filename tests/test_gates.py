@@ -191,5 +191,6 @@ def test_cuda_torch_backend_matches_cpu_bitwise_on_the_forward():
     gpu = kernels.gate_forward_torch(wc, pc, key, torch.empty_like(wc))
     # the hash is integer arithmetic: the same noise on every device; p may differ by an ulp at the threshold
     assert float((gpu.cpu() != cpu).float().mean()) < 1e-3
-    eng = MaskLogits({"w": wc.view(100, 100)}, backend="auto")
+    eng = MaskLogits({"w": wc.view(100, 100)}, backend="torch")
     assert eng.backend == "torch" and eng.sample(0, 0)["w"].is_cuda
+    assert MaskLogits({"w": wc.view(100, 100)}, backend="auto").backend == "compile"  # auto on CUDA: the fused kernels
