@@ -124,7 +124,7 @@ def report(runs: list[dict]) -> str:
     out += ["Columns: the unmasked network; only the add mask kept (+) or removed (¬+); the same for the mul mask (*, ¬*).", ""]
     ex = [a["drops"]["exclusive"] for a in ab]
     ce = [a["drops"]["control_exclusive"] for a in ab]
-    hid = [r["compare"][""]["summary"]["hidden"]["pooled"] for r in runs]
+    hid = [r["compare"][""]["summary"].get("hidden", {}).get("pooled") for r in runs]  # none with one hidden layer
     dens = [[m["density"] for m in r["compare"][""]["masks"]] for r in runs]
     scores = [
         ["P_specialize", pm((s["p_specialize"] for s in sc), 1, 3), pm((s["p_specialize_control"] for s in sc), 1, 3)],

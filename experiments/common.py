@@ -336,8 +336,11 @@ def pm(values: Iterable[float | None], scale: float = 100.0, digits: int = 1) ->
     return f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
-def overlap_row(label: str, pooled: list[dict], key: str, i: int = 0, j: int = 1) -> list[str]:
-    """``[label, measured, chance]`` for ``key`` (``iou`` / ``iomin``) of masks i, j in compare's pooled summaries."""
+def overlap_row(label: str, pooled: list[dict | None], key: str, i: int = 0, j: int = 1) -> list[str]:
+    """``[label, measured, chance]`` for ``key`` (``iou`` / ``iomin``) of masks i, j in compare's pooled summaries;
+    a None summary (a network with one hidden layer has no hidden-to-hidden layer) gives n/a."""
+    if any(x is None for x in pooled):
+        return [label, "n/a (no such layer: one hidden layer?)", ""]
     return [label, pm((x[key][i][j] for x in pooled), 1, 3), pm((x[f"chance_{key}"][i][j] for x in pooled), 1, 3)]
 
 

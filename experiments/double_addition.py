@@ -137,7 +137,7 @@ def report(runs: list[dict]) -> str:
             [f"drop of pair 1, pair 2's mask removed, {label}", pm(x["drops"]["inverted"][1][0] for x in a),
              pm(x["drops"]["control"][1][0] for x in a)],
         ]  # fmt: skip
-    hid = [r["compare"][""]["summary"]["hidden"]["pooled"] for r in runs]
+    hid = [r["compare"][""]["summary"].get("hidden", {}).get("pooled") for r in runs]  # none with one hidden layer
     tot = [r["compare"][""]["summary"]["all"]["pooled"] for r in runs]
     dens = [[m["density"] for m in r["compare"][""]["masks"]] for r in runs]
     lines += [

@@ -399,3 +399,18 @@ def test_zero_size_weights_are_one_line_or_a_mask(tmp_path, capsys, hidden, code
         from maskprobe.maskfile import load_masks
 
         assert "Traceback" not in err and load_masks(out).masks["2.weight"].shape == (0, 16)
+
+
+# ---- item 16: the experiment scripts with one hidden layer ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["addmul", "double_addition"])
+def test_experiments_with_one_hidden_layer_write_their_tables(tmp_path, name):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / name
+    flags = ["--seeds", "0", "--hidden", "8", "--base-steps", "20", "--mask-steps", "3", "--eval-size", "64", "--threads", "1"]
+    proc = subprocess.run([sys.executable, str(root / "experiments" / f"{name}.py"), *flags, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=root,
+                          env={**os.environ, "CI": "true", "PYTHONPATH": str(root)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]  # was KeyError: 'hidden' after every step had run
+    assert "n/a (no such layer" in (out / "results.md").read_text()
