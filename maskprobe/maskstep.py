@@ -203,10 +203,15 @@ class MaskLogits:
         if self._keys is None or self._keys[0] != (step, self.sample_offset) or self._keys[1].shape[0] < count:
             count = max(count, len(self._gated))
             host = torch.tensor([[self.key(step, k, j) for j in range(len(self.names))] for k in range(count)], dtype=torch.int64)
-            if self.device.type == "cuda":
-                host = host.pin_memory()
-            self._keys = ((step, self.sample_offset), host.to(self.device, non_blocking=True))
+            self._keys = ((step, self.sample_offset), self._upload(host))
         return self._keys[1][:count]
+
+    def _upload(self, host: Tensor) -> Tensor:
+        """A small host tensor on the device without waiting for it: pinned, asynchronous on CUDA (the caching
+        host allocator keeps the pinned block until the copy is done)."""
+        if self.device.type == "cuda":
+            return host.pin_memory().to(self.device, non_blocking=True)
+        return host.to(self.device)
 
     def _draw_all(self, step: int, k: int) -> None:
         """Gate every tensor for sample ``k`` into ``self._gated[k]`` in one fused call (compile backend)."""
@@ -260,9 +265,9 @@ class MaskLogits:
 
         per_tensor = [[None if (g := s.get(name)) is None else g.reshape(-1) for s in grads] for name in self.names]
         keys = self._step_keys(step, len(grads))
-        reg_t = torch.tensor(float(reg), dtype=torch.float32)
+        reg_t = self._upload(torch.tensor(float(reg), dtype=torch.float32))
         self._buf, self._sums = fused("backward")(
-            self._w, self._buf, self.flat_logits, tuple(self._offsets), per_tensor, keys, reg_t.to(self.device), self.tau
+            self._w, self._buf, self.flat_logits, tuple(self._offsets), per_tensor, keys, reg_t, self.tau
         )
 
     def _adam_fused(self, step: int, clip: float, loss: Tensor | None) -> Tensor:
@@ -277,10 +282,8 @@ class MaskLogits:
         # float32 like the torch backend's scalars; then carried as float64 (exact)
         scal[:2] = scal[:2].float().double()
         if loss is None:
-            loss = torch.zeros(2, dtype=torch.float64)
-        if self.device.type == "cuda":
-            scal = scal.pin_memory()
-        scal = scal.to(self.device, non_blocking=True)
+            loss = torch.zeros(2, dtype=torch.float64, device=self.device)
+        scal = self._upload(scal)
         norm, lsum, kept = fused("adam")(self.flat_logits, self._buf, self.exp_avg, self.exp_avg_sq, self._sums, scal,
                                          self._fail, loss.to(self.device), clip=float(clip), b1=BETAS[0], b2=BETAS[1],
                                          eps=EPS)  # fmt: skip
