@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .batching import batch_size_of
-from .errors import MaskprobeError
+from .errors import BadInputError, MaskprobeError
 from .tasks import Task, TaskContext, TaskRef, contract_problems, describe_task
 
 MAX_EVAL_BATCHES = 100_000  # an 'eval' stream longer than this is taken to be endless
@@ -38,6 +38,7 @@ class TaskCheck:
     passed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # checks that could not run (no model to run them on)
+    bad_input: list[str] = field(default_factory=list)  # problems of the input given (data, labels, tokenizer), not the plugin's
 
     @property
     def ok(self) -> bool:
@@ -130,6 +131,9 @@ def check_task(
     if context is not None or model is not None:
         try:
             task.setup(context if context is not None else TaskContext(model))
+        except BadInputError as exc:  # missing or empty data, an unknown label, no tokenizer: the user's input
+            _bad_input(report, f"setup() refused its input: {str(exc).removeprefix(f'{describe_task(task)}: ')}")
+            return report
         except MaskprobeError as exc:
             report.problems.append(f"setup() failed: {str(exc).removeprefix(f'{describe_task(task)}: ')}")
             return report
@@ -138,6 +142,8 @@ def check_task(
             return report
     try:
         _check_stream(task, report, batch_size)
+    except BadInputError as exc:
+        _bad_input(report, f"batches() refused its input: {str(exc).removeprefix(f'{describe_task(task)}: ')}")
     except Exception as exc:  # the plugin's own error: report it, keep going only if something can run
         report.problems.append(f"batches() failed: {type(exc).__name__}: {exc}")
     if report.problems:  # running the engine on a broken stream could hang (an endless eval) or mislead
@@ -168,11 +174,19 @@ def check_task(
             f"{steps} mask steps: scalar loss {result.final_loss:.4g}, "
             f"masked {task.metric}={result.metric_masked[task.metric]:.4g}"
         )
+    except BadInputError as exc:
+        _bad_input(report, str(exc).removeprefix(f"{describe_task(task)}: "))
     except MaskprobeError as exc:
         report.problems.append(str(exc).removeprefix(f"{describe_task(task)}: "))
     finally:
         model.to("cpu")
     return report
+
+
+def _bad_input(report: TaskCheck, line: str) -> None:
+    """A problem of the input given to the task (``maskprobe tasks --check`` exits 2 for it, as train would)."""
+    report.problems.append(line)
+    report.bad_input.append(line)
 
 
 def tiny_fnn(in_features: int, out_features: int, hidden: Sequence[int] = (16,), seed: int = 0) -> nn.Sequential:

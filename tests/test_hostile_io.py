@@ -414,3 +414,27 @@ def test_experiments_with_one_hidden_layer_write_their_tables(tmp_path, name):
                           env={**os.environ, "CI": "true", "PYTHONPATH": str(root)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]  # was KeyError: 'hidden' after every step had run
     assert "n/a (no such layer" in (out / "results.md").read_text()
+
+
+# ---- item 18: tasks --check tells bad input from a broken plugin --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    from builtin_helpers import make_model
+
+    return make_model("gpt2", tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.mark.parametrize("data", ["missing", "empty"])
+def test_tasks_check_calls_bad_data_bad_input_exit_2_as_train_does(gpt2, tmp_path, capsys, data):
+    from maskprobe import cli
+
+    path = tmp_path / "d.txt"
+    if data == "empty":
+        path.write_text("\n")
+    rc = cli.run(["tasks", "--check", "text-lm", "--checkpoint", str(gpt2), "--task-arg", f"data={path}"])
+    assert rc == EXIT_BAD_INPUT  # was 3: "a task plugin is broken"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("maskprobe: error: ") and str(path) in err[-1]

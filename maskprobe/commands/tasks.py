@@ -65,6 +65,8 @@ def tasks(
         o = console.out()
         for line in show.check_lines(report):
             o.print(line, markup=False)
+    if report.bad_input:  # the data, labels or tokenizer given: exit 2, as train and evaluate give for them
+        raise BadInputError(f"{report.task}: {report.bad_input[0]}")
     if not report.ok:
         more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
         raise PluginError(f"{report.task}: {report.problems[0]}{more}")
