@@ -438,3 +438,18 @@ def test_tasks_check_calls_bad_data_bad_input_exit_2_as_train_does(gpt2, tmp_pat
     assert rc == EXIT_BAD_INPUT  # was 3: "a task plugin is broken"
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("maskprobe: error: ") and str(path) in err[-1]
+
+
+# ---- item 20: betas that one file name cannot tell apart ----------------------------------------------------------
+
+
+def test_betas_that_print_alike_are_refused_with_the_reason(env, tmp_path, capsys):
+    from conftest_reliability import train_argv
+
+    from maskprobe import cli
+
+    rc = cli.run(train_argv(env / "c.pt", tmp_path / "o", "--beta", "1e-4,1.0000001e-4", steps=1))
+    assert rc == EXIT_BAD_INPUT
+    line = _one_line(capsys.readouterr().err)
+    assert "6 significant digits" in line and "both named" not in line  # the old message suggested a fix that did not help
+    assert cli.run(train_argv(env / "c.pt", tmp_path / "s", "--seeds", "10000000,10000001", "--dry-run", steps=1)) == 0

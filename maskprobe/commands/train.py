@@ -350,4 +350,11 @@ def parse_numbers(text: str | None, kind: type, flag: str) -> list:
         raise BadInputError(f"{flag} asks for {len(values):,} masks; at most {MAX_VALUES:,} per run")
     if len(set(values)) != len(values):
         raise BadInputError(f"{flag} repeats a value: {text!r}")
+    shown = [f"{v:g}" if kind is float else str(v) for v in values]  # how a mask's file and label name it (jobs())
+    alike = [v for v, s in zip(values, shown, strict=True) if shown.count(s) > 1]
+    if alike:
+        raise BadInputError(
+            f"{flag} values {alike[0]!r} and {alike[1]!r} differ only beyond 6 significant digits: their masks would have "
+            f"one name ({flag.lstrip('-').rstrip('s')}{shown[values.index(alike[0])]}); give values that differ sooner"
+        )
     return values
