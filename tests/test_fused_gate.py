@@ -176,15 +176,18 @@ def test_training_with_the_compile_backend_matches_the_torch_backend():
     torch.manual_seed(0)
     model = task.build_model()
     out = {}
-    for backend in ("torch", "compile"):
-        config = TrainConfig(steps=6, batch_size=32, samples=2, seed=1, log_every=3, backend=backend)
-        out[backend] = train_mask(model, task, TaskRef("arith-add", {}), config)
-    ref, got = out["torch"], out["compile"]
-    assert got.engine["backend"] == "compile" and got.state.step == ref.state.step == 6
-    assert got.final_loss == pytest.approx(ref.final_loss, rel=1e-5)
-    for n, t in ref.state.logits.items():
-        assert torch.allclose(t, got.state.logits[n], atol=1e-5)
-    assert got.state.optimizer["step"] == 6
+    for backend, batched in (("torch", False), ("compile", False), ("compile", True)):
+        config = TrainConfig(steps=6, batch_size=32, samples=2, seed=1, log_every=3, backend=backend, batched_samples=batched)
+        out[backend, batched] = train_mask(model, task, TaskRef("arith-add", {}), config)
+    ref = out["torch", False]
+    for batched in (False, True):  # the loop and the vmap path (stacked samples) through the lazy engine
+        got = out["compile", batched]
+        assert got.engine["backend"] == "compile" and got.state.step == ref.state.step == 6
+        assert got.engine.get("samples", "vmap") == "vmap"
+        assert got.final_loss == pytest.approx(ref.final_loss, rel=1e-5)
+        for n, t in ref.state.logits.items():
+            assert torch.allclose(t, got.state.logits[n], atol=1e-5)
+        assert got.state.optimizer["step"] == 6
 
 
 @pytest.mark.slow
