@@ -53,7 +53,7 @@ if [ $SMOKE -eq 1 ]; then
   TESTS=(tests/test_fused_gate.py tests/test_fitting_device.py)
 else
   DEV=cuda
-  BENCH=(--devices cuda --models fnn,transformer --samples 1,4 --rounds 11)
+  BENCH=(--devices cuda --models fnn,transformer --samples 1,4 --rounds 9)
   PAPER=(--device cuda --base-steps 2000 --steps 1000)
   TESTS=(-m cuda tests)
   step install 120 "$PY" -m pip install --no-deps --no-index --no-build-isolation -e .
@@ -61,9 +61,9 @@ else
   nvidia-smi >>"$LOG/machine.log" 2>&1
 fi
 
-step tests-cuda 150 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
-step train-step 200 "$PY" benchmarks/train_step.py "${BENCH[@]}" --backend compile,torch --json "$LOG/train_step.json"
-step paper-run 120 "$PY" benchmarks/paper_run.py "${PAPER[@]}" --backends compile,torch
+step tests-cuda 120 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+step train-step 170 "$PY" benchmarks/train_step.py "${BENCH[@]}" --backend compile,torch --json "$LOG/train_step.json"
+step paper-run 100 "$PY" benchmarks/paper_run.py "${PAPER[@]}" --backends compile,torch
 if [ $SMOKE -eq 0 ]; then
   step suite 400 "$PY" -m pytest -q -n 8 -p no:cacheprovider
 fi
