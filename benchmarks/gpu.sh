@@ -8,7 +8,7 @@
 # Steps, each with its own time box (the remaining budget is shared; a step that runs out is reported, not fatal):
 #   1. install the checkout into this Python without network (pip --no-deps --no-index --no-build-isolation -e .)
 #   2. the CUDA tests (pytest -m cuda) and the compile backend's tests
-#   3. benchmarks/train_step.py on cuda: the compile backend vs the torch backend, FNN and transformer, K=1,4,
+#   3. benchmarks/train_step.py on cuda: the compile backend vs the torch backend, FNN and transformer, K=1,4 (and vmap),
 #      the gate passes' bandwidth vs a device copy (JSON in the log folder)
 #   4. benchmarks/paper_run.py: a short paper-size add/mul run (base network on the GPU, add mask, both backends)
 #   5. the whole suite with -n 8, in what time is left
@@ -53,7 +53,7 @@ if [ $SMOKE -eq 1 ]; then
   TESTS=(tests/test_fused_gate.py tests/test_fitting_device.py)
 else
   DEV=cuda
-  BENCH=(--devices cuda --models fnn,transformer --samples 1,4 --rounds 9)
+  BENCH=(--devices cuda --models fnn,transformer --samples 1,4 --rounds 9 --vmap)
   PAPER=(--device cuda --base-steps 2000 --steps 1000)
   TESTS=(-m cuda tests)
   step install 120 "$PY" -m pip install --no-deps --no-index --no-build-isolation -e .
