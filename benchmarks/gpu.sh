@@ -75,7 +75,7 @@ for line in "${SUMMARY[@]}"; do echo "  $line"; done
 echo "--- tests (CUDA-marked and compile backend):"
 tail -n 3 "$LOG/tests-cuda.log" 2>/dev/null | sed 's/^/  /'
 echo "--- train_step (median ms and ratio to plain Adam; gate passes' fraction of a device copy):"
-grep -E "^\[|^  (plain|mask|floor|copy|gate|adam)" "$LOG/train-step.log" 2>/dev/null | sed 's/^/  /'
+grep -E "^\[|^  (plain|mask|floor|vmap|copy|gate|adam)" "$LOG/train-step.log" 2>/dev/null | sed 's/^/  /'
 echo "--- paper-size add/mul:"
 grep -E '^\{' "$LOG/paper-run.log" 2>/dev/null | sed 's/^/  /'
 [ $SMOKE -eq 0 ] && { echo "--- whole suite (-n 8):"; tail -n 2 "$LOG/suite.log" 2>/dev/null | sed 's/^/  /'; }
