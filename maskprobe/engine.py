@@ -194,7 +194,11 @@ def fixed_masks(module: nn.Module, names: Sequence[str], config: TrainConfig) ->
     roles = model_layout(module, names).roles
     chosen = [n for n in names if any((g == "output" and roles[n] == "output") or fnmatchcase(n, g) for g in config.fixed)]
     if not chosen:
-        raise BadInputError(f"--fix {','.join(config.fixed)} matches no masked tensor (the output layer: role 'output')")
+        if "output" in config.fixed and not any(r == "output" for r in roles.values()):
+            hint = "no masked tensor has the role 'output'"
+        else:
+            hint = f"the masked ones: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+        raise BadInputError(f"--fix {','.join(config.fixed)} matches no masked tensor ({hint})")
     source = load_masks(config.fixed_from).masks
     params = dict(module.named_parameters())
     for n in chosen:

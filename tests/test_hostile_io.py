@@ -453,3 +453,51 @@ def test_betas_that_print_alike_are_refused_with_the_reason(env, tmp_path, capsy
     line = _one_line(capsys.readouterr().err)
     assert "6 significant digits" in line and "both named" not in line  # the old message suggested a fix that did not help
     assert cli.run(train_argv(env / "c.pt", tmp_path / "s", "--seeds", "10000000,10000001", "--dry-run", steps=1)) == 0
+
+
+# ---- item 24: class subsets and --fix say what is wrong -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> tuple[Path, Path]:
+    pytest.importorskip("transformers")
+    import csv
+
+    from builtin_helpers import labelled_rows, make_model
+
+    root = tmp_path_factory.mktemp("cls")
+    with open(root / "d.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(labelled_rows(10))
+    return make_model("bert-cls", root / "model"), root / "d.csv"
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [("classes=animal,animal", "classes= names 'animal' twice"),  # was a mask named ...-only-animal+animal
+     ("exclude_classes=animal,number,color", "leaves out every label")],  # was "no train example left ... (all)"
+)  # fmt: skip
+def test_class_subsets_that_cannot_train_say_why(classifier, tmp_path, capsys, arg, needle):
+    from maskprobe import cli
+
+    model, data = classifier
+    argv = ["train", str(model), "--task", "text-classify", "--task-arg", f"data={data}", "--task-arg", arg,
+            "--out", str(tmp_path / "o"), "--steps", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert cli.run(argv) == EXIT_BAD_INPUT
+    line = _one_line(capsys.readouterr().err)
+    assert needle in line and "(all)" not in line
+
+
+def test_fix_matching_nothing_names_the_masked_tensors_not_the_output_layer(env, tmp_path, capsys):
+    from conftest_reliability import train_argv
+
+    from maskprobe import cli
+
+    first = tmp_path / "first.safetensors"
+    assert cli.run(train_argv(env / "c.pt", first, steps=1)) == 0
+    capsys.readouterr()
+    rc = cli.run(train_argv(env / "c.pt", tmp_path / "o", "--fix", "nomatch*", "--fix-from", str(first), steps=1))
+    assert rc == EXIT_BAD_INPUT
+    line = _one_line(capsys.readouterr().err)
+    assert "0.weight" in line and "output" not in line

@@ -58,6 +58,10 @@ class TextClassify(TextTask):
         self.label_column = label_column
         self.only = [str(c) for c in classes or []]
         self.excluded = [str(c) for c in exclude_classes or []]
+        for flag, given in (("classes", self.only), ("exclude_classes", self.excluded)):
+            twice = sorted({c for c in given if given.count(c) > 1})
+            if twice:  # the mask would be named ...-only-animal+animal
+                raise ArgError(f"{flag}= names {twice[0]!r} twice")
         self.classes_removed: tuple[str, ...] = tuple(self.excluded)  # the complement of classes= once labels are known
         if self.excluded or self.only:  # the mask of a class subset is named after it (compare's tables, file names)
             kind, subset = ("without", self.excluded) if self.excluded else ("only", self.only)
@@ -111,6 +115,11 @@ class TextClassify(TextTask):
                     raise BadInputError(f"class {c!r} is not a label of {source} (labels: {', '.join(labels)})")
             if self.only:
                 self.classes_removed = tuple(lab for lab in labels if lab not in self.only)
+            if self.excluded and not [lab for lab in labels if lab not in self.excluded]:
+                raise BadInputError(
+                    f"exclude_classes={','.join(self.excluded)} leaves out every label of {source} "
+                    f"({', '.join(labels)}): no class is left to train on"
+                )
             return [e for e in examples if self.in_task(e[1])]
         self.eval_labels = labels
         return examples
@@ -120,7 +129,9 @@ class TextClassify(TextTask):
         return (label in self.only) if self.only else (label not in self.excluded)
 
     def _why_empty(self) -> str:
-        return f" in the task's classes ({'classes=' + ','.join(self.only) if self.only else 'all'})"
+        if self.only:
+            return f" in the task's classes (classes={','.join(self.only)})"
+        return f" in the task's classes (all but exclude_classes={','.join(self.excluded)})" if self.excluded else ""
 
     def _keep(self, split: str, extra: list[Any]) -> None:
         if not hasattr(self, "label_names"):
