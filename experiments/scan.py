@@ -84,6 +84,13 @@ def key_value(text: str) -> tuple[str, str]:
     key, eq, value = text.partition("=")
     if not eq or not key.strip() or not value.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. hidden=32), got {text!r}")
+    if key.strip() in ("hidden", "layers", "embedding", "heads", "ff"):  # 0: the preset's; < 0 ran it, recorded as given
+        try:
+            ok = int(value) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{key.strip()} must be a size >= 1 (or 0: the preset's), got {value.strip()!r}")
     return key.strip(), value.strip()
 
 

@@ -117,6 +117,9 @@ class ScanTask(Task):
             raise ValueError(f"eval_on must be one of {', '.join(EVAL_ON)}, got {eval_on!r}")
         preset = PRESETS[size][model]
         given = {"hidden": hidden, "layers": layers, "embedding": embedding, "heads": heads, "ff": ff}
+        for k, v in given.items():
+            if int(v) < 0:  # 0 means the preset's; a negative size would run the preset's and be recorded as given
+                raise ValueError(f"{k} must be a size >= 1 (or 0: the preset's), got {v}")
         self.arch = {k: int(v) if int(v) > 0 else preset[k] for k, v in given.items()}
         self.arch["dropout"] = float(dropout) if float(dropout) >= 0 else preset["dropout"]
         self.model, self.size, self.eval_size, self.eval_on = model, size, int(eval_size), eval_on

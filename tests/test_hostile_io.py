@@ -501,3 +501,19 @@ def test_fix_matching_nothing_names_the_masked_tensors_not_the_output_layer(env,
     assert rc == EXIT_BAD_INPUT
     line = _one_line(capsys.readouterr().err)
     assert "0.weight" in line and "output" not in line
+
+
+# ---- item 10: scan's architecture sizes ---------------------------------------------------------------------------
+
+
+def test_scan_refuses_a_negative_size_instead_of_running_the_preset():
+    from sample_tasks.scan import ScanSimpleTask
+
+    with pytest.raises(ValueError, match="hidden must be a size"):  # was: the preset's 64, recorded as -1
+        ScanSimpleTask(hidden=-1)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "scan.py"), "--arch", "hidden=-1", "--out", "unused"],
+                          capture_output=True, text=True, timeout=120, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    assert proc.returncode == 2 and "hidden must be a size" in proc.stderr.strip().splitlines()[-1]
+    assert not (root / "unused").exists()
