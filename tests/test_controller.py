@@ -169,3 +169,27 @@ def test_keep_warnings_say_what_fits_a_target_not_a_beta():
     assert len(missed) == 1 and "--keep 0.9 not met" in missed[0] and "80.0 %" in missed[0]
     fixed = _result(0.005, 0.3, None, keep=None).warnings()  # a fixed beta: collapsed and empty, named with beta
     assert len(fixed) == 2 and all("beta 0.0001, lr 0.01, 500 steps of batch 128" in w for w in fixed)
+
+
+def test_an_interrupted_keep_run_resumes_to_the_same_mask_and_record(tiny_addmul, tmp_path):
+    import copy
+    import io
+
+    from maskprobe.tasks import TaskRef
+    from maskprobe.training import TrainState, train_mask
+    from sample_tasks.arithmetic import AddTask
+
+    _, model, hidden = tiny_addmul
+    task, ref = AddTask(hidden=hidden, eval_size=128), TaskRef("arith-add", {})
+    cfg = TrainConfig(steps=60, batch_size=16, keep=0.9, beta=1e-3, lr=0.05)
+    whole = train_mask(copy.deepcopy(model), task, ref, cfg)
+    calls = iter(range(10**6))
+    cut = train_mask(copy.deepcopy(model), task, ref, cfg, should_stop=lambda: next(calls) >= 30)
+    assert not cut.completed and cut.state.step == 30 and cut.state.controller is not None
+    buf = io.BytesIO()
+    torch.save(cut.state.to_dict(), buf)  # through a state file's format (weights_only)
+    buf.seek(0)
+    state = TrainState.from_dict(torch.load(buf, weights_only=True))
+    resumed = train_mask(copy.deepcopy(model), task, ref, cfg, resume=state)
+    assert all(torch.equal(whole.masks[n], resumed.masks[n]) for n in whole.masks)
+    assert resumed.controller == whole.controller and whole.controller["trajectory"]
