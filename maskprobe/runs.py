@@ -164,7 +164,7 @@ def train_masks(
         lock.remove_created_folders()
         from .interrupts import by, signum_of
 
-        raise Interrupted(f"interrupted by {by(should_stop, exc)} {_kept(written, 'before any mask was trained')}",
+        raise Interrupted(f"interrupted by {by(should_stop, exc)} {_kept(written, 'before a mask was finished')}",
                           signum_of(should_stop, exc)) from None  # fmt: skip
     except BaseException:
         lock.release()
