@@ -332,6 +332,8 @@ class MaskReader:
         self.foreign = False
         self._npz: Any = None
         self._handle: Any = None
+        if foreign:
+            _check_readable(self.path)  # before _is_zip opens it: a FIFO would block open() forever
         if foreign and _is_zip(self.path):
             self._open_npz()
             return

@@ -199,6 +199,8 @@ def contract_problems(cls: type) -> list[str]:
 
 def _import_file(path: Path) -> Any:
     if not path.is_file():
+        if path.exists():  # a FIFO would block the import forever; a folder is not a module file
+            raise PluginError(f"task plugin file {path} is not a regular file")
         raise PluginError(f"task plugin file not found: {path}")
     mod_name = f"_maskprobe_plugin_{abs(hash(str(path.resolve())))}"
     if mod_name in sys.modules:

@@ -517,3 +517,17 @@ def test_scan_refuses_a_negative_size_instead_of_running_the_preset():
                           env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
     assert proc.returncode == 2 and "hidden must be a size" in proc.stderr.strip().splitlines()[-1]
     assert not (root / "unused").exists()
+
+
+def test_compare_and_task_files_that_are_fifos_are_one_line(env, masks, tmp_path, capsys):
+    from maskprobe import cli
+
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    assert cli.run(["compare", str(fifo), str(masks[0]), "--quiet"]) == EXIT_BAD_INPUT  # hung in the zip sniffing
+    assert "not a regular file" in _one_line(capsys.readouterr().err) and time.monotonic() - t0 < 30
+    plugin = tmp_path / "t.py"
+    os.mkfifo(plugin)
+    assert cli.run(["train", str(env / "c.pt"), "--task", f"{plugin}:T", "--out", str(tmp_path / "o")]) != 0
+    assert "not a regular file" in _one_line(capsys.readouterr().err)  # was "not found"
