@@ -531,3 +531,15 @@ def test_compare_and_task_files_that_are_fifos_are_one_line(env, masks, tmp_path
     os.mkfifo(plugin)
     assert cli.run(["train", str(env / "c.pt"), "--task", f"{plugin}:T", "--out", str(tmp_path / "o")]) != 0
     assert "not a regular file" in _one_line(capsys.readouterr().err)  # was "not found"
+
+
+def test_an_interrupt_in_a_later_mask_names_the_masks_kept(env, tmp_path):
+    out = tmp_path / "o"
+    argv = ["train", "c.pt", "--task", "arith-mul", "--task", "slow.py:Slow", "--task-arg", "hidden=16,16",
+            "--task-arg", "eval_size=64", "--out", f"{out}/", "--steps", "3", "--batch-size", "8",
+            "--device", "cpu", "-q"]  # fmt: skip
+    rc, err, secs = _maskprobe(env, argv, "evaluate", [signal.SIGTERM], tmp_path)
+    assert rc == EXIT_SIGTERM and secs < PROMPT
+    last = err.strip().splitlines()[-1]  # after arith-mul's own warning lines
+    assert last.startswith("maskprobe: interrupted by SIGTERM") and "kept: " in last and "arith-mul.safetensors" in last
+    assert sorted(p.name for p in out.iterdir()) == ["arith-mul.safetensors", "slow-add.state.pt"]
