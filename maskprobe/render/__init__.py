@@ -16,6 +16,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from ..jsonable import jsonable  # the library's; re-exported here for the renderers
+
 
 def num(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -116,19 +118,6 @@ def names_on_own_lines(table: Table) -> Any:
         if table.rows[k].end_section and k < len(names) - 1:
             out.append(Text(""))
     return Group(*out)
-
-
-def jsonable(obj: Any) -> Any:
-    """Make NaN/inf ``null`` (JSON has no NaN), tuples lists, paths strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    return obj
 
 
 def dumps(obj: Any) -> str:
