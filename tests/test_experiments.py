@@ -150,7 +150,7 @@ def test_bad_options_are_one_line_and_exit_2(args, message):
 
 def test_a_failing_step_is_one_line_naming_the_log_and_a_rerun_continues(tmp_path):
     out = tmp_path / "scan"
-    r = script("scan", "--seeds", 0, "--arch", "hidden=abc", "--base-steps", 5, "--mask-steps", 2, "--out", out)
+    r = script("scan", "--seeds", 0, "--arch", "bogus=1", "--base-steps", 5, "--mask-steps", 2, "--out", out)
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: python -m sample_tasks.scan") and "commands.log" in last

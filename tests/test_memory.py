@@ -3,6 +3,7 @@ flags really fit."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ if argv[0] == "dry":
         assert run(["train", *argv[1:], "--dry-run", "--json"]) == 0
     print(json.loads(buf.getvalue())["modes"][0]["total"])
 else:
-    assert run(["train", *argv[1:], "-q"]) == 0
+    assert run(["train", *argv[1:], "-q", "--force"]) == 0
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
@@ -129,10 +130,14 @@ def test_the_estimate_is_near_the_measured_peak(tmp_path):
             "--device", "cpu", "--out", str(tmp_path / "m.safetensors")]  # fmt: skip
 
     def measured(mode: str) -> int:
-        done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, mode, *argv], capture_output=True, text=True, timeout=300)
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}  # the same kernel cache for all three runs
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_SCRIPT, mode, *argv], capture_output=True, text=True, timeout=300, env=env
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         return int(done.stdout.strip().splitlines()[-1])
 
+    measured("train")  # fills numba's on-disk kernel cache: a first compile (a clean clone, CI) costs ~300 MB of LLVM
     estimate_total, peak = measured("dry"), measured("train")
     assert 0.75 * peak <= estimate_total <= 1.25 * peak, (human(estimate_total), human(peak))
 
