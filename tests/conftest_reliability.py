@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskprobe.cli import run
+
 HIDDEN = "16,16"
 
 
@@ -40,3 +42,17 @@ def train_argv(ckpt: Path | str, out: Path | str, *extra: str, task: str = "arit
     return ["train", str(ckpt), "--task", task, "--task-arg", f"hidden={hidden}", "--task-arg", "eval_size=64",
             "--out", str(out), "--steps", str(steps), "--batch-size", str(batch_size), "--device", "cpu", "--quiet",
             *extra]  # fmt: skip
+
+
+def refused(capsys, argv, *needles, code=2) -> str:
+    """Run ``argv``; assert the exit code and one ``maskprobe: error:`` line holding every needle; return it."""
+    capsys.readouterr()
+    got = run([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert got == code, f"exit {got}, expected {code}: {captured.err}"
+    assert "Traceback" not in captured.err + captured.out
+    assert len(lines) == 1 and lines[0].startswith("maskprobe: error:"), captured.err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_reliability import HIDDEN, make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
+from conftest_reliability import HIDDEN, make_checkpoint, one_thread, refused, train_argv  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import load_file, save_file
 
 from maskprobe.cli import run
@@ -68,19 +68,6 @@ def env(tmp_path_factory):
 
 def files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def refused(capsys, argv, needle, code=BAD) -> str:
-    """Run ``argv``; assert the exit code and one ``maskprobe: error:`` line holding ``needle``; return it."""
-    capsys.readouterr()
-    got = run([str(a) for a in argv])
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert got == code, f"exit {got}, expected {code}: {captured.err}"
-    assert "Traceback" not in captured.err + captured.out
-    assert len(lines) == 1 and lines[0].startswith("maskprobe: error:"), captured.err
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # ---- 1. train --force must never overwrite its own checkpoint --------------------------------------------

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest_reliability import make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
+from conftest_reliability import make_checkpoint, one_thread, refused, train_argv  # noqa: F401 (one_thread: autouse fixture)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -24,20 +24,6 @@ def env(tmp_path_factory):
     assert run(train_argv(root / "c.pt", root / "a.safetensors", "--seed", "0")) == 0
     assert run(train_argv(root / "c.pt", root / "b.safetensors", "--seed", "1", task="arith-mul")) == 0
     return root
-
-
-def refused(capsys, argv, *needles, code=BAD) -> str:
-    """Run ``argv``; assert the exit code and one ``maskprobe: error:`` line holding every needle; return it."""
-    capsys.readouterr()
-    got = run([str(a) for a in argv])
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert got == code, f"exit {got}, expected {code}: {captured.err}"
-    assert "Traceback" not in captured.err + captured.out
-    assert len(lines) == 1 and lines[0].startswith("maskprobe: error:"), captured.err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def with_metadata(src: Path, dst: Path, **fields: str) -> Path:
