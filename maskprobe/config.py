@@ -171,17 +171,27 @@ AUTO_TIERS = (
 )
 
 
+# A run given neither --beta nor --keep on a model past the first tier (more than 2M masked weights: in practice a
+# pretrained network) gets ``--keep DEFAULT_KEEP`` from beta KEEP_START_BETA: the paper's beta 1e-4 left 0.16 % of
+# all-MiniLM-L6-v2's weights, while --keep 0.97 found 11.4 % at cosine 0.976, what the hand-tuned recipe found
+# (docs/method.md, "Settings chosen for the model"). Small networks keep the paper's fixed beta.
+DEFAULT_KEEP = 0.97
+
+
 def auto_settings(masked: int, device: str, given: TrainConfig, choose: tuple[str, ...]) -> dict[str, Any]:
-    """Values for the settings named in ``choose`` (``steps``, ``batch_size``, ``lr``) for a model with ``masked``
-    weights to mask on ``device``; ``lr`` is chosen so that a logit can cross 0 (from ``init``, about ``lr`` per
-    step) within the first 8 % of the run (40 steps of 500 at lr 0.05, the MiniLM recipe), never below the
-    default. Settings not in ``choose`` stay."""
+    """Values for the settings named in ``choose`` (``steps``, ``batch_size``, ``lr``, ``beta``) for a model with
+    ``masked`` weights to mask on ``device``; ``lr`` is chosen so that a logit can cross 0 (from ``init``, about
+    ``lr`` per step) within the first 8 % of the run (40 steps of 500 at lr 0.05, the MiniLM recipe), never below
+    the default; ``beta`` (given neither --beta nor --keep) becomes ``keep=DEFAULT_KEEP`` from
+    ``beta=KEEP_START_BETA`` past the first tier and stays the paper's within it. Settings not in ``choose`` stay."""
     gpu = not str(device).startswith("cpu")
-    for limit, cpu_steps, cpu_batch, gpu_steps, gpu_batch in AUTO_TIERS:
+    for tier, (limit, cpu_steps, cpu_batch, gpu_steps, gpu_batch) in enumerate(AUTO_TIERS):
         if limit is None or masked <= limit:
             steps, batch = (gpu_steps, gpu_batch) if gpu else (cpu_steps, cpu_batch)
             break
     out: dict[str, Any] = {}
+    if "beta" in choose and tier > 0:
+        out["keep"], out["beta"] = DEFAULT_KEEP, KEEP_START_BETA
     if "steps" in choose:
         out["steps"] = steps
     if "batch_size" in choose:

@@ -281,10 +281,11 @@ def _chosen_settings(config: TrainConfig, masked: int, reporter: Reporter) -> di
     if not config.chosen:
         return {}
     auto = auto_settings(masked, config.device, config, config.chosen)
-    flags = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr"}
+    flags = {"keep": "--keep", "beta": "--beta", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr"}
     said = ", ".join(f"{flags[k]} {v:g}" for k, v in auto.items())
-    reporter.status(f"settings for {masked:,} masked weights on {config.device}: {said} (give them to choose; docs/method.md)")
-    return auto
+    if auto:
+        reporter.status(f"settings for {masked:,} masked weights on {config.device}: {said} (give them to choose; docs/method.md)")
+    return {**auto, "chosen": tuple(auto)}  # what was chosen (a beta left to the paper's default was not)
 
 
 def _open_checkpoint(request: TrainRequest, world: Any, shard: bool) -> Any:

@@ -74,6 +74,30 @@ def test_settings_chosen_by_model_size_and_device_keep_the_small_networks_defaul
     gpu = auto_settings(10_800_000, "cuda:0", c, every)
     assert gpu["steps"] > 500 and gpu["batch_size"] > 32
     assert auto_settings(10_800_000, "cpu", c, ("batch_size",)) == {"batch_size": 32}  # given flags stay
+    # neither --beta nor --keep: the paper's beta for the small networks, a target past them (config.DEFAULT_KEEP)
+    assert auto_settings(200_000, "cpu", c, ("beta",)) == {}
+    assert auto_settings(10_800_000, "cpu", c, ("beta",)) == {"keep": 0.97, "beta": 1e-6}
+    assert auto_settings(300_000_000, "cuda", c, ("beta",)) == {"keep": 0.97, "beta": 1e-6}
+
+
+def test_a_large_model_given_no_beta_gets_a_target_and_says_so(tmp_path, capsys):
+    from sample_tasks.arithmetic import AddMulTask
+
+    hidden = "1500,1500"  # 42*1500 + 1500*1500 + 1500*20 = 2.34M masked weights: past the paper's network sizes
+    task = AddMulTask(hidden=hidden)
+    path = tmp_path / "big.pt"
+    torch.save(task.build_model().state_dict(), path)
+    argv = ["train", str(path), "--task", "arith-add", "--task-arg", f"hidden={hidden}", "--task-arg", "eval_size=32",
+            "--out", str(tmp_path / "m.safetensors"), "--device", "cpu", "--steps", "2", "--batch-size", "4"]  # fmt: skip
+    assert run(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("settings for 2,343,000 masked weights") and "--keep 0.97, --beta 1e-06" in err[0]
+    hp = load_masks(tmp_path / "m.safetensors").metadata["hparams"]
+    assert hp["keep"] == 0.97 and hp["chosen"] == ["keep", "beta"] and hp["controller"]["beta_start"] == 1e-6
+    # a given --beta is a fixed-beta run as before
+    assert run([*argv[:-8], "--out", str(tmp_path / "b.safetensors"), "--device", "cpu", "--steps", "2", "--batch-size", "4",
+                "--beta", "1e-4", "--quiet"]) == 0  # fmt: skip
+    assert "keep" not in load_masks(tmp_path / "b.safetensors").metadata["hparams"]
 
 
 @pytest.fixture(scope="module")

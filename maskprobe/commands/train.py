@@ -241,6 +241,8 @@ def train(
     chosen = tuple(n for n, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr)) if v is None)
     if lr is None and steps is not None:
         chosen = chosen[:-1]  # a given --steps keeps the default lr (auto lr follows only auto steps)
+    if keep is None and ctx.get_parameter_source("beta").name == "DEFAULT":
+        chosen += ("beta",)  # past the paper's network sizes this becomes --keep (config.DEFAULT_KEEP)
     config = TrainConfig(steps=steps or D.steps, batch_size=batch_size or D.batch_size, lr=D.lr if lr is None else lr,
                          beta=betas[0], keep=keep, chosen=chosen, samples=samples, init=init, tau=tau,
                          clip=clip, seed=seed_list[0], device=device, backend=backend, selection=selection,
