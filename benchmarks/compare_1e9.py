@@ -25,7 +25,7 @@ def write_pair(folder: Path, numel: int, tensors: int, pack: bool) -> list[Path]
     """Two masks of densities ~0.3 and ~0.2, written tensor by tensor so that RAM stays ~numel/tensors."""
     from safetensors.numpy import save_file
 
-    from maskprobe.maskfile import encode_metadata
+    from maskprobe.masks.maskfile import encode_metadata
 
     rng = np.random.default_rng(0)
     per = numel // tensors
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where to write the files (default: the system temp dir)")
     args = ap.parse_args()
-    from maskprobe.analysis import overlap
+    from maskprobe.measure.analysis import overlap
 
     numel, tensors = int(args.numel), args.tensors
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")

@@ -83,11 +83,11 @@ def machine() -> dict:
 
 
 def steps_bench(folder: Path, data: Path, samples: list[int], rounds: int) -> dict:
-    from maskprobe.batching import split_batch
     from maskprobe.builtin.keep import KeepOutputs
-    from maskprobe.checkpoints import load_checkpoint
     from maskprobe.config import TrainConfig
-    from maskprobe.engine import FusedEngine
+    from maskprobe.learning.batching import split_batch
+    from maskprobe.learning.engine import FusedEngine
+    from maskprobe.loading.checkpoints import load_checkpoint
     from maskprobe.tasks import TaskContext
 
     ckpt = load_checkpoint(folder)

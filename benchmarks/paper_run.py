@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskprobe.config import TrainConfig  # noqa: E402
-from maskprobe.fitting import fit  # noqa: E402
+from maskprobe.learning.fitting import fit  # noqa: E402
+from maskprobe.learning.training import train_mask  # noqa: E402
 from maskprobe.tasks import TaskRef  # noqa: E402
-from maskprobe.training import train_mask  # noqa: E402
 from sample_tasks.arithmetic import AddMulTask, AddTask  # noqa: E402
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = {  # name -> maskprobe.fitting.Recipe arguments
+RECIPES = {  # name -> maskprobe.learning.fitting.Recipe arguments
     "paper": {"lr": 1e-3, "schedule": "constant"},  # the paper's code: Adam 1e-3, constant (maskprobe < 0.2)
     "cosine-3e-3": {"lr": 3e-3, "warmup": 0.0},
     "default": {},  # sample_tasks.arithmetic.RECIPE: lr 2e-3, 5 % warm-up, cosine decay
@@ -54,8 +54,8 @@ def base_run(recipe: str, seed: int, hidden: str, steps: int) -> dict:
     torch.set_num_threads(1)  # one process per core
     from dataclasses import replace
 
-    from maskprobe.fitting import fit
-    from maskprobe.training import evaluate_task
+    from maskprobe.learning.fitting import fit
+    from maskprobe.learning.training import evaluate_task
     from sample_tasks.arithmetic import RECIPE, AddMulTask, AddTask, MulTask
 
     r = replace(RECIPE, steps=steps, **RECIPES[recipe])

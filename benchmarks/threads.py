@@ -33,9 +33,9 @@ from maskprobe.devices import default_threads, set_threads
 threads = int(sys.argv[2]); steps = int(sys.argv[3])
 chosen = set_threads(None if threads == 0 else threads)
 import torch.nn.functional as F
-from maskprobe.batching import split_batch
+from maskprobe.learning.batching import split_batch
 from maskprobe.config import TrainConfig
-from maskprobe.engine import FusedEngine
+from maskprobe.learning.engine import FusedEngine
 from sample_tasks.arithmetic import AddMulTask, build_fnn
 model = build_fnn(42, [2000] * 4, 20)
 x, y = AddMulTask().sample(128, torch.Generator().manual_seed(0))

@@ -4,7 +4,7 @@ Measures, in one process run, on the paper's add/mul FNN (``--hidden``, default 
 
 * ``engine``: the bare mask step of ``benchmarks/train_step.py`` (same batch every step, no data, no
   progress) -- the ceiling;
-* ``library``: ``maskprobe.training.train_mask`` (fresh data every step, loss read back, progress events);
+* ``library``: ``maskprobe.learning.training.train_mask`` (fresh data every step, loss read back, progress events);
 * ``cli``: ``maskprobe train`` in a subprocess (checkpoint loading, progress lines, mask file), per step:
   the difference between a run of ``2N`` and of ``N`` steps divided by ``N`` (start-up, loading and the
   final evaluation cancel out);
@@ -35,8 +35,8 @@ THREADS = 0  # --threads: torch threads here and OMP_NUM_THREADS of the CLI subp
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from maskprobe.learning.training import TrainConfig, train_mask  # noqa: E402
 from maskprobe.tasks import TaskRef  # noqa: E402
-from maskprobe.training import TrainConfig, train_mask  # noqa: E402
 from sample_tasks.arithmetic import AddTask  # noqa: E402
 
 

@@ -6,7 +6,7 @@ For each model (the paper's FNN 42-2000x4-20 at batch 128, a small CNN, a small 
 * ``plain``: one Adam fine-tuning step of all parameters (``torch.optim.Adam(fused=True)``, the fastest
   torch Adam; ``plain-foreach`` is the default ``Adam()`` for reference);
 * ``mask K=k``: maskprobe's mask step with k samples (the batch split into k chunks), exactly the calls
-  ``maskprobe.training.train_mask`` makes: ``MaskLogits.sample`` per chunk, the task loss through
+  ``maskprobe.learning.training.train_mask`` makes: ``MaskLogits.sample`` per chunk, the task loss through
   ``functional_call``, ``autograd.grad`` w.r.t. the gated weights, the fused gradient + clip + Adam;
 * ``floor K=k`` (unless ``--no-floor``): the same K chunks with plain leaf weights, no gate and no Adam: the
   matrix work any K-sample step must do;
@@ -47,11 +47,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskprobe.batching import split_batch  # noqa: E402
-from maskprobe.engine import _sample_grads  # noqa: E402
-from maskprobe.masked import MaskedModel, frozen  # noqa: E402
-from maskprobe.maskstep import MaskLogits  # noqa: E402
-from maskprobe.selection import Selection, select_parameters  # noqa: E402
+from maskprobe.learning.batching import split_batch  # noqa: E402
+from maskprobe.learning.engine import _sample_grads  # noqa: E402
+from maskprobe.learning.masked import MaskedModel, frozen  # noqa: E402
+from maskprobe.learning.maskstep import MaskLogits  # noqa: E402
+from maskprobe.learning.selection import Selection, select_parameters  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- models
 
@@ -181,10 +181,10 @@ def floor_step(model: nn.Module, batch, loss_fn, k: int, include: tuple[str, ...
 
 
 def engine_step(model: nn.Module, batch, loss_fn, k: int, backend: str, batched: bool, include=()) -> Callable[[], None]:
-    """One step through :class:`maskprobe.engine.FusedEngine` (``backward`` + ``update``, as ``training.run`` calls
+    """One step through :class:`maskprobe.learning.engine.FusedEngine` (``backward`` + ``update``, as ``training.run`` calls
     them), with ``batched_samples`` on or off."""
     from maskprobe.config import TrainConfig
-    from maskprobe.engine import FusedEngine
+    from maskprobe.learning.engine import FusedEngine
 
     cfg = TrainConfig(samples=k, backend=backend, batched_samples=batched, device=str(batch[0].device),
                       selection=Selection(include=tuple(include)))  # fmt: skip

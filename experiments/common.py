@@ -2,7 +2,7 @@
 
 The scripts talk to maskprobe only through its command line (``python -m maskprobe ... --json``) and the sample
 tasks' base-training command lines (``python -m sample_tasks.<task>``), the stable interfaces; they read mask files
-with ``maskprobe.maskfile.load_masks`` only where the CLI has no number for what the paper plots.
+with ``maskprobe.masks.maskfile.load_masks`` only where the CLI has no number for what the paper plots.
 """
 
 from __future__ import annotations

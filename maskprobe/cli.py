@@ -51,7 +51,7 @@ def _root(
 
 def _leave_group() -> None:
     """Leave torch.distributed's group if ``train`` joined one (no torch import otherwise)."""
-    dist = sys.modules.get("maskprobe.distributed")
+    dist = sys.modules.get("maskprobe.learning.distributed")
     if dist is not None:
         dist.shutdown()
 

@@ -1,7 +1,7 @@
 """The settings of a mask-training run, in one place (no torch import: the CLI reads its defaults from here).
 
 :class:`TrainConfig` holds every hyper-parameter with the paper's code's default (DESIGN §2) except ``steps``;
-:class:`Selection` says which parameters get a mask (:mod:`maskprobe.selection` applies it). The CLI's flags
+:class:`Selection` says which parameters get a mask (:mod:`maskprobe.learning.selection` applies it). The CLI's flags
 are these fields, their defaults these defaults, and a mask file's ``hparams`` / ``selection`` metadata are
 :meth:`TrainConfig.hparams` and :meth:`Selection.to_dict`.
 """
@@ -56,7 +56,7 @@ class TrainConfig:
         clip: gradient-norm clip over the logits (default 1.0).
         seed: data order and mask noise (default 0).
         device: where the run happens (default ``"cpu"``).
-        backend: mask-step kernels: ``auto``, ``numba``, ``torch`` or ``compile`` (maskprobe/maskstep.py).
+        backend: mask-step kernels: ``auto``, ``numba``, ``torch`` or ``compile`` (maskprobe/learning/maskstep.py).
         batched_samples: run the K samples of a step as one ``torch.func.vmap`` over stacked gated weights instead
             of a loop over chunks, where the task's loss allows it and the chunks have equal sizes (the loop
             otherwise); the same noise, the same mask up to float rounding. Default False (docs/benchmarks.md,
@@ -69,10 +69,10 @@ class TrainConfig:
             class removal keeps the control mask's output layer, so that removal happens in the features);
             default None: every masked tensor is trained.
         fixed: with ``fixed_from``: globs of the tensors held fixed, or ``"output"`` for the output layer's
-            (the recorded roles, maskprobe.layout; the default).
+            (the recorded roles, maskprobe.masks.layout; the default).
         keep: a target instead of a fixed beta (default None: beta is fixed): the fraction of the unmasked metric
             the mask must keep, e.g. 0.95; beta then starts at ``beta`` and a controller moves it during training
-            (maskprobe/controller.py, docs/method.md "A target instead of a beta").
+            (maskprobe/learning/controller.py, docs/method.md "A target instead of a beta").
         chosen: the settings that were not given and were chosen from the model's size and the device
             (:func:`auto_settings`; default empty: every setting as given). Recorded, never an input.
         selection: which parameters get a mask.
@@ -185,10 +185,9 @@ def auto_settings(masked: int, device: str, given: TrainConfig, choose: tuple[st
     the default; ``beta`` (given neither --beta nor --keep) becomes ``keep=DEFAULT_KEEP`` from
     ``beta=KEEP_START_BETA`` past the first tier and stays the paper's within it. Settings not in ``choose`` stay."""
     gpu = not str(device).startswith("cpu")
-    for tier, (limit, cpu_steps, cpu_batch, gpu_steps, gpu_batch) in enumerate(AUTO_TIERS):
-        if limit is None or masked <= limit:
-            steps, batch = (gpu_steps, gpu_batch) if gpu else (cpu_steps, cpu_batch)
-            break
+    tier = next(i for i, (limit, *_) in enumerate(AUTO_TIERS) if limit is None or masked <= limit)
+    _, cpu_steps, cpu_batch, gpu_steps, gpu_batch = AUTO_TIERS[tier]
+    steps, batch = (gpu_steps, gpu_batch) if gpu else (cpu_steps, cpu_batch)
     out: dict[str, Any] = {}
     if "beta" in choose and tier > 0:
         out["keep"], out["beta"] = DEFAULT_KEEP, KEEP_START_BETA

@@ -42,7 +42,7 @@ class MaskprobeError(Exception):
     Attributes:
         exit_code: the process's exit code for this error (per class; RankFailed and Interrupted set their own).
         reported_by_rank0: under torchrun, rank 0 reports this same error (every rank met it at the same step,
-            maskprobe.distributed.agree_step); the other ranks stay quiet about it.
+            maskprobe.learning.distributed.agree_step); the other ranks stay quiet about it.
     """
 
     exit_code = EXIT_BAD_INPUT

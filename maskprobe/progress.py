@@ -70,7 +70,7 @@ def bar_layout(width: int, label: str, steps: int, stats: str) -> tuple[str, int
 
 
 class TrainProgress:
-    """Context manager giving a ``callback(StepEvent)`` for :func:`maskprobe.training.train_mask`.
+    """Context manager giving a ``callback(StepEvent)`` for :func:`maskprobe.learning.training.train_mask`.
 
     ``task`` is the run's label (the task's name, plus ``beta=``/``seed=`` in a sweep): every line says it. On a
     terminal, one bar line that fits the terminal's width: label, bar, step counter, ETA, then as many of task loss,

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batching import batch_size_of
 from .errors import BadInputError, MaskprobeError
-from .tasks import Task, TaskContext, TaskRef, contract_problems, describe_task
+from .learning.batching import batch_size_of
+from .tasks.contract import Task, TaskContext, TaskRef, contract_problems, describe_task
 
 MAX_EVAL_BATCHES = 100_000  # an 'eval' stream longer than this is taken to be endless
 
@@ -119,7 +119,7 @@ def check_task(
         A :class:`TaskCheck`; ``ok`` is True when nothing violated the contract. Nothing is raised for a
         plugin's own errors: each becomes one line in ``problems``.
     """
-    from .training import TrainConfig, evaluate_task, train_mask
+    from .learning.training import TrainConfig, evaluate_task, train_mask
 
     report = TaskCheck(describe_task(task))
     report.problems += contract_problems(type(task))

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskprobe.fitting import Recipe, fit
+from maskprobe.learning.fitting import Recipe, fit
 from maskprobe.tasks import Task
 from sample_tasks.recurrent import RecurrentNet, check_model
 
@@ -172,7 +172,7 @@ class AddMulTask(ArithmeticTask):
 def train_base(
     task: Task, steps: int | None = None, seed: int = 0, callback=None, recipe: Recipe | None = None, device=None
 ) -> nn.Module:
-    """Train ``task``'s network from scratch with its base recipe (:func:`maskprobe.fitting.fit`); ``steps``
+    """Train ``task``'s network from scratch with its base recipe (:func:`maskprobe.learning.fitting.fit`); ``steps``
     overrides the recipe's. ``callback(step, loss)`` is called every 500 steps. ``device``: where to train
     (None: the CPU, where the model is built)."""
     return fit(task, (recipe or task.base_recipe()).with_steps(steps), seed=seed, callback=callback, device=device)
@@ -185,7 +185,7 @@ def train_and_save(
     state dict (CPU tensors) atomically to ``out``, and return the task's metrics on the trained network.
     ``recipe``: another recipe than the task's (:func:`recipe_from`)."""
     from maskprobe.atomic import atomic_write
-    from maskprobe.training import evaluate_task
+    from maskprobe.learning.training import evaluate_task
 
     def progress(s: int, loss: float) -> None:
         print(f"step {s} loss {loss:.4f}", flush=True)

@@ -91,8 +91,8 @@ class DigitsTask(Task):
         return DigitsCNN(self.channels)
 
     def base_recipe(self):
-        """Adam, batch 128, 1,500 steps, lr 2e-3 with warm-up and cosine decay (maskprobe.fitting)."""
-        from maskprobe.fitting import Recipe
+        """Adam, batch 128, 1,500 steps, lr 2e-3 with warm-up and cosine decay (maskprobe.learning.fitting)."""
+        from maskprobe.learning.fitting import Recipe
 
         return Recipe(steps=1500, batch_size=128, lr=2e-3)
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskprobe.fitting import Recipe, fit
+from maskprobe.learning.fitting import Recipe, fit
 from maskprobe.tasks import Task
 from sample_tasks import scan_data
 from sample_tasks.scan_models import build
@@ -64,7 +64,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 EVAL_ON = ("test", "train", "simple_test")
-# The base networks' recipe (maskprobe.fitting): the paper's code's SCAN recipe (Adam, constant lr, gradient-norm clip
+# The base networks' recipe (maskprobe.learning.fitting): the paper's code's SCAN recipe (Adam, constant lr, gradient-norm clip
 # 5, dropout on) shortened for a CPU. The paper's code: lr 1e-3, batch 256, 25,000 steps; these defaults were
 # measured with the ``cpu`` sizes (docs/plugins.md, SCAN: 97.5 % / 95.5 % on the simple test set in minutes).
 RECIPE = Recipe(steps=2000, batch_size=128, lr=3e-3, schedule="constant", clip=5.0)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = device_from(p, args)
     from maskprobe.atomic import atomic_write
-    from maskprobe.training import evaluate_task
+    from maskprobe.learning.training import evaluate_task
 
     arch = {k: getattr(args, k) for k in ("size", "hidden", "layers", "embedding", "heads", "ff", "dropout")}
     task = ScanSimpleTask(model=args.model, eval_size=args.eval_size, **arch)

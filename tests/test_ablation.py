@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from maskprobe import analysis
-from maskprobe.ablation import _random_like_counts, ablate, exclusive_masks, io_tensors
+from maskprobe.measure import analysis
+from maskprobe.measure.ablation import _random_like_counts, ablate, exclusive_masks, io_tensors
 from maskprobe.tasks import Task
 
 
@@ -106,7 +106,7 @@ def test_ablate_and_evaluate_under_mask_never_move_the_callers_module(tmp_path):
     in for a GPU on the CPU: the work there fails, but before the fix the caller's weights had moved to it."""
     from types import SimpleNamespace
 
-    from maskprobe.evaluation import evaluate_under_mask
+    from maskprobe.measure.evaluation import evaluate_under_mask
 
     net = _net()
     task = Regress(net)

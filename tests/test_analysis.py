@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskprobe import counting
-from maskprobe.analysis import chance_iomin, chance_iou
 from maskprobe.errors import MaskFileError
-from maskprobe.layout import names_layout, natural_order, with_io
-from maskprobe.maskfile import load_masks, open_masks, save_masks
-from maskprobe.overlap import count_tensor, overlap, sum_counts
+from maskprobe.masks import counting
+from maskprobe.masks.layout import names_layout, natural_order, with_io
+from maskprobe.masks.maskfile import load_masks, open_masks, save_masks
+from maskprobe.measure.analysis import chance_iomin, chance_iou
+from maskprobe.measure.overlap import count_tensor, overlap, sum_counts
 
 
 def _save(path, masks, task="t", pack=False):

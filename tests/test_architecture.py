@@ -94,3 +94,27 @@ def test_the_check_sees_a_loop_and_a_library_import_of_render():
     assert "maskprobe.render" in real["maskprobe.commands.compare"] or any(
         t.startswith("maskprobe.render") for t in real["maskprobe.commands.compare"]
     )
+
+
+def test_every_old_module_path_imports_the_same_module_object():
+    """The modules moved into subpackages (docs/architecture.md); scripts and plugins that import the old paths
+    get the very same module (so a monkeypatch through either name reaches both)."""
+    import importlib
+    import subprocess
+    import sys
+
+    import maskprobe
+
+    for old, new in maskprobe._MOVED.items():
+        assert (PACKAGE / (new.replace(".", "/") + ".py")).is_file(), new
+        assert not (PACKAGE / f"{old}.py").exists(), old
+        moved = importlib.import_module(f"maskprobe.{new}")
+        assert importlib.import_module(f"maskprobe.{old}") is moved, old
+        assert moved.__spec__.name == f"maskprobe.{new}" and moved.__name__ == f"maskprobe.{new}"
+    # an old path imported first, in a fresh interpreter: the new path is the same object, `from` works
+    code = ("import maskprobe.maskfile as a, maskprobe.masks.maskfile as b; from maskprobe.task_args import resolve_tasks;"
+            "from maskprobe.tasks import Task, load_task; assert a is b and a.__spec__.name == 'maskprobe.masks.maskfile'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # every module file of the package is either at a new path or not moved (no stray copy at the root)
+    roots = {f.stem for f in PACKAGE.glob("*.py")}
+    assert not roots & set(maskprobe._MOVED), roots & set(maskprobe._MOVED)

@@ -21,7 +21,7 @@ import torch
 
 from maskprobe.atomic import atomic_write, check_writable
 from maskprobe.errors import BadInputError
-from maskprobe.maskfile import load_masks, save_masks
+from maskprobe.masks.maskfile import load_masks, save_masks
 
 PACKAGE = Path(__file__).resolve().parents[1] / "maskprobe"
 
@@ -40,7 +40,7 @@ HALF_WRITTEN = """
 MASK_WRITTEN_NOT_RENAMED = """
     import safetensors.torch as st
     import torch
-    from maskprobe.maskfile import save_masks
+    from maskprobe.masks.maskfile import save_masks
     real = st.save_file
     def save_then_stall(*args, **kwargs):
         real(*args, **kwargs)

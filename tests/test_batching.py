@@ -1,4 +1,4 @@
-"""maskprobe.batching: a task's batch (tensor, tuple/list/dict of tensors, batch along dim 0) split into the K
+"""maskprobe.learning.batching: a task's batch (tensor, tuple/list/dict of tensors, batch along dim 0) split into the K
 chunks of a step, its size, and its move to a device."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from maskprobe.batching import batch_size_of, split_batch, to_device
+from maskprobe.learning.batching import batch_size_of, split_batch, to_device
 
 
 class Pair(NamedTuple):

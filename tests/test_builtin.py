@@ -32,14 +32,14 @@ from builtin_helpers import (  # noqa: E402 (transformers first)
 )
 from safetensors.torch import load_file  # noqa: E402
 
-from maskprobe.analysis import relative_drop  # noqa: E402
-from maskprobe.checkpoints import load_checkpoint  # noqa: E402
 from maskprobe.cli import run  # noqa: E402
-from maskprobe.evaluation import EVAL_SEED, evaluate_task  # noqa: E402
-from maskprobe.masked import MaskedModel, masked_weights  # noqa: E402
-from maskprobe.maskfile import load_masks, save_masks  # noqa: E402
-from maskprobe.task_args import resolve_tasks  # noqa: E402
+from maskprobe.learning.masked import MaskedModel, masked_weights  # noqa: E402
+from maskprobe.loading.checkpoints import load_checkpoint  # noqa: E402
+from maskprobe.masks.maskfile import load_masks, save_masks  # noqa: E402
+from maskprobe.measure.analysis import relative_drop  # noqa: E402
+from maskprobe.measure.evaluation import EVAL_SEED, evaluate_task  # noqa: E402
 from maskprobe.tasks import setup_tasks  # noqa: E402
+from maskprobe.tasks.args import resolve_tasks  # noqa: E402
 
 BAD = 2
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from maskprobe.checkpoints import detect_format, load_checkpoint, read_state_dict
 from maskprobe.errors import MaskprobeError
+from maskprobe.loading.checkpoints import detect_format, load_checkpoint, read_state_dict
 
 MARKER = "FUZZ_PWNED"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskprobe import Task
-from maskprobe.checkpoints import detect_format, load_checkpoint, read_state_dict, sha256_of
 from maskprobe.cli import run
 from maskprobe.errors import CheckpointError, PluginError
+from maskprobe.loading.checkpoints import detect_format, load_checkpoint, read_state_dict, sha256_of
 
 HERE = Path(__file__).parent
 HELPERS = HERE / "checkpoint_helpers.py"
@@ -140,7 +140,7 @@ def test_mismatch_lists_missing_unexpected_and_misshaped(tmp_path):
 
 
 def _script_grads(module, x, logits):
-    from maskprobe.masked import MaskedModel
+    from maskprobe.learning.masked import MaskedModel
 
     params = dict(module.named_parameters())
     gated = {n: params[n] * torch.sigmoid(logit) for n, logit in logits.items()}
@@ -150,7 +150,7 @@ def _script_grads(module, x, logits):
 
 def test_torchscript_gates_reach_the_logits_like_the_eager_module(tmp_path):
     """The scripted module runs on the gated weights: same output and same logit gradients as eager."""
-    from maskprobe.masked import frozen
+    from maskprobe.learning.masked import frozen
 
     model = fnn()
     path = _save("torchscript", model, tmp_path)
@@ -362,7 +362,7 @@ def test_tokenizer_comes_from_the_same_folder_offline(hf_folders, tmp_path):
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import PreTrainedTokenizerFast
 
-    from maskprobe.checkpoints import hf_tokenizer
+    from maskprobe.loading.checkpoints import hf_tokenizer
 
     _, root = hf_folders
     vocab = {"[UNK]": 0, **{f"t{i}": i + 1 for i in range(8)}}
@@ -457,13 +457,13 @@ def test_weights_without_architecture_is_one_error_naming_both_remedies(tmp_path
 
 
 def test_meta_builds_the_architecture_without_reading_weights(tmp_path, monkeypatch):
-    import maskprobe.formats
-    from maskprobe.checkpoints import sha256_of
+    import maskprobe.loading.formats
+    from maskprobe.loading.checkpoints import sha256_of
 
     def no_reading(*args, **kwargs):
         raise AssertionError("weights were read")
 
-    monkeypatch.setattr(maskprobe.formats, "_load_safetensors", no_reading)
+    monkeypatch.setattr(maskprobe.loading.formats, "_load_safetensors", no_reading)
     model = fnn()
     for kind in ("safetensors", "sharded-index"):
         (folder := tmp_path / kind).mkdir()
@@ -530,10 +530,10 @@ def test_identity_is_computed_once_per_file_and_again_when_it_changes(tmp_path, 
     import shutil
     from types import SimpleNamespace
 
-    import maskprobe.digest
+    import maskprobe.loading.digest
 
     calls = []
-    monkeypatch.setattr(maskprobe.digest, "hashlib", SimpleNamespace(sha256=lambda: calls.append(1) or hashlib.sha256()))
+    monkeypatch.setattr(maskprobe.loading.digest, "hashlib", SimpleNamespace(sha256=lambda: calls.append(1) or hashlib.sha256()))
     path = _save("safetensors", fnn(), tmp_path)
     first = load_checkpoint(path, fnn).identity
     assert first["architecture"] == "Sequential" and len(first["weights"]) == 64 and len(calls) == 1
@@ -589,7 +589,7 @@ def test_tied_names_with_different_values_are_refused(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["safetensors", "torch-zip"])
 def test_one_dtype_file_gives_a_module_in_that_dtype(tmp_path, kind, dtype):
-    from maskprobe.selection import describe_selection
+    from maskprobe.learning.selection import describe_selection
 
     model = fnn().to(dtype)
     path = _save(kind, model, tmp_path)
@@ -603,7 +603,7 @@ def test_one_dtype_file_gives_a_module_in_that_dtype(tmp_path, kind, dtype):
 
 
 def test_mixed_dtypes_load_into_the_architecture_and_rows_say_so(tmp_path):
-    from maskprobe.selection import describe_selection
+    from maskprobe.learning.selection import describe_selection
 
     state = {k: (v.half() if k.endswith("weight") else v) for k, v in fnn().state_dict().items()}
     save_file(state, str(path := tmp_path / "mixed.safetensors"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maskprobe.cli import run
-from maskprobe.maskfile import load_masks
+from maskprobe.masks.maskfile import load_masks
 
 pytest.importorskip("sklearn")
 

@@ -120,7 +120,7 @@ def env(tmp_path_factory):
     train(masks / "excl.safetensors", "--exclude", "4.weight")
     train(masks / "other-ckpt.safetensors", ckpt="other.pt")
     train(masks / "small.safetensors", ckpt="small.pt", hidden="8,8")  # a mask of another architecture
-    from maskprobe.maskfile import load_masks, save_masks
+    from maskprobe.masks.maskfile import load_masks, save_masks
 
     save_masks(masks / "notask.safetensors", load_masks(masks / "a.safetensors").masks, {})
     return root
@@ -274,7 +274,7 @@ def test_demo_does_not_overwrite_without_force(env, tmp_path, capsys):
 
 
 def test_broken_entry_point_is_listed_not_raised(monkeypatch, capsys):
-    import maskprobe.tasks as tasks_mod
+    import maskprobe.tasks.plugins as tasks_mod
 
     class BrokenEP:
         name, value, dist = "broken", "nowhere_xyz:Task", None
@@ -322,7 +322,7 @@ def test_real_process_prints_one_line_and_no_traceback(env, tmp_path, argv):
 @given(data=st.data())
 def test_checkpoint_reader_fuzz(env, tmp_path, data):
     """Random, truncated or corrupted checkpoint bytes: CheckpointError, never another exception or code run."""
-    from maskprobe.checkpoints import read_state_dict
+    from maskprobe.loading.checkpoints import read_state_dict
 
     raw = bytearray((env / data.draw(st.sampled_from(["c.pt", "evil.pt", "masks/a.safetensors"]))).read_bytes())
     kind = data.draw(st.sampled_from(["truncate", "flip", "random"]))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskprobe.checkpoints import sha256_of
 from maskprobe.cli import run
-from maskprobe.maskfile import save_masks
+from maskprobe.loading.checkpoints import sha256_of
+from maskprobe.masks.maskfile import save_masks
 
 ARGS = {"eval_size": 256}
 

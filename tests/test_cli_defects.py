@@ -21,7 +21,7 @@ from conftest_reliability import HIDDEN, make_checkpoint, one_thread, refused, t
 from safetensors.torch import load_file, save_file
 
 from maskprobe.cli import run
-from maskprobe.maskfile import load_masks
+from maskprobe.masks.maskfile import load_masks
 
 BAD = 2
 TASK = ["--task", "arith-add", "--task-arg", f"hidden={HIDDEN}", "--task-arg", "eval_size=64"]
@@ -270,8 +270,8 @@ def test_damaged_metadata_field_is_a_one_line_error(env, tmp_path, capsys, field
 
 
 def test_task_arg_json_is_parsed_and_type_checked(env, capsys):
-    from maskprobe.task_args import parse_task_args
     from maskprobe.tasks import task_class
+    from maskprobe.tasks.args import parse_task_args
 
     ref = f"{env / 'typed.py'}:Typed"
     refused(capsys, ["tasks", "--check", ref, "--task-arg", "cfg={bad"], "cfg='{bad' is not valid JSON")
@@ -299,7 +299,7 @@ def test_batch_smaller_than_samples_is_refused(env, tmp_path, capsys):
 
 
 def test_torch_zip_named_safetensors_loads_by_content(env, tmp_path, capsys):
-    from maskprobe.checkpoints import read_state_dict
+    from maskprobe.loading.checkpoints import read_state_dict
 
     ckpt = tmp_path / "weights.safetensors"
     ckpt.write_bytes((env / "c.pt").read_bytes())
@@ -314,7 +314,7 @@ def test_safetensors_header_starting_like_a_pickle_is_safetensors(tmp_path):
     """A header of 128 + 256k bytes makes the file's first byte 0x80, the pickle protocol opcode."""
     import struct
 
-    from maskprobe.checkpoints import detect_format
+    from maskprobe.loading.checkpoints import detect_format
 
     path = tmp_path / "w.safetensors"
     for pad in range(256):
@@ -362,7 +362,7 @@ def test_fifo_and_symlink_loop_are_one_line_errors(env, tmp_path, capsys, kind, 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_written_files_honour_the_umask(tmp_path, umask):
     from maskprobe.atomic import atomic_write, atomic_write_text
-    from maskprobe.maskfile import save_masks
+    from maskprobe.masks.maskfile import save_masks
 
     old = os.umask(umask)
     try:
@@ -390,9 +390,9 @@ def test_out_with_a_file_suffix_is_refused(env, tmp_path, capsys, suffix):
 def test_shard_index_reader_keeps_shards_inside_the_folder(env, tmp_path):
     import inspect
 
-    import maskprobe.sharded
-    from maskprobe.checkpoints import read_state_dict, safetensors_files
+    import maskprobe.learning.sharded
     from maskprobe.errors import CheckpointError
+    from maskprobe.loading.checkpoints import read_state_dict, safetensors_files
 
     state = torch.load(env / "c.pt")
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "outside.safetensors")
@@ -405,7 +405,7 @@ def test_shard_index_reader_keeps_shards_inside_the_folder(env, tmp_path):
             read_state_dict(path, mmap=True)
     good = _sharded(tmp_path / "good", state)
     assert safetensors_files(good) == [(good / "model-00001.safetensors").resolve()]
-    assert "weight_map" not in inspect.getsource(maskprobe.sharded), "sharded.py parses the index itself again"
+    assert "weight_map" not in inspect.getsource(maskprobe.learning.sharded), "sharded.py parses the index itself again"
 
 
 # ---- 13. evaluate puts the model on the device without --mask too -----------------------------------------
@@ -414,7 +414,7 @@ def test_shard_index_reader_keeps_shards_inside_the_folder(env, tmp_path):
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_evaluate_moves_the_model_to_the_device(env, capsys, monkeypatch, with_mask):
     import maskprobe.devices
-    import maskprobe.evaluation
+    import maskprobe.measure.evaluation
 
     seen = []
 
@@ -423,7 +423,7 @@ def test_evaluate_moves_the_model_to_the_device(env, capsys, monkeypatch, with_m
         return {"accuracy": 1.0}
 
     monkeypatch.setattr(maskprobe.devices, "resolve_device", lambda name: torch.device("meta"))  # stands in for cuda
-    monkeypatch.setattr(maskprobe.evaluation, "evaluate_task", fake_evaluate)
+    monkeypatch.setattr(maskprobe.measure.evaluation, "evaluate_task", fake_evaluate)
     mask = ["--mask", str(env / "a.safetensors")] if with_mask else []
     assert run(["evaluate", str(env / "c.pt"), *TASK, *mask, "--device", "cuda", "--json"]) == 0, capsys.readouterr().err
     assert seen and all(model.type == dev.type == "meta" for model, dev in seen)

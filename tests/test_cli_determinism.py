@@ -13,8 +13,8 @@ from conftest_reliability import HIDDEN, make_checkpoint, one_thread, train_argv
 from safetensors.torch import load_file
 
 from maskprobe.cli import run
-from maskprobe.maskfile import load_masks
-from maskprobe.training import TrainConfig, TrainState, train_mask
+from maskprobe.learning.training import TrainConfig, TrainState, train_mask
+from maskprobe.masks.maskfile import load_masks
 
 
 @pytest.fixture(scope="module")

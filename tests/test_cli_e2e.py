@@ -16,9 +16,33 @@ from maskprobe.cli import run
 def trained(tiny_addmul, tmp_path_factory):
     ckpt, _, hidden = tiny_addmul
     out = tmp_path_factory.mktemp("masks")
-    code = run(["train", str(ckpt), "--task", "arith-add", "--task", "arith-mul", "--task-arg", f"hidden={hidden}",
-                "--task-arg", "eval_size=256", "--out", str(out), "--steps", "60", "--batch-size", "32",
-                "--beta", "1e-2", "--seed", "1", "--device", "cpu", "--quiet"])
+    code = run(
+        [
+            "train",
+            str(ckpt),
+            "--task",
+            "arith-add",
+            "--task",
+            "arith-mul",
+            "--task-arg",
+            f"hidden={hidden}",
+            "--task-arg",
+            "eval_size=256",
+            "--out",
+            str(out),
+            "--steps",
+            "60",
+            "--batch-size",
+            "32",
+            "--beta",
+            "1e-2",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0
     return ckpt, out, hidden
 
@@ -31,7 +55,7 @@ def test_train_writes_one_bool_mask_per_task_with_metadata(trained):
         assert set(tensors) == {"0.weight", "2.weight", "4.weight"}
         assert tensors["0.weight"].shape == (24, 42) and tensors["4.weight"].shape == (20, 24)
         assert all(t.dtype.is_floating_point is False and str(t.dtype) == "torch.bool" for t in tensors.values())
-        from maskprobe.maskfile import load_masks
+        from maskprobe.masks.maskfile import load_masks
 
         meta = load_masks(path).metadata
         assert meta["task"]["name"] == task and meta["task"]["args"] == {"hidden": hidden, "eval_size": 256}
@@ -72,7 +96,7 @@ def test_compare_refuses_masks_of_different_models(trained, tmp_path, capsys):
     _, out, _ = trained
     import torch
 
-    from maskprobe.maskfile import save_masks
+    from maskprobe.masks.maskfile import save_masks
 
     other = tmp_path / "other.safetensors"
     save_masks(other, {"0.weight": torch.ones(3, 3, dtype=torch.bool)}, {})
@@ -84,15 +108,28 @@ def test_compare_refuses_masks_of_different_models(trained, tmp_path, capsys):
 def test_evaluate_with_mask_and_inverted(trained, capsys):
     ckpt, out, hidden = trained
     mask = out / "arith-add.safetensors"
-    base = ["evaluate", str(ckpt), "--task", "arith-add", "--task-arg", f"hidden={hidden}", "--task-arg", "eval_size=256",
-            "--device", "cpu", "--json", "--mask", str(mask)]
+    base = [
+        "evaluate",
+        str(ckpt),
+        "--task",
+        "arith-add",
+        "--task-arg",
+        f"hidden={hidden}",
+        "--task-arg",
+        "eval_size=256",
+        "--device",
+        "cpu",
+        "--json",
+        "--mask",
+        str(mask),
+    ]
     capsys.readouterr()
     assert run(base) == 0
     kept = json.loads(capsys.readouterr().out)["results"][0]
     assert run([*base, "--invert"]) == 0
     removed = json.loads(capsys.readouterr().out)["results"][0]
     assert kept["unmasked"] == removed["unmasked"]
-    from maskprobe.maskfile import load_masks
+    from maskprobe.masks.maskfile import load_masks
 
     meta = load_masks(mask).metadata
     assert kept["masked"]["accuracy"] == pytest.approx(meta["metric_masked"]["accuracy"])
@@ -101,8 +138,21 @@ def test_evaluate_with_mask_and_inverted(trained, capsys):
 
 def test_existing_output_needs_force(trained, capsys):
     ckpt, out, hidden = trained
-    code = run(["train", str(ckpt), "--task", "arith-add", "--task-arg", f"hidden={hidden}", "--out", str(out),
-                "--steps", "2", "--quiet"])
+    code = run(
+        [
+            "train",
+            str(ckpt),
+            "--task",
+            "arith-add",
+            "--task-arg",
+            f"hidden={hidden}",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "--force" in capsys.readouterr().err
 
@@ -119,8 +169,23 @@ def test_module_entry_point_and_version():
 
 
 def test_demo_small_runs_whole_pipeline(tmp_path, capsys):
-    code = run(["demo", "--out", str(tmp_path), "--hidden", "16,16", "--base-steps", "200", "--steps", "40",
-                "--device", "cpu", "--json", "--quiet"])
+    code = run(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--hidden",
+            "16,16",
+            "--base-steps",
+            "200",
+            "--steps",
+            "40",
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert {m["task"] for m in data["masks"]} == {"arith-add", "arith-mul"}

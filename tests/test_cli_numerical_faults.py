@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest_reliability import make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
 
-from maskprobe import analysis
 from maskprobe.cli import run
+from maskprobe.measure import analysis
 
 PLUGIN = '''
 import torch

@@ -23,7 +23,7 @@ import torch
 from conftest_reliability import make_checkpoint, one_thread, train_argv  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import load_file
 
-from maskprobe.maskfile import load_masks
+from maskprobe.masks.maskfile import load_masks
 
 STEPS = 400
 SAVE_EVERY = 5

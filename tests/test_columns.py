@@ -13,13 +13,13 @@ from rich.console import Console
 
 from maskprobe import progress
 from maskprobe.cli import run
-from maskprobe.compare import compare
-from maskprobe.maskfile import save_masks
+from maskprobe.learning.selection import SelectedParameter
+from maskprobe.learning.training import StepEvent
+from maskprobe.masks.maskfile import save_masks
+from maskprobe.measure.compare import compare
 from maskprobe.render import common_prefix, names_fit
 from maskprobe.render.compare import compare_tables, overlap_table
 from maskprobe.render.train import selection_groups, selection_summary
-from maskprobe.selection import SelectedParameter
-from maskprobe.training import StepEvent
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 ETA = re.compile(r"(\d+:\d\d:\d\d|-:--:--)")
@@ -156,7 +156,7 @@ def test_a_bare_sequential_groups_by_its_indices():
 
 
 def test_selection_rows_know_their_kind():
-    from maskprobe.selection import describe_selection
+    from maskprobe.learning.selection import describe_selection
 
     model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     model.register_parameter("scale", torch.nn.Parameter(torch.ones(3)))

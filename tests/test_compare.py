@@ -1,4 +1,4 @@
-"""maskprobe.compare: the library's compare() gives exactly what the CLI prints, from one pass over the files."""
+"""maskprobe.measure.compare: the library's compare() gives exactly what the CLI prints, from one pass over the files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from maskprobe import maskfile
-from maskprobe.compare import compare, compare_groups
 from maskprobe.errors import BadInputError, MaskFileError
-from maskprobe.maskfile import save_masks
-from maskprobe.thresholds import Thresholds
+from maskprobe.masks import maskfile
+from maskprobe.masks.maskfile import save_masks
+from maskprobe.measure.compare import compare, compare_groups
+from maskprobe.measure.thresholds import Thresholds
 
 
 def _masks(tmp_path, n=2, pack=False, task=None, seed=0):
@@ -94,8 +94,8 @@ def test_overlap_refuses_the_same_file_twice_and_leaks_no_handle(tmp_path):
     import torch
 
     from maskprobe.errors import BadInputError, MaskFileError
-    from maskprobe.maskfile import save_masks
-    from maskprobe.overlap import overlap
+    from maskprobe.masks.maskfile import save_masks
+    from maskprobe.measure.overlap import overlap
 
     a = tmp_path / "a.safetensors"
     save_masks(a, {"w": torch.tensor([True, False, True])}, {"task": {"name": "t", "ref": "t"}})

@@ -1,4 +1,4 @@
-"""``train --keep F``: beta found during training (maskprobe/controller.py), the settings chosen for the model's size
+"""``train --keep F``: beta found during training (maskprobe/learning/controller.py), the settings chosen for the model's size
 (maskprobe.config.auto_settings), and the warnings that name a collapsed or empty mask with the run's settings."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 
 from maskprobe.cli import run
 from maskprobe.config import TrainConfig, auto_settings
-from maskprobe.controller import KeepController, kept_fraction
 from maskprobe.errors import BadInputError
-from maskprobe.maskfile import load_masks
+from maskprobe.learning.controller import KeepController, kept_fraction
+from maskprobe.masks.maskfile import load_masks
 
 
 def test_beta_rises_while_the_target_is_kept_falls_below_it_and_stays_in_its_bounds():
@@ -103,7 +103,7 @@ def test_a_large_model_given_no_beta_gets_a_target_and_says_so(tmp_path, capsys)
 @pytest.fixture(scope="module")
 def fnn(tmp_path_factory):
     """An add/mul FNN 42-256-20 that learned addition (~87 % accuracy) in a few seconds."""
-    from maskprobe.fitting import Recipe
+    from maskprobe.learning.fitting import Recipe
     from sample_tasks.arithmetic import AddMulTask, train_base
 
     recipe = Recipe(steps=800, batch_size=128, lr=0.01, warmup=0.05, schedule="cosine")
@@ -171,8 +171,8 @@ def test_keep_without_beta_starts_low_and_a_given_beta_is_the_start(tmp_path, ti
 def _result(density: float, masked: float, controller: dict | None, keep: float | None = 0.9):
     from types import SimpleNamespace
 
+    from maskprobe.learning.training import MaskResult
     from maskprobe.tasks import TaskRef
-    from maskprobe.training import MaskResult
     from sample_tasks.arithmetic import AddTask
 
     n = 1000
@@ -199,8 +199,8 @@ def test_an_interrupted_keep_run_resumes_to_the_same_mask_and_record(tiny_addmul
     import copy
     import io
 
+    from maskprobe.learning.training import TrainState, train_mask
     from maskprobe.tasks import TaskRef
-    from maskprobe.training import TrainState, train_mask
     from sample_tasks.arithmetic import AddTask
 
     _, model, hidden = tiny_addmul

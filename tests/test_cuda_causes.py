@@ -1,11 +1,11 @@
 """The causes of the failures on a GPU machine (issue 20), each shown on the CPU, with a ``cuda`` test beside it.
 
 1. cuDNN computes an RNN's backward only in training mode: the frozen model's recurrent modules run in train mode
-   with dropout 0 (``maskprobe.masked.run_mode``), which computes what eval mode does.
+   with dropout 0 (``maskprobe.learning.masked.run_mode``), which computes what eval mode does.
 2. A TorchScript module is moved to a device by reloading it there (``maskprobe.devices.module_on``), not by
    ``copy.deepcopy(...).to(...)``, which left parameters that are not leaves.
 3. ``--shard`` builds its FSDP2 mesh on the run's device, not on the machine's accelerator; more processes per
-   node than GPUs is a one-line error (``maskprobe.distributed.rank_device``).
+   node than GPUs is a one-line error (``maskprobe.learning.distributed.rank_device``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from maskprobe import distributed
 from maskprobe.devices import module_on
 from maskprobe.errors import BadInputError
-from maskprobe.masked import MaskedModel, frozen, masked_weights, run_mode
+from maskprobe.learning import distributed
+from maskprobe.learning.masked import MaskedModel, frozen, masked_weights, run_mode
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -101,8 +101,8 @@ def test_nested_run_modes_restore_the_outer_one():
 
 
 def test_training_a_mask_on_an_lstm_with_dropout_never_switches_dropout_on():
+    from maskprobe.learning.training import TrainConfig, train_mask
     from maskprobe.tasks import TaskRef
-    from maskprobe.training import TrainConfig, train_mask
     from sample_tasks.arithmetic import AddTask
 
     task = AddTask(model="lstm", lstm_size=8, lstm_layers=2, eval_size=64)
@@ -242,8 +242,8 @@ def test_the_old_copy_of_a_torchscript_module_was_the_cause():
 
 
 def test_the_engine_uses_a_torchscript_module_on_its_device_in_place():
-    from maskprobe.engine import FusedEngine
-    from maskprobe.training import TrainConfig
+    from maskprobe.learning.engine import FusedEngine
+    from maskprobe.learning.training import TrainConfig
 
     script = _scripted()
     assert FusedEngine(script, TrainConfig(device="cpu")).module is script
@@ -253,8 +253,8 @@ def test_the_engine_uses_a_torchscript_module_on_its_device_in_place():
 @CUDA
 def test_cuda_torchscript_checkpoint_trains_on_the_gpu(tmp_path, capsys):
     from maskprobe.cli import run
-    from maskprobe.engine import FusedEngine
-    from maskprobe.training import TrainConfig
+    from maskprobe.learning.engine import FusedEngine
+    from maskprobe.learning.training import TrainConfig
 
     script = _scripted()
     engine = FusedEngine(script, TrainConfig(device="cuda"))
@@ -293,7 +293,7 @@ class _WithBuffer(nn.Module):
 def _build_sharded_on(device: torch.device, backend: str):
     import torch.distributed as dist
 
-    from maskprobe.sharded import build_sharded
+    from maskprobe.learning.sharded import build_sharded
 
     src = _WithBuffer()
     state = {k: v.detach().clone() for k, v in src.state_dict().items()}

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun, on the CPU with gloo (maskprobe/distributed.py, docs/distributed.md).
+"""Data-parallel training under torchrun, on the CPU with gloo (maskprobe/learning/distributed.py, docs/distributed.md).
 
 The 2-process runs are real: ``torchrun --standalone --nproc-per-node 2 -m maskprobe train ...`` (or two
 processes given torchrun's environment by hand, where each rank's exit code and stderr must be seen).
@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest_reliability import make_checkpoint, train_argv
 
-from maskprobe import distributed
 from maskprobe.cli import run
 from maskprobe.errors import BadInputError
-from maskprobe.maskfile import load_masks
+from maskprobe.learning import distributed
+from maskprobe.masks.maskfile import load_masks
 
 TIMEOUT = 120  # a hang fails the test instead of blocking CI
 HIDDEN = "24,24"
@@ -227,8 +227,8 @@ def test_build_sharded_keeps_computed_buffers_and_reads_a_sharded_safetensors_se
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from maskprobe.checkpoints import read_state_dict
-    from maskprobe.sharded import build_sharded
+    from maskprobe.learning.sharded import build_sharded
+    from maskprobe.loading.checkpoints import read_state_dict
 
     src = _WithRotary()
     save_file({"lin.weight": src.lin.weight.detach().clone()}, tmp_path / "a.safetensors")

@@ -1,4 +1,4 @@
-"""Base networks train where ``--device`` says (issue 23 item 5): maskprobe.fitting.fit(device=...) and the sample
+"""Base networks train where ``--device`` says (issue 23 item 5): maskprobe.learning.fitting.fit(device=...) and the sample
 tasks' command lines; a bad device is one line and the bad-input exit code."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from maskprobe.errors import EXIT_BAD_INPUT
-from maskprobe.fitting import Recipe, fit
+from maskprobe.learning.fitting import Recipe, fit
 from sample_tasks.arithmetic import AddMulTask
 from sample_tasks.arithmetic import main as arith_main
 from sample_tasks.double_addition import main as dadd_main

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from maskprobe.cli import run
 from maskprobe.errors import MaskFileError
-from maskprobe.maskfile import open_masks, save_masks
+from maskprobe.masks.maskfile import open_masks, save_masks
 
 HIDDEN = "16,16"
 ARGS = ["--task-arg", f"hidden={HIDDEN}", "--task-arg", "eval_size=64"]

@@ -1,5 +1,5 @@
-"""The compile backend (maskprobe/fused.py) against the torch reference of maskprobe/kernels.py, on the CPU through
-torch.compile's C++ build (the same source inductor turns into Triton kernels on CUDA); the CUDA checks skip here.
+"""The compile backend (maskprobe/learning/fused.py) against the torch reference of maskprobe/learning/kernels.py, on the
+CPU through torch.compile's C++ build (the same source inductor turns into Triton kernels on CUDA); the CUDA checks skip here.
 
 Compiling costs seconds per graph, so every test uses the same two tensors and K=2 (one graph each), and the
 training tests a 16x16 network."""
@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from maskprobe import fused as fused_mod
-from maskprobe import kernels
-from maskprobe.maskstep import MaskLogits, resolve_backend
+from maskprobe.learning import fused as fused_mod
+from maskprobe.learning import kernels
+from maskprobe.learning.maskstep import MaskLogits, resolve_backend
 
 SHAPES = {"a.weight": (40, 30), "b.weight": (257,)}
 
@@ -60,8 +60,8 @@ def test_backend_names_resolve_without_compiling():
 
 
 def test_importing_maskprobe_and_its_cli_compiles_nothing():
-    code = ("import sys, maskprobe, maskprobe.cli, maskprobe.engine, maskprobe.training; "
-            "print('maskprobe.fused' in sys.modules, 'torch._inductor' in sys.modules)")  # fmt: skip
+    code = ("import sys, maskprobe, maskprobe.cli, maskprobe.learning.engine, maskprobe.learning.training; "
+            "print('maskprobe.learning.fused' in sys.modules, 'torch._inductor' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 
@@ -155,7 +155,7 @@ def test_engine_metadata_names_the_fallback(monkeypatch):
     from torch import nn
 
     from maskprobe.config import TrainConfig
-    from maskprobe.engine import FusedEngine
+    from maskprobe.learning.engine import FusedEngine
 
     monkeypatch.setattr(fused_mod, "_FUNCTIONS", {})
     monkeypatch.setattr(torch, "compile", lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -168,8 +168,8 @@ def test_engine_metadata_names_the_fallback(monkeypatch):
 @pytest.mark.slow
 def test_training_with_the_compile_backend_matches_the_torch_backend():
     from maskprobe.config import TrainConfig
+    from maskprobe.learning.training import train_mask
     from maskprobe.tasks import TaskRef
-    from maskprobe.training import train_mask
     from sample_tasks.arithmetic import AddTask
 
     task = AddTask("16,16", 64)

@@ -1,4 +1,5 @@
-"""The fast mask step (maskprobe/kernels.py, maskprobe/maskstep.py) against DESIGN §2 and the reference formula."""
+"""The fast mask step (maskprobe/learning/kernels.py, maskprobe/learning/maskstep.py) against DESIGN §2 and the
+reference formula."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import math
 import pytest
 import torch
 
-from maskprobe import kernels
 from maskprobe.errors import BadInputError
-from maskprobe.gates import reference_mask
-from maskprobe.maskstep import MaskLogits, resolve_backend
+from maskprobe.learning import kernels
+from maskprobe.learning.gates import reference_mask
+from maskprobe.learning.maskstep import MaskLogits, resolve_backend
 
 BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not kernels.numba_available(), reason="numba absent"))]
 FWD = {"torch": kernels.gate_forward_torch, "numba": getattr(kernels, "gate_forward_numba", None)}

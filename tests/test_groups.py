@@ -1,4 +1,4 @@
-"""maskprobe.groups: ``--group`` files into groups (by task, or NAME=GLOB), groups into runs (matched by checkpoint,
+"""maskprobe.measure.groups: ``--group`` files into groups (by task, or NAME=GLOB), groups into runs (matched by checkpoint,
 then seed, then file name), and the mean ± sample std of the runs' reports, leaf by leaf."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from maskprobe.compare import compare, compare_groups
 from maskprobe.errors import BadInputError
-from maskprobe.groups import aggregate, group_files, match_runs
-from maskprobe.maskfile import save_masks
-from maskprobe.thresholds import Thresholds
+from maskprobe.masks.maskfile import save_masks
+from maskprobe.measure.compare import compare, compare_groups
+from maskprobe.measure.groups import aggregate, group_files, match_runs
+from maskprobe.measure.thresholds import Thresholds
 
 SHAPES = {"l.0.weight": (6, 5), "l.1.weight": (4, 6), "l.2.weight": (3, 4)}
 

@@ -266,7 +266,7 @@ def test_group_mistakes_get_their_own_message(env, capsys):
     # a name given twice collects both globs (each file once); a file in two groups names both groups
     refused(capsys, ["compare", "--group", f"add={a}", "--group", f"add={a}", "--group", f"mul={a}"],
             f"{a} is in two groups ('add' and 'mul')")  # fmt: skip
-    from maskprobe.groups import group_files
+    from maskprobe.measure.groups import group_files
 
     assert group_files([], [f"add={a}", f"add={env}/a.safe*", f"mul={b}"]) == {"add": [a], "mul": [b]}
     refused(capsys, ["compare", a, b, "--group", "task", "--group", f"add={a}"], "cannot be combined")

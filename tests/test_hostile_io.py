@@ -146,7 +146,7 @@ def test_a_signal_during_the_final_evaluation_saves_the_state_and_resume_writes_
                           text=True, timeout=240, env={**os.environ, "CI": "true"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert out.exists() and not out.with_name("m.state.pt").exists()
-    from maskprobe.maskfile import open_masks
+    from maskprobe.masks.maskfile import open_masks
 
     with open_masks(out) as reader:
         meta = reader.metadata
@@ -177,7 +177,7 @@ def test_sigterm_during_training_stops_at_the_next_step(env, tmp_path):
 def masks(env) -> list[Path]:
     import torch
 
-    from maskprobe.maskfile import save_masks
+    from maskprobe.masks.maskfile import save_masks
     from sample_tasks.arithmetic import AddTask
 
     model = AddTask(hidden="16,16").build_model()
@@ -312,7 +312,7 @@ def test_compare_seed_beyond_64_bits_is_one_line(env, masks, capsys):
 
 
 def test_a_tokenizer_given_as_a_file_is_not_called_a_missing_folder(tmp_path):
-    from maskprobe.task_args import resolve_tasks
+    from maskprobe.tasks.args import resolve_tasks
 
     (tmp_path / "tokenizer.json").write_text("{}")
     [(task, _)] = resolve_tasks(["text-lm"], [f"data={tmp_path / 'd.txt'}", f"tokenizer={tmp_path / 'tokenizer.json'}"])
@@ -346,8 +346,8 @@ def test_a_dense_mask_says_how_much_was_pruned(removed, said):
     import torch
 
     from maskprobe.config import TrainConfig
+    from maskprobe.learning.training import MaskResult
     from maskprobe.tasks import TaskRef
-    from maskprobe.training import MaskResult
     from sample_tasks.arithmetic import AddTask
 
     mask = torch.ones(1000, dtype=torch.bool)
@@ -396,7 +396,7 @@ def test_zero_size_weights_are_one_line_or_a_mask(tmp_path, capsys, hidden, code
     if code:
         assert "no weight to mask" in _one_line(err) and not out.parent.exists()
     else:
-        from maskprobe.maskfile import load_masks
+        from maskprobe.masks.maskfile import load_masks
 
         assert "Traceback" not in err and load_masks(out).masks["2.weight"].shape == (0, 16)
 

@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from maskprobe.checkpoints import identify, load_checkpoint
 from maskprobe.cli import run
 from maskprobe.errors import MaskFileError
-from maskprobe.maskfile import load_masks
+from maskprobe.loading.checkpoints import identify, load_checkpoint
+from maskprobe.masks.maskfile import load_masks
 
 HIDDEN = "16,16"
 TASK = ["--task", "arith-add", "--task-arg", f"hidden={HIDDEN}", "--task-arg", "eval_size=32"]

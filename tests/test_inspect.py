@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from maskprobe.cli import run
-from maskprobe.maskfile import save_masks
+from maskprobe.masks.maskfile import save_masks
 
 HELPERS = Path(__file__).parent / "checkpoint_helpers.py"
 WEIGHTS = {"0.weight": (16, 42), "0.bias": (16,), "2.weight": (16, 16), "2.bias": (16,), "4.weight": (20, 16), "4.bias": (20,)}

@@ -1,11 +1,11 @@
-"""maskprobe.layout: model order and input/output roles on the architectures researchers have."""
+"""maskprobe.masks.layout: model order and input/output roles on the architectures researchers have."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from maskprobe.layout import model_layout, names_layout, natural_order, recorded_layout, with_io
+from maskprobe.masks.layout import model_layout, names_layout, natural_order, recorded_layout, with_io
 
 
 def _masked(module: nn.Module) -> list[str]:

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskprobe.maskfile import load_masks
+from maskprobe.learning.training import TrainConfig, train_mask
+from maskprobe.masks.maskfile import load_masks
 from maskprobe.tasks import TaskRef
 from maskprobe.testing import check_task
-from maskprobe.training import TrainConfig, train_mask
 from sample_tasks.arithmetic import LSTM_RECIPE, RECIPE, AddMulTask, AddTask, MulTask, encode
 from sample_tasks.double_addition import LSTM_DADD_RECIPE, BothPairsTask, Pair1Task, Pair2Task
 from sample_tasks.double_addition import encode as dadd_encode
@@ -194,7 +194,7 @@ def test_lstm_through_the_command_lines(tmp_path, capsys):
 def test_the_base_command_lines_take_the_papers_optimiser():
     import argparse
 
-    from maskprobe.fitting import Recipe
+    from maskprobe.learning.fitting import Recipe
     from sample_tasks.arithmetic import add_recipe_args, recipe_from
     from sample_tasks.double_addition import LSTM_DADD_RECIPE, BothPairsTask
 

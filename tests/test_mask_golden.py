@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskprobe.maskfile import FORMAT, load_masks, save_masks
+from maskprobe.masks.maskfile import FORMAT, load_masks, save_masks
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = {False: DATA / "golden-mask.safetensors", True: DATA / "golden-mask-packed.safetensors"}

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskprobe.errors import BadInputError, MaskFileError
-from maskprobe.maskfile import FORMAT, load_masks, open_masks, save_masks
+from maskprobe.masks.maskfile import FORMAT, load_masks, open_masks, save_masks
 
 
 def _masks():
@@ -17,8 +17,12 @@ def _masks():
 
 def test_round_trip_with_metadata(tmp_path):
     path = tmp_path / "m.safetensors"
-    meta = {"task": {"name": "t", "ref": "t", "args": {"x": 1}}, "seed": 3, "hparams": {"beta": 1e-4, "batch_size": 128},
-            "checkpoint": {"sha256": "ab" * 32, "path": "c.pt"}}
+    meta = {
+        "task": {"name": "t", "ref": "t", "args": {"x": 1}},
+        "seed": 3,
+        "hparams": {"beta": 1e-4, "batch_size": 128},
+        "checkpoint": {"sha256": "ab" * 32, "path": "c.pt"},
+    }
     save_masks(path, _masks(), meta)
     ms = load_masks(path)
     for k, v in _masks().items():

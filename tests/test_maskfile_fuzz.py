@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maskprobe.errors import MaskFileError
-from maskprobe.maskfile import load_masks, open_masks, save_masks
+from maskprobe.masks.maskfile import load_masks, open_masks, save_masks
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

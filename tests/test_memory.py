@@ -13,7 +13,7 @@ from torch import nn
 
 from maskprobe.cli import run
 from maskprobe.errors import BadInputError
-from maskprobe.memory import activation_bytes_per_example, check_fits, estimate, human, parse_size, suggestions
+from maskprobe.learning.memory import activation_bytes_per_example, check_fits, estimate, human, parse_size, suggestions
 
 
 @pytest.mark.parametrize(
@@ -148,8 +148,8 @@ def test_the_estimate_is_near_the_measured_peak(tmp_path):
 
 
 def test_saved_probe_counts_what_autograd_keeps_not_the_weights():
-    from maskprobe.masked import MaskedModel
-    from maskprobe.memory import saved_bytes_per_example
+    from maskprobe.learning.masked import MaskedModel
+    from maskprobe.learning.memory import saved_bytes_per_example
 
     model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
     for p in model.parameters():

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from maskprobe.gates import binarize, gate, reference_mask, uniform_noise
-from maskprobe.selection import Selection, describe_selection, select_parameters
+from maskprobe.learning.gates import binarize, gate, reference_mask, uniform_noise
+from maskprobe.learning.selection import Selection, describe_selection, select_parameters
+from maskprobe.learning.training import TrainConfig, train_mask
 from maskprobe.tasks import TaskRef
-from maskprobe.training import TrainConfig, train_mask
 from sample_tasks.arithmetic import AddTask
 
 

@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("matplotlib")
 
 from maskprobe.cli import run  # noqa: E402
-from maskprobe.compare import compare  # noqa: E402
-from maskprobe.maskfile import save_masks  # noqa: E402
+from maskprobe.masks.maskfile import save_masks  # noqa: E402
+from maskprobe.measure.compare import compare  # noqa: E402
 from maskprobe.render import figure, kept, plots  # noqa: E402
 
 

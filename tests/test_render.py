@@ -15,9 +15,9 @@ import torch
 from rich.console import Console
 
 from maskprobe import console as mp_console
-from maskprobe.compare import compare
-from maskprobe.groups import aggregate
-from maskprobe.maskfile import save_masks
+from maskprobe.masks.maskfile import save_masks
+from maskprobe.measure.compare import compare
+from maskprobe.measure.groups import aggregate
 from maskprobe.render import at, dumps, jsonable, metric_text, num, pct, plus_minus, shape_str, signed
 from maskprobe.render.compare import (
     ablation_tables,

@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from maskprobe.maskfile import load_masks
+from maskprobe.learning.training import TrainConfig, train_mask
+from maskprobe.masks.maskfile import load_masks
 from maskprobe.tasks import TaskRef
 from maskprobe.testing import check_task
-from maskprobe.training import TrainConfig, train_mask
 from sample_tasks import scan_data
 from sample_tasks.scan import ScanJumpTask, ScanLengthTask, ScanSimpleTask, ScanTurnLeftTask, main, sequence_loss
 
@@ -203,7 +203,7 @@ def test_base_training_command_line(tmp_path, capsys):
 
 
 def test_base_recipe_is_the_one_fitting_routine(tmp_path):
-    from maskprobe.fitting import Recipe, fit
+    from maskprobe.learning.fitting import Recipe, fit
 
     task = ScanSimpleTask(model="lstm", hidden=8, layers=1, embedding=4, eval_size=8)
     assert task.base_recipe() == Recipe(steps=2000, batch_size=128, lr=3e-3, schedule="constant", clip=5.0)

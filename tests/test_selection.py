@@ -1,4 +1,4 @@
-"""maskprobe/selection.py on real architectures: biases by their owning module, embeddings and ties by tensor,
+"""maskprobe/learning/selection.py on real architectures: biases by their owning module, embeddings and ties by tensor,
 norm gains by ``mask_norms``; each test asserts the exact set of masked names (docs/method.md "What is masked")."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from maskprobe.errors import BadInputError
-from maskprobe.selection import Selection, describe_named, describe_selection, select_parameters
+from maskprobe.learning.selection import Selection, describe_named, describe_selection, select_parameters
 
 
 def _masked(model: nn.Module, **selection) -> set[str]:
@@ -69,12 +69,16 @@ def test_transformer_encoder_layer():
         "self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight",
         "norm1.weight", "norm2.weight",
     }  # fmt: skip
-    assert _masked(layer) == _masked(layer, mask_norms=False) == {
-        "self_attn.in_proj_weight",
-        "self_attn.out_proj.weight",
-        "linear1.weight",
-        "linear2.weight",
-    }
+    assert (
+        _masked(layer)
+        == _masked(layer, mask_norms=False)
+        == {
+            "self_attn.in_proj_weight",
+            "self_attn.out_proj.weight",
+            "linear1.weight",
+            "linear2.weight",
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- norms

@@ -1,4 +1,4 @@
-"""maskprobe.statefile: the ``.state.pt`` beside a mask. Saved atomically and read back bitwise; anything else
+"""maskprobe.learning.statefile: the ``.state.pt`` beside a mask. Saved atomically and read back bitwise; anything else
 (corrupt, truncated, foreign, pickled code, another run's) is one clear BadInputError, never a traceback."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pickle
 import pytest
 import torch
 
-from maskprobe import statefile
 from maskprobe.config import Selection, TrainConfig
 from maskprobe.errors import BadInputError, MaskprobeError
-from maskprobe.statefile import FORMAT, Snapshots, load_state, resume_key, save_state
+from maskprobe.learning import statefile
+from maskprobe.learning.statefile import FORMAT, Snapshots, load_state, resume_key, save_state
+from maskprobe.learning.training import TrainState
 from maskprobe.tasks import TaskRef
-from maskprobe.training import TrainState
 
 SHA = "ab" * 32
 SHAPES = {"l.0.weight": (4, 3), "l.1.weight": (2, 4)}

@@ -9,8 +9,8 @@ import torch
 
 from maskprobe.cli import run
 from maskprobe.errors import BadInputError, PluginError
-from maskprobe.task_args import parse_task_args
 from maskprobe.tasks import contract_problems, load_task, task_class
+from maskprobe.tasks.args import parse_task_args
 from maskprobe.testing import tiny_fnn
 
 # a valid task over a 4 -> 2 FNN; the broken variants below each change one thing
@@ -249,7 +249,7 @@ def test_module_reference_and_entry_point_give_the_same_class():
 
 
 def test_task_arg_per_task_by_ref_or_position_and_plain_for_all():
-    from maskprobe.task_args import resolve_tasks
+    from maskprobe.tasks.args import resolve_tasks
 
     (add, add_ref), (mul, mul_ref) = resolve_tasks(
         ["arith-add", "arith-mul"], ["eval_size=5", "arith-mul:eval_size=7", "1:hidden=8,8", "2:eval-size=9"]
@@ -260,7 +260,7 @@ def test_task_arg_per_task_by_ref_or_position_and_plain_for_all():
 
 
 def test_name_renames_one_instance_and_the_record_rebuilds_it():
-    from maskprobe.task_args import resolve_tasks
+    from maskprobe.tasks.args import resolve_tasks
 
     tasks = resolve_tasks(["arith-add", "arith-add"], ["hidden=8,8", "1:name=legal", "2:name=news", "2:eval_size=4"])
     assert [t.name for t, _ in tasks] == ["legal", "news"]
@@ -283,7 +283,7 @@ def test_name_renames_one_instance_and_the_record_rebuilds_it():
     ],
 )  # fmt: skip
 def test_bad_per_task_arg_is_one_error(pairs, message):
-    from maskprobe.task_args import resolve_tasks
+    from maskprobe.tasks.args import resolve_tasks
 
     with pytest.raises(BadInputError) as err:
         resolve_tasks(["arith-add", "arith-add"], pairs)
@@ -302,7 +302,7 @@ def test_two_tasks_of_one_name_are_refused_with_the_rename_remedy(tmp_path):
 
 
 def test_train_one_class_twice_into_two_named_masks(tmp_path, capsys):
-    from maskprobe.maskfile import load_masks
+    from maskprobe.masks.maskfile import load_masks
     from sample_tasks.arithmetic import IN_FEATURES, OUT_FEATURES, build_fnn
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""maskprobe.thresholds: ``VALUE`` / ``TASK=VALUE`` / ``A:B=VALUE`` parsed, checked on a finished report (NaN and
+"""maskprobe.measure.thresholds: ``VALUE`` / ``TASK=VALUE`` / ``A:B=VALUE`` parsed, checked on a finished report (NaN and
 JSON null never pass), the one-line reasons, and the moves against a baseline."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from maskprobe.compare import CompareReport
 from maskprobe.errors import BadInputError
-from maskprobe.thresholds import (
+from maskprobe.measure.compare import CompareReport
+from maskprobe.measure.thresholds import (
     Threshold,
     Thresholds,
     compare_baseline,

@@ -1,4 +1,4 @@
-"""maskprobe.training: the one loop — the loss it reports is exactly task loss + beta/B * sum(logits), progress
+"""maskprobe.learning.training: the one loop — the loss it reports is exactly task loss + beta/B * sum(logits), progress
 events carry the task loss and metric, warnings say when a mask collapsed or stayed dense."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from maskprobe.config import TrainConfig
+from maskprobe.learning.training import REGULARISER, regulariser_grad, train_mask
 from maskprobe.tasks import TaskRef
-from maskprobe.training import REGULARISER, regulariser_grad, train_mask
 from sample_tasks.arithmetic import AddTask
 
 
@@ -69,7 +69,7 @@ def test_batched_samples_learn_the_loops_mask_and_fall_back_when_vmap_cannot(net
     """--batched-samples: the K samples as one vmap draw bitwise the loop's gates, so the logits agree to float
     rounding and the binary masks all but exactly; a loss vmap cannot batch falls back to the loop, said in the
     metadata, with the loop's result."""
-    from maskprobe.engine import stack_chunks
+    from maskprobe.learning.engine import stack_chunks
 
     model, task = net_and_task
     ref = TaskRef("arith-add", {})

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from maskprobe import kernels
 from maskprobe.cli import run
-from maskprobe.maskfile import load_masks
+from maskprobe.learning import kernels
+from maskprobe.learning.training import TrainConfig, train_mask
+from maskprobe.masks.maskfile import load_masks
 from maskprobe.tasks import TaskRef
-from maskprobe.training import TrainConfig, train_mask
 from sample_tasks.arithmetic import AddTask
 
 HIDDEN = "16,16"

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInputError, CheckpointError
-from ..tasks import Task, TaskContext
+from ..tasks.contract import Task, TaskContext
 from . import text
 from .data import Records, holdout_split, read_records
 
@@ -84,7 +84,7 @@ class TextTask(Task):
         return min(self.max_length, self.positions) if self.positions else self.max_length
 
     def _tokenizer(self, context: TaskContext) -> Any:
-        from ..hf_folder import hf_tokenizer
+        from ..loading.hf_folder import hf_tokenizer
 
         try:
             if self.tokenizer_path:

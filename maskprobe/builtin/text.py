@@ -23,7 +23,7 @@ Batch = dict[str, Tensor]
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids of each text with the tokenizer's special tokens (BERT's ``[CLS] ... [SEP]``), cut at
     ``max_length``."""
-    from ..hf_folder import quiet_transformers
+    from ..loading.hf_folder import quiet_transformers
 
     if not texts:
         return []
@@ -35,7 +35,7 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[i
 def chunks(tokenizer: Any, texts: Sequence[str], size: int) -> list[list[int]]:
     """Running text cut into examples of ``size`` tokens: each text's tokens (no special tokens), the texts joined
     by the end-of-text token where the tokenizer has one; a last piece shorter than 2 tokens is dropped."""
-    from ..hf_folder import quiet_transformers
+    from ..loading.hf_folder import quiet_transformers
 
     with quiet_transformers():
         pieces = tokenizer(list(texts), add_special_tokens=False)["input_ids"]

@@ -1,4 +1,4 @@
-"""``maskprobe compare``: parse the flags, call :func:`maskprobe.compare.compare`, render the report.
+"""``maskprobe compare``: parse the flags, call :func:`maskprobe.measure.compare.compare`, render the report.
 
 Exit codes: 0 every check holds, 1 a check failed (one ``FAIL`` line each on stderr), 2 bad input, 3 a broken
 task plugin (docs/compare.md).
@@ -81,12 +81,12 @@ def compare(
     import sys
 
     from .. import console
-    from ..compare import compare as run_compare
-    from ..compare import compare_groups
     from ..errors import BadInputError, CheckFailed
+    from ..measure.compare import compare as run_compare
+    from ..measure.compare import compare_groups
+    from ..measure.thresholds import Thresholds, load_baseline
     from ..progress import status_line
-    from ..task_args import resolve_tasks
-    from ..thresholds import Thresholds, load_baseline
+    from ..tasks.args import resolve_tasks
 
     fmt = "json" if json_out else output_format
     if fmt not in ("table", "json", "markdown"):
@@ -111,14 +111,14 @@ def compare(
         raise BadInputError(f"{checks.functional_flag} needs --checkpoint (it is a functional score)")
     groups = None
     if group:
-        from ..groups import group_files
+        from ..measure.groups import group_files
 
         groups = group_files(masks or [], group)
     if plot_tensors and plot is None:
         raise BadInputError("--plot-tensors needs --plot DIR (the folder the figures go to)")
     if plot is not None:
+        from ..learning.runs import refuse_writing_into_checkpoints
         from ..render.plots import check_plot_folder, require_matplotlib
-        from ..runs import refuse_writing_into_checkpoints
 
         require_matplotlib()
         check_plot_folder(plot)  # before any work: a folder that cannot be made is one line, not exit 70
@@ -128,7 +128,7 @@ def compare(
     tasks = [t for t, _ in resolve_tasks(task, task_arg)] if task else None
     opener, run_device = None, _device(device)
     if checkpoint is not None:
-        from ..checkpoints import load_checkpoint, parse_model_args
+        from ..loading.checkpoints import load_checkpoint, parse_model_args
 
         margs = parse_model_args(model_arg)
 
@@ -195,7 +195,7 @@ def _recorded_checkpoints(masks: list[Path]) -> list[str]:
     """The checkpoints the masks record (absolute paths only: a relative one was relative to another directory);
     a file that cannot be read is left to compare to report."""
     from ..errors import MaskprobeError
-    from ..maskfile import open_masks
+    from ..masks.maskfile import open_masks
 
     out = []
     for m in masks:

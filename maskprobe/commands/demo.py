@@ -1,9 +1,9 @@
 """``maskprobe demo``: the paper's addition/multiplication experiment on a small FNN, end to end.
 
 1. train a ReLU FNN (42-hidden-20) on both operations with the task's base recipe (``arith-both``'s
-   ``base_recipe()``, :mod:`maskprobe.fitting`);
+   ``base_recipe()``, :mod:`maskprobe.learning.fitting`);
 2. learn the ``arith-add`` and ``arith-mul`` masks on the frozen network;
-3. compare them (:func:`maskprobe.compare.compare`): overlap per layer, removals, P_specialize, P_reuse.
+3. compare them (:func:`maskprobe.measure.compare.compare`): overlap per layer, removals, P_specialize, P_reuse.
 
 Everything lands in ``--out`` so each step can be rerun with the ordinary commands it prints.
 """
@@ -43,17 +43,17 @@ def demo(
 
     from .. import console
     from ..atomic import atomic_write
-    from ..checkpoints import Checkpoint, identify
-    from ..compare import compare
     from ..config import TrainConfig
     from ..devices import resolve_device, set_threads
-    from ..evaluation import evaluate_task
-    from ..fitting import fit
-    from ..maskfile import save_masks
+    from ..learning.fitting import fit
+    from ..learning.training import train_mask
+    from ..loading.checkpoints import Checkpoint, identify
+    from ..masks.maskfile import save_masks
+    from ..measure.compare import compare
+    from ..measure.evaluation import evaluate_task
     from ..progress import TrainProgress, status_line
     from ..render import dumps, pct
-    from ..tasks import load_task
-    from ..training import train_mask
+    from ..tasks.plugins import load_task
 
     set_threads(threads)
     err = console.err()

@@ -36,13 +36,13 @@ def evaluate(
 ) -> None:
     """The task metrics on the checkpoint, unmasked or under a mask (without --task: the task the mask records)."""
     from .. import console
-    from ..checkpoints import load_checkpoint, parse_model_args
     from ..devices import resolve_device
     from ..errors import BadInputError
-    from ..evaluation import evaluate_under_mask
+    from ..loading.checkpoints import load_checkpoint, parse_model_args
+    from ..measure.evaluation import evaluate_under_mask
     from ..render import dumps
     from ..render.train import evaluate_payload, metric_table
-    from ..task_args import resolve_tasks
+    from ..tasks.args import resolve_tasks
 
     if invert and mask is None:
         raise BadInputError("--invert needs --mask")
@@ -71,8 +71,8 @@ def _tasks_of_mask(mask: Path, task_arg: list[str], trust: bool) -> list:
     """The task the mask file records, rebuilt as ``compare`` rebuilds it (an installed task only, unless ``trust``;
     ``--task-arg`` over the recorded arguments; a recorded data file that moved is named with the way to give it
     again)."""
-    from ..maskfile import open_masks
-    from ..masksets import tasks_from_metadata
+    from ..masks.maskfile import open_masks
+    from ..masks.masksets import tasks_from_metadata
 
     with open_masks(mask) as reader:
         return tasks_from_metadata([reader], task_arg, trust_tasks=trust)

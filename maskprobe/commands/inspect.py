@@ -28,12 +28,12 @@ def inspect(
 ) -> None:
     """What a checkpoint or mask file holds: format, parameters, what would be masked, metadata."""
     from .. import console
-    from ..checkpoints import parse_model_args
-    from ..inspection import inspect_checkpoint, inspect_mask, is_mask_file
+    from ..learning.selection import parse_globs
+    from ..loading.checkpoints import parse_model_args
+    from ..masks.inspection import inspect_checkpoint, inspect_mask, is_mask_file
     from ..render import dumps
     from ..render import inspect as show
-    from ..selection import parse_globs
-    from ..task_args import resolve_tasks
+    from ..tasks.args import resolve_tasks
 
     if is_mask_file(path):
         summary = inspect_mask(path)

@@ -34,7 +34,7 @@ def tasks(
     if check is None:
         if task_arg or checkpoint is not None:
             raise BadInputError("--task-arg and --checkpoint need --check NAME")
-        from ..tasks import discover_tasks
+        from ..tasks.plugins import discover_tasks
 
         rows = show.task_rows(discover_tasks())
         if json_out:
@@ -46,13 +46,13 @@ def tasks(
             o.print(line, markup=False)
         return
     from ..errors import PluginError
-    from ..task_args import resolve_tasks
+    from ..tasks.args import resolve_tasks
     from ..testing import check_task
 
     ((task, _),) = resolve_tasks([check], task_arg)
     module = None
     if checkpoint is not None:
-        from ..checkpoints import load_checkpoint, parse_model_args
+        from ..loading.checkpoints import load_checkpoint, parse_model_args
 
         ckpt = load_checkpoint(
             checkpoint, tasks=[task], model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint

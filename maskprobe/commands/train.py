@@ -1,4 +1,4 @@
-"""``maskprobe train``: parse the flags into a :class:`maskprobe.runs.TrainRequest`, run it, render the masks.
+"""``maskprobe train``: parse the flags into a :class:`maskprobe.learning.runs.TrainRequest`, run it, render the masks.
 
 Data-parallel on several GPUs or nodes: ``torchrun --nproc-per-node N -m maskprobe train ...`` (docs/distributed.md).
 """
@@ -217,15 +217,16 @@ def train(
     """Learn one binary mask per task on the frozen checkpoint and save them as safetensors.
 
     Data-parallel on several GPUs or nodes: torchrun --nproc-per-node N -m maskprobe train ... (docs/distributed.md)."""
-    from .. import console, distributed
-    from ..checkpoints import parse_model_args
+    from .. import console
     from ..devices import set_threads
     from ..errors import BadInputError
-    from ..memory import parse_size
+    from ..learning import distributed
+    from ..learning.memory import parse_size
+    from ..learning.runs import TrainRequest, train_masks
+    from ..learning.selection import parse_globs
+    from ..loading.checkpoints import parse_model_args
     from ..render import dumps
-    from ..runs import TrainRequest, train_masks
-    from ..selection import parse_globs
-    from ..task_args import resolve_tasks
+    from ..tasks.args import resolve_tasks
 
     if fix and fix_from is None:
         raise BadInputError("--fix needs --fix-from MASK (the mask file the fixed tensors come from)")
@@ -270,7 +271,7 @@ def train(
 
 
 class CliReporter:
-    """The run's :class:`maskprobe.runs.Reporter` on the terminal: the selection table and messages on stderr, a
+    """The run's :class:`maskprobe.learning.runs.Reporter` on the terminal: the selection table and messages on stderr, a
     progress bar per mask, each mask's tables on stdout as it is written (unless ``--json``)."""
 
     def __init__(self, quiet: bool, tables: bool, verbose: bool = False, label: Any = None):

@@ -1,4 +1,4 @@
-"""Rich tables of a compare report (the JSON document of :class:`maskprobe.compare.CompareReport`).
+"""Rich tables of a compare report (the JSON document of :class:`maskprobe.measure.compare.CompareReport`).
 
 Every number comes from the report dict, the same one ``--json`` prints and ``--format markdown``, the plots
 and the thresholds read. A ``--group`` report (``std`` beside every number) shows ``mean ± std``.

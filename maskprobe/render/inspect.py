@@ -1,4 +1,4 @@
-"""Tables and JSON of ``maskprobe inspect`` (:mod:`maskprobe.inspection`)."""
+"""Tables and JSON of ``maskprobe inspect`` (:mod:`maskprobe.masks.inspection`)."""
 
 from __future__ import annotations
 

@@ -215,7 +215,7 @@ def _member_label(kind: str, name: str) -> str:
 def plot_kept_weights(report: dict[str, Any], masks: Sequence[Any], tasks: Sequence[str], out: Path, per_tensor: bool) -> list:
     """The kept-weights figures: a kind whose every tensor is unused gets none (density.png names them); only the
     tensors a figure shows are read."""
-    from ..maskfile import open_masks
+    from ..masks.maskfile import open_masks
 
     unused = set(unused_tensors(report))
     kinds: dict[str, list[str]] = {}

@@ -58,7 +58,7 @@ def layer_rows(report: dict[str, Any], i: int, j: int) -> list[list[str]]:
 
 
 def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -> str:
-    """Markdown for a ``compare`` report (:meth:`maskprobe.compare.CompareReport.to_dict`)."""
+    """Markdown for a ``compare`` report (:meth:`maskprobe.measure.compare.CompareReport.to_dict`)."""
     masks = report["masks"]
     tasks = [m.get("label", m["task"]) for m in masks]
     out = [f"## {title}"]

@@ -18,7 +18,7 @@ def _argument_text(annotation: Any, default: Any) -> str:
 
 def task_rows(infos: list[Any]) -> list[dict[str, Any]]:
     """One JSON-able row per discovered task (:class:`maskprobe.tasks.TaskInfo`)."""
-    from ..tasks import task_arguments
+    from ..tasks.plugins import task_arguments
 
     rows = []
     for info in infos:

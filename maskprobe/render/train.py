@@ -13,7 +13,7 @@ from . import add_row, layer_column, metric_text, num, pct, shape_str
 
 
 def selection_table(rows: Sequence[Any], title: str = "Parameters") -> Table:
-    """What would be masked: one row per parameter (:class:`maskprobe.selection.SelectedParameter`)."""
+    """What would be masked: one row per parameter (:class:`maskprobe.learning.selection.SelectedParameter`)."""
     t = Table(title=escape(title), title_justify="left")
     layer_column(t)
     for col, just in (("shape", "right"), ("dtype", "left"), ("numel", "right"), ("masked", "left")):
@@ -125,7 +125,7 @@ def selection_summary(rows: Sequence[Any], title: str = "Parameters") -> list[An
 
 def mask_table(result: Any, label: str | None = None) -> Table:
     """One trained mask: kept weights per tensor (in model order) and in total; ``label`` names the run (the task,
-    plus ``beta=``/``seed=`` in a sweep: :meth:`maskprobe.runs.TrainRequest.label`)."""
+    plus ``beta=``/``seed=`` in a sweep: :meth:`maskprobe.learning.runs.TrainRequest.label`)."""
     dens = result.density()
     t = Table(title=f"Mask for task {escape(label or result.task.name)}", title_justify="left")
     layer_column(t)
@@ -200,7 +200,7 @@ def evaluate_payload(checkpoint: dict[str, Any], mask: Any, invert: bool, rows: 
 
 def memory_plan_table(plan: dict[str, Any]) -> Table:
     """``train --dry-run``: one column per mode, one row per part of the estimate (distributed.memory_plan)."""
-    from ..memory import human
+    from ..learning.memory import human
 
     modes = plan["modes"]
     table = Table(

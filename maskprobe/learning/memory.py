@@ -1,0 +1,398 @@
+"""How much memory mask training will need, checked before the first step (docs/reliability.md).
+
+A run that dies of out-of-memory after an hour has wasted the hour; this module estimates the peak from
+the parts that scale with the model and the flags, compares it with what the device has free, and
+refuses with the flags that would fit. With ``n`` masked weights, ``K`` samples per step and batch ``B``:
+
+====================  ==================================================================================
+weights               every parameter and buffer of the module (counted on a GPU; already resident on the CPU)
+logits + gradients    ``8 n`` bytes (float32 logits and their ``.grad``)
+Adam state            ``8 n`` bytes (``exp_avg`` and ``exp_avg_sq``, float32)
+mask samples          ``K n (4 + w)`` bytes: per sample the uniform draw kept for backward (float32) and
+                      the gated weight ``w * m`` the layer keeps (``w`` bytes per element)
+backward temporaries  ``24 x`` the largest masked tensor's element count (six float32 temporaries of the
+                      gate's backward pass)
+gated-weight grads    ``n w`` bytes: the backward's gradient of every gated weight, alive until the gate's
+                      backward reads it
+runtime               on the CPU, :data:`CPU_RUNTIME` bytes: the mask kernels' compiled code, thread pools and
+                      allocator caches, measured (independent of the model); shown, not checked (below)
+end of the run         ``n (4 + w)``: the final state's copy of the logits and the masked weights the
+                      evaluation of the mask builds, while the training buffers still exist
+activations           ``1.25 s B``: ``s`` = bytes autograd saves for backward per example, measured by one
+                      forward pass of a single example with the masked weights requiring gradients
+                      (:func:`saved_bytes_per_example`), plus a quarter for the gradients flowing back; where
+                      that cannot run (it fails, or saves nothing), ``2 a B`` with ``a`` = bytes of every leaf
+                      module's outputs per example (:func:`activation_bytes_per_example`)
+====================  ==================================================================================
+
+It is an estimate, not a bound (allocator fragmentation, a task's own temporaries and fused kernels move
+the true peak either way); ``--memory-limit off`` skips the check. What the check compares with the free memory
+is the sum above less the runtime, what training adds for this model; on the CPU ``--dry-run`` also shows the
+runtime and ``process now`` (the process's resident memory when the estimate is made: the loaded checkpoint, torch,
+the task's data), so that its total is the peak the process reaches, what ``top`` or ``/usr/bin/time`` report.
+Measured against such peaks in tests/test_memory.py (``test_the_estimate_is_near_the_measured_peak``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BadInputError
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+ACT_FACTOR = 2  # leaf outputs: activations kept for backward + their gradients + slack; docs/reliability.md
+# saved tensors: what autograd keeps + the gradients flowing back. Measured: a 4-layer BERT (hidden 256, 122 tokens,
+# keep-outputs, batch 32) saves 7.8 MiB per example and peaked 319 MiB above the other parts (1.28 x 248 MiB).
+SAVED_FACTOR = 1.25
+# what a CPU run adds whatever the model: numba's compiled kernels and LLVM, thread pools, allocator caches.
+# Measured: the peak RSS of 2-step CPU runs of the 42-1024x4-20 and 42-2048x4-20 FNNs (3.2M and 12.7M masked
+# weights) minus the parts above, fitted as a constant plus the gated-weight gradients (n w): 120 MiB.
+CPU_RUNTIME = 120 * 1024**2
+BACKWARD_BYTES_PER_ELEMENT = 24  # backward scratch per element of the largest masked tensor (module docstring)
+
+
+def parse_size(text: str) -> int | None:
+    """``"8GiB"``, ``"500MB"``, ``"1.5g"`` or a plain byte count -> bytes; ``"off"`` -> None (no check).
+
+    Raises:
+        BadInputError: not a size.
+    """
+    t = text.strip().lower()
+    if t in ("off", "none", "no"):
+        return None
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", t)
+    if not m or m.group(2) not in _UNITS:
+        raise BadInputError(f"--memory-limit must be a size like 8GiB, 500MB or 'off', got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def human(n: float) -> str:
+    """Bytes as a short binary-prefixed string, e.g. ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes each part of a training step needs on ``device``; see the module docstring for the formulas."""
+
+    device: str
+    masked: int
+    weights: int
+    logits: int
+    optimizer: int
+    samples: int
+    backward: int
+    finish: int
+    activations: int
+    activation_per_example: int
+    batch_size: int
+    num_samples: int
+    grads: int = 0
+    runtime: int = 0
+    act_factor: float = ACT_FACTOR
+    resident: int = 0  # the process's resident bytes when estimated (CPU); neither it nor runtime is in ``total``
+    largest: int = 0  # elements of the largest masked tensor (sharded runs gather it whole)
+
+    @property
+    def fixed(self) -> int:
+        """What does not shrink with the batch size or the number of samples."""
+        return self.weights + self.logits + self.optimizer + self.backward + self.finish + self.grads
+
+    @property
+    def peak(self) -> int:
+        """The process's expected peak: what it holds now and the runtime (CPU) plus :attr:`total`."""
+        return self.resident + self.runtime + self.total
+
+    @property
+    def total(self) -> int:
+        return self.fixed + self.samples + self.activations
+
+    def parts(self) -> dict[str, int]:
+        return {
+            "weights": self.weights,
+            "logits+grad": self.logits,
+            "adam": self.optimizer,
+            "mask samples": self.samples,
+            "backward scratch": self.backward,
+            "gated grads": self.grads,
+            "end of run": self.finish,
+            "activations": self.activations,
+        }
+
+
+def _dispatched_bytes(run_one: Any) -> int:
+    """Bytes of the floating outputs of every aten op ``run_one()`` runs (TorchScript included).
+
+    An upper bound of the leaf-module count (it also counts intermediates such as transposes).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, list | tuple) else (out,):
+                if isinstance(o, torch.Tensor) and o.is_floating_point():
+                    self.total += o.numel() * o.element_size()
+            return out
+
+    with torch.no_grad(), _Count() as count:
+        run_one()
+    return count.total
+
+
+def activation_bytes_per_example(module: nn.Module, run_one: Any, examples: int) -> int:
+    """Bytes of all leaf modules' outputs when ``run_one()`` runs ``examples`` examples, per example.
+
+    ``run_one`` is called once under ``torch.no_grad()``; forward hooks add up floating tensor outputs.
+    """
+    total = 0
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal total
+        stack = [out]
+        while stack:
+            o = stack.pop()
+            if isinstance(o, torch.Tensor):
+                total += o.numel() * o.element_size() if o.is_floating_point() else 0
+            elif isinstance(o, list | tuple):
+                stack.extend(o)
+            elif isinstance(o, dict):
+                stack.extend(o.values())
+
+    if isinstance(module, torch.jit.ScriptModule):  # compiled modules take no hooks: count every op's output
+        return _dispatched_bytes(run_one) // max(1, examples)
+    handles = [m.register_forward_hook(hook) for m in module.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            run_one()
+    finally:
+        for h in handles:
+            h.remove()
+    return total // max(1, examples)
+
+
+def saved_bytes_per_example(module: nn.Module, names: list[str], run_with: Any, examples: int) -> int:
+    """Bytes autograd saves for backward when ``run_with(overrides)`` runs ``examples`` examples with ``overrides``
+    (the masked weights, as tensors sharing the parameters' storage, requiring gradients, as in training), per
+    example. Saved tensors are counted once per storage; the module's own parameters and buffers are not counted.
+    """
+    from torch.autograd.graph import saved_tensors_hooks
+
+    params = dict(module.named_parameters())
+    own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point() and t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    overrides = {n: params[n].detach().requires_grad_() for n in names}
+    with torch.enable_grad(), saved_tensors_hooks(pack, lambda t: t):
+        run_with(overrides)
+    return sum(v for k, v in seen.items() if k not in own) // max(1, examples)
+
+
+def estimate(
+    module: nn.Module,
+    names: list[str],
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    samples: int,
+    act_per_example: int,
+    act_factor: float = ACT_FACTOR,
+) -> MemoryEstimate:
+    """The estimate for masking ``names`` of ``module`` with batch ``batch_size`` and ``samples`` samples per step.
+
+    ``act_per_example`` is what :func:`activation_bytes_per_example` measured (``act_factor`` :data:`ACT_FACTOR`),
+    or :func:`saved_bytes_per_example` (``act_factor`` :data:`SAVED_FACTOR`)."""
+    device = torch.device(device)
+    params = dict(module.named_parameters())
+    n = sum(params[m].numel() for m in names)
+    largest = max((params[m].numel() for m in names), default=0)
+    wbytes = sum(params[m].numel() * params[m].element_size() for m in names) / n if n else 4
+    resident = sum(p.numel() * p.element_size() for p in module.parameters())
+    resident += sum(b.numel() * b.element_size() for b in module.buffers())
+    k = max(1, min(samples, batch_size))
+    on_cpu = device.type == "cpu"
+    return MemoryEstimate(
+        device=str(device),
+        masked=n,
+        weights=0 if device.type == "cpu" else resident,  # on the CPU the loaded checkpoint is already in memory
+        logits=8 * n,
+        optimizer=8 * n,
+        samples=int(k * n * (4 + wbytes)),
+        backward=BACKWARD_BYTES_PER_ELEMENT * largest,
+        finish=int(n * (4 + wbytes)),
+        activations=int(act_factor * act_per_example * batch_size),
+        activation_per_example=act_per_example,
+        batch_size=batch_size,
+        num_samples=k,
+        grads=int(n * wbytes),
+        runtime=CPU_RUNTIME if on_cpu else 0,
+        resident=resident_bytes() if on_cpu else 0,
+        act_factor=act_factor,
+        largest=largest,
+    )
+
+
+def memory_plan(est: MemoryEstimate, processes: int = 1) -> dict[str, Any]:
+    """Per-process memory of one run in each mode, from a one-process :class:`MemoryEstimate`.
+
+    Data-parallel with ``R`` processes: each process holds the whole model, all logits, their gradient and
+    Adam's moments (``16 n`` bytes, not sharded), but only ``K/R`` mask samples and the activations of
+    ``B/R`` examples. Sharded (``--shard``, FSDP2): each process holds ``1/R`` of the weights and of the
+    ``16 n`` bytes, plus what one chunk's forward and backward keep whole: the noise and gated weight of one
+    sample (``n (4 + w)``), two gathered FSDP units (``2 x`` the largest masked tensor) and the activations
+    of ``B/K`` examples. Shown for ``processes`` (under torchrun) or for 2, 4 and 8 (otherwise).
+
+    Returns:
+        a JSON-able dict (``schema`` ``maskprobe.memory/1``): ``masked`` weights, ``state_bytes`` (``16 n``),
+        and ``modes``: one entry per process count with ``parts`` (bytes by part) and ``total``.
+    """
+    counts = [1, processes] if processes > 1 else [1, 2, 4, 8]
+    modes = []
+    for r in counts:
+        k_each = -(-est.num_samples // r)  # --samples must be a multiple of r: rounded up
+        parts = est.parts()
+        parts["mask samples"] = est.samples // est.num_samples * k_each if est.num_samples else 0
+        parts["activations"] = est.activations // r
+        modes.append(_mode("one process" if r == 1 else "data-parallel", r, k_each, parts))
+    k = max(1, est.num_samples)
+    largest = est.largest
+    wbytes = est.samples / (k * est.masked) - 4 if est.masked else 4  # per-element bytes of a masked weight
+    for r in counts[1:]:
+        parts = est.parts()  # parts not named here (e.g. end-of-run evaluation) are counted unchanged
+        parts.update(
+            {
+                "weights": est.weights // r + int(2 * largest * wbytes),
+                "logits+grad": est.logits // r,
+                "adam": est.optimizer // r,
+                "mask samples": est.samples // k,  # one sample in flight: a chunk's backward runs before the next
+                "activations": est.activations // k,
+            }
+        )
+        modes.append(_mode("sharded", r, -(-est.num_samples // r), parts))
+    for mode in modes if est.resident or est.runtime else ():  # CPU: so that the total is the process's peak
+        mode["parts"].update({"runtime": est.runtime, "process now": est.resident})
+        mode["total"] += est.runtime + est.resident
+    return {
+        "schema": "maskprobe.memory/1",
+        "device": est.device,
+        "masked": est.masked,
+        "state_bytes": est.logits + est.optimizer,
+        "batch_size": est.batch_size,
+        "samples": est.num_samples,
+        "activation_per_example": est.activation_per_example,
+        "modes": modes,
+    }
+
+
+def _mode(name: str, processes: int, samples: int, parts: dict[str, int]) -> dict[str, Any]:
+    return {"mode": name, "processes": processes, "samples_per_process": samples, "parts": parts, "total": sum(parts.values())}
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (``/proc/self/statm``), 0 where unknown."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+def available_bytes(device: torch.device | str) -> int | None:
+    """Free memory on ``device``: CUDA's free bytes, the CPU's MemAvailable; None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def suggestions(est: MemoryEstimate, budget: int) -> list[str]:
+    """Flag changes that bring ``est`` under ``budget`` bytes (empty when nothing but fewer weights would)."""
+    out = []
+    per_sample = est.samples // est.num_samples if est.num_samples else 0
+    room = budget - est.fixed
+    per_example = int(est.act_factor * est.activation_per_example)
+    # largest batch with the same samples (at least one example per sample)
+    if per_example and room - est.samples > 0:
+        b = (room - est.samples) // per_example
+        if est.num_samples <= b < est.batch_size:
+            out.append(f"--batch-size {int(b)}")
+    # fewest samples with the same batch
+    for k in range(est.num_samples - 1, 0, -1):
+        if est.fixed + k * per_sample + est.activations <= budget:
+            out.append(f"--samples {k}")
+            break
+    if not out and est.fixed + per_sample + per_example <= budget:
+        b = (room - per_sample) // per_example if per_example else est.batch_size
+        out.append(f"--samples 1 --batch-size {int(max(1, min(b, est.batch_size)))}")
+    return out
+
+
+def check_fits(est: MemoryEstimate, budget: int | None) -> None:
+    """Refuse a run whose estimate exceeds ``budget`` bytes (None: no check).
+
+    Raises:
+        BadInputError: one line with the estimate, its biggest parts, the budget and the flags that would fit.
+    """
+    if budget is None or est.total <= budget:
+        return
+    parts = ", ".join(f"{k} {human(v)}" for k, v in sorted(est.parts().items(), key=lambda kv: -kv[1]) if v)
+    fixes = suggestions(est, budget)
+    if fixes:
+        hint = "these would fit: " + " or ".join(fixes)
+    else:
+        hint = (
+            f"the weights, logits and Adam state of {est.masked:,} masked weights alone need {human(est.fixed)}; mask fewer "
+            "(--include/--exclude), use a device with more memory, or shard the logits under torchrun"
+        )
+    raise BadInputError(
+        f"training would need about {human(est.total)} on {est.device} ({parts}) but only {human(budget)} is available; "
+        f"{hint} (--memory-limit off skips this check)"
+    )

@@ -1,0 +1,470 @@
+"""``train_masks()``: every mask of one ``maskprobe train`` run on one loaded checkpoint, nothing lost.
+
+A run is one mask per (task, seed, beta), sharing the loaded checkpoint, the process and the compiled kernels.
+This module owns what lies around :func:`maskprobe.learning.training.train_mask`: where each mask and its state file go
+(:func:`maskprobe.paths.output_paths`), that no output overwrites the checkpoint or an earlier result, the lock
+that keeps a second run out, the memory check, resuming, the state saved on a signal, a NaN or a full disk,
+and writing the mask files. It reports through a :class:`Reporter` (the CLI's draws tables and progress; a
+notebook may pass none) and never prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import TrainConfig
+from ..errors import BadInputError, Interrupted, NumericalError
+from ..interrupts import held
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What ``maskprobe train`` was asked for.
+
+    Attributes:
+        checkpoint: the checkpoint file or folder.
+        tasks: ``(Task, TaskRef)`` pairs (:func:`maskprobe.tasks.resolve_tasks`).
+        out: one ``NAME.safetensors`` (one mask) or a folder (``<task>[.seedS][.betaB].safetensors`` each).
+        config: the settings; ``seeds`` and ``betas`` vary its ``seed`` and ``beta`` per mask.
+        seeds, betas: one mask per value (default: the config's one).
+        model, model_args: the ``--model`` factory for weights-only checkpoints.
+        trust: allow unpickling (``--trust-checkpoint``).
+        force, resume: overwrite existing masks / continue interrupted ones from their state files.
+        save_every: snapshot the state every N steps (0: on signals only).
+        memory_limit: bytes, None for no check, or ``"auto"`` (the device's free memory).
+        shard: FSDP2 under torchrun (``--shard``).
+        pack_bits: 8 weights per byte in the mask files.
+        dry_run: estimate memory only.
+        allow_mismatch: accept a ``--fix-from`` mask recorded from another checkpoint.
+    """
+
+    checkpoint: Path
+    tasks: Sequence[tuple[Any, Any]]
+    out: Path
+    config: TrainConfig = field(default_factory=TrainConfig)
+    seeds: tuple[int, ...] = ()
+    betas: tuple[float, ...] = ()
+    model: str | None = None
+    model_args: dict[str, str] = field(default_factory=dict)
+    trust: bool = False
+    force: bool = False
+    resume: bool = False
+    save_every: int = 0
+    memory_limit: int | str | None = "auto"
+    shard: bool = False
+    pack_bits: bool = False
+    dry_run: bool = False
+    allow_mismatch: bool = False
+
+    def jobs(self) -> list[tuple[Any, Any, TrainConfig, str]]:
+        """``(task, ref, config, file stem)`` per mask: the task, plus the seed and/or beta where several are trained."""
+        seeds = self.seeds or (self.config.seed,)
+        betas = self.betas or (self.config.beta,)
+        out = []
+        for t, ref in self.tasks:
+            for s in seeds:
+                for b in betas:
+                    stem = t.name + (f".seed{s}" if len(seeds) > 1 else "") + (f".beta{b:g}" if len(betas) > 1 else "")
+                    out.append((t, ref, dataclasses.replace(self.config, seed=s, beta=b), stem))
+        return out
+
+    def label(self, task_name: str, config: TrainConfig) -> str:
+        """The run's name wherever it is shown (progress, messages, tables): the task, plus the seed and/or the beta
+        where several are trained (``keep-outputs beta=1e-05``), as the file stems of :meth:`jobs` tell them apart."""
+        seeds = self.seeds or (self.config.seed,)
+        betas = self.betas or (self.config.beta,)
+        seed = f" seed={config.seed}" if len(seeds) > 1 else ""
+        return task_name + seed + (f" beta={config.beta:g}" if len(betas) > 1 else "")
+
+
+class Reporter(Protocol):
+    """What a run tells its caller (all optional to act on)."""
+
+    def selection(self, rows: list[Any], title: str) -> None: ...
+    def status(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def progress(self, task: str, steps: int, start: int) -> Any: ...  # a context manager giving callback(StepEvent)
+    def written(self, result: Any, path: Path) -> None: ...
+
+
+class Silent:
+    """A :class:`Reporter` that reports nothing (the library default)."""
+
+    def selection(self, rows: list[Any], title: str) -> None:
+        pass
+
+    def status(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        pass
+
+    def progress(self, task: str, steps: int, start: int) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext(None)
+
+    def written(self, result: Any, path: Path) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    """The masks a run wrote (``(MaskResult, path)`` each), or with ``dry_run`` the memory plan."""
+
+    checkpoint: dict[str, Any]
+    written: list[tuple[Any, Path]] = field(default_factory=list)
+    memory_plan: dict[str, Any] | None = None
+
+
+def train_masks(
+    request: TrainRequest, reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None
+) -> RunResult:
+    """Train every mask of ``request`` (see the module docstring).
+
+    Raises:
+        BadInputError: an output that would overwrite the checkpoint or an earlier result, a held lock, settings
+            that cannot run, a state file of another run, memory that does not suffice, a disk that is full.
+        Interrupted: ``should_stop`` (a signal); the state is saved beside the mask for ``--resume``.
+        NumericalError: NaN/inf; the last good state is saved when there is one.
+        CheckpointError, PluginError: as :func:`maskprobe.loading.checkpoints.load_checkpoint` and the task.
+    """
+    from ..locking import OutputLock
+    from ..paths import output_paths
+    from . import distributed
+
+    reporter = reporter or Silent()
+    jobs = request.jobs()
+    plans = output_paths(request.out, [stem for *_, stem in jobs])
+    refuse_overwriting_checkpoint(request.checkpoint, plans)
+    if not (request.force or request.resume or request.dry_run):
+        refuse_existing(plans)
+    from ..atomic import check_writable
+
+    for p in plans:  # before the checkpoint is loaded and hours are spent
+        check_writable(p.mask)
+    if request.save_every < 0:
+        raise BadInputError(f"--save-every must be >= 0, got {request.save_every}")
+    for _, _, cfg, _ in jobs:
+        cfg.check()
+    main = distributed.detect().is_main
+    lock = OutputLock([] if request.dry_run or not main else [p.mask for p in plans])
+    lock.acquire()  # a second train into the same --out refuses here (one line), before any work
+    written: list[Path] = []  # the masks written so far, for the message of an interrupted run
+    try:
+        if not (request.force or request.resume or request.dry_run):
+            refuse_existing(plans)  # written meanwhile by a run that held the lock before us
+        result = _train_locked(request, jobs, plans, reporter, should_stop, written)
+    except KeyboardInterrupt as exc:  # a signal outside the training loop (loading, data, set-up): stop at once
+        lock.release()
+        lock.remove_created_folders()
+        from ..interrupts import by, signum_of
+
+        raise Interrupted(f"interrupted by {by(should_stop, exc)} {_kept(written, 'before a mask was finished')}",
+                          signum_of(should_stop, exc)) from None  # fmt: skip
+    except BaseException:
+        lock.release()
+        lock.remove_created_folders()  # only the folders this run made, and only where empty
+        raise
+    lock.release()
+    return result
+
+
+def _kept(written: list[Path], otherwise: str) -> str:
+    """What an interrupted run kept, for its one line."""
+    if not written:
+        return f"{otherwise}; nothing was written"
+    return f"after writing {', '.join(str(p) for p in written)} (kept; --resume trains the rest)"
+
+
+def _train_locked(
+    request: TrainRequest, jobs: list, plans: list, reporter: Reporter, should_stop: Any, written: list[Path]
+) -> RunResult:
+    from ..devices import resolve_device
+    from ..tasks.contract import setup_tasks
+    from . import distributed
+    from .selection import describe_selection
+    from .statefile import Snapshots, check_finished, load_state, resume_key, save_state
+    from .training import train_mask
+
+    world, dev = distributed.setup(resolve_device(request.config.device))
+    distributed.sample_share(request.config.samples, world)  # refuse a K that does not split, up front
+    config = dataclasses.replace(request.config, device=str(dev))
+    shard = request.shard and not request.dry_run  # --dry-run estimates every mode from the loaded model
+    ckpt = _open_checkpoint(request, world, shard)
+    if config.fixed_from and not request.allow_mismatch:
+        refuse_other_checkpoint("--fix-from", config.fixed_from, ckpt)
+    setup_tasks([t for t, _ in request.tasks], ckpt)
+    rows = describe_selection(ckpt.model, config.selection, stored_dtypes=ckpt.dtypes)
+    empty = [f"{r.name} {tuple(r.shape)}" for r in rows if r.masked and r.numel == 0]
+    if empty and not any(r.numel for r in rows if r.masked):  # 0/0 density: no mask to learn
+        raise BadInputError(f"no weight to mask: every selected tensor is empty ({', '.join(empty[:3])}); a layer of size 0?")
+    auto = _chosen_settings(config, sum(r.numel for r in rows if r.masked), reporter)  # the run's first line
+    config = dataclasses.replace(config, **auto)
+    reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
+    masked = [r.name for r in rows if r.masked]
+    task0 = request.tasks[0][0]
+    if request.dry_run:
+        from .memory import memory_plan
+
+        plan = memory_plan(_estimate_memory(ckpt.model, task0, config, masked), world.size)
+        return RunResult(ckpt.to_dict(), memory_plan=plan)
+    if not shard:  # a meta-device model has no activations to measure
+        per_process = dataclasses.replace(config, samples=config.samples // world.size)  # K/R samples each
+        _check_memory(ckpt.model, task0, per_process, masked, request.memory_limit)
+    shapes = {r.name: tuple(r.shape) for r in rows if r.masked}
+    if config.fixed_from and not shard:  # the fixed tensors keep no logits in a state file
+        from .engine import fixed_masks
+
+        for name in fixed_masks(ckpt.model, masked, config):
+            shapes.pop(name)
+    out = RunResult(ckpt.to_dict())
+    for (task, ref, job_config, _), plan in zip(jobs, plans, strict=True):
+        cfg = dataclasses.replace(job_config, device=str(dev), **auto)
+        label = request.label(task.name, cfg)
+        if request.resume and plan.mask.exists() and not plan.state.exists():
+            check_finished(plan.mask, cfg, ref, ckpt)  # skipped only when made with these settings
+            reporter.status(f"{label}: {plan.mask} already complete, skipped")
+            continue
+        key = resume_key(cfg, ref, ckpt.identity_key)
+        state = load_state(plan.state, key, shapes) if request.resume and plan.state.exists() else None
+        if state is not None:
+            reporter.status(f"{label}: resuming at step {state.step} from {plan.state}")
+        try:
+            with reporter.progress(label, cfg.steps, state.step if state else 0) as callback:
+                if shard:
+                    from .sharded import train_mask_sharded
+
+                    result = train_mask_sharded(ckpt.build, request.checkpoint, task, ref, cfg, callback=callback,
+                                                should_stop=should_stop)  # fmt: skip
+                else:
+                    snapshots = Snapshots(plan.state, key, reporter.warning)
+                    result = train_mask(ckpt.model, task, ref, cfg, callback=callback, should_stop=should_stop, resume=state,
+                                        save_every=request.save_every, on_snapshot=snapshots)  # fmt: skip
+        except NumericalError as exc:
+            raise _with_saved_state(exc, plan, key, save_state) from None
+        if not result.completed:
+            _save_interrupted(result, plan, key, should_stop, written)
+        try:
+            with held(should_stop):  # a signal now waits for the mask (a second or two): it is what the run is for
+                distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, request.pack_bits))
+        except BadInputError as write_error:  # the disk filled up at the end: keep what was learned if possible
+            try:
+                save_state(plan.state, result.state, key)
+            except BadInputError:
+                raise write_error from None
+            raise BadInputError(f"{write_error}; the learned state is in {plan.state} (--resume writes the mask)") from None
+        written.append(plan.mask)
+        reporter.status(f"{label}: saved {plan.mask}")
+        if result.controller is not None:  # --keep: whether the target was met, and with what beta
+            from .controller import describe
+
+            reporter.status(f"{label}: {describe(result)}")
+        for line in result.warnings():
+            reporter.warning(f"{label}: {line}")
+        reporter.written(result, plan.mask)
+        out.written.append((result, plan.mask))
+        if should_stop is not None and should_stop() and len(out.written) < len(jobs) and not world.distributed:
+            raise KeyboardInterrupt  # a signal while the mask was written: the next mask is not started
+    return out
+
+
+def _chosen_settings(config: TrainConfig, masked: int, reporter: Reporter) -> dict[str, Any]:
+    """The settings not given (``config.chosen``), chosen from the masked weight count and the device
+    (:func:`maskprobe.config.auto_settings`), said in one line; {} when every setting was given."""
+    from ..config import auto_settings
+
+    if not config.chosen:
+        return {}
+    auto = auto_settings(masked, config.device, config, config.chosen)
+    flags = {"keep": "--keep", "beta": "--beta", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr"}
+    said = ", ".join(f"{flags[k]} {v:g}" for k, v in auto.items())
+    if auto:
+        reporter.status(
+            f"settings for {masked:,} masked weights on {config.device}: {said} (give them to choose; docs/method.md)"
+        )
+    return {**auto, "chosen": tuple(auto)}  # what was chosen (a beta left to the paper's default was not)
+
+
+def _open_checkpoint(request: TrainRequest, world: Any, shard: bool) -> Any:
+    from ..loading.checkpoints import load_checkpoint
+    from . import distributed
+
+    if shard:
+        distributed.require_group(world)
+        if request.resume or request.save_every:
+            raise BadInputError("--shard keeps no resumable state yet: drop --resume/--save-every")
+    tasks = [t for t, _ in request.tasks]
+    return load_checkpoint(request.checkpoint, tasks=tasks, model=request.model, model_args=request.model_args,
+                           trust=request.trust, meta=shard)  # fmt: skip
+
+
+def _with_saved_state(exc: NumericalError, plan: Any, key: dict[str, str], save_state: Any) -> NumericalError:
+    if exc.state is not None:
+        try:
+            save_state(plan.state, exc.state, key)
+        except BadInputError as write_error:
+            return NumericalError(f"{exc}; the last good state could not be saved ({write_error})")
+    where = (
+        f"the last good state is in {plan.state} (--resume continues from it)" if plan.state.exists() else "no state was saved"
+    )
+    return NumericalError(f"{exc}; {where}")
+
+
+def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any, written: list[Path]) -> None:
+    """Save the state of a run a signal stopped (no further signal interrupts the save) and raise Interrupted,
+    whose one line says where it stopped, what was kept and how to continue."""
+    import shlex
+    import sys
+
+    from ..interrupts import by, signum_of
+    from .statefile import save_state
+
+    signum = signum_of(should_stop)
+    steps = f"step {result.steps_run}/{result.config.steps}"
+    where = f"at {steps} of {result.task.name}"
+    if result.steps_run >= result.config.steps:
+        where = f"after training {result.task.name} ({steps}), before its final evaluation finished"
+    where = f"by {by(should_stop)} {where}" + (f" (kept: {', '.join(str(p) for p in written)})" if written else "")
+    try:
+        with held(should_stop):
+            save_state(plan.state, result.state, key)
+    except BadInputError as write_error:
+        raise Interrupted(f"interrupted {where}; the state could not be saved ({write_error})", signum) from None
+    cmd = " ".join(shlex.quote(a) for a in ["maskprobe", *sys.argv[1:]] if a not in ("--force", "--resume"))
+    raise Interrupted(f"interrupted {where}; state saved to {plan.state}; continue with: {cmd} --resume", signum)
+
+
+def _write_mask(plan: Any, result: Any, ckpt: Any, pack_bits: bool = False) -> None:
+    """Save the mask, then drop the run's state file (rank 0 only under torchrun)."""
+    from ..masks.maskfile import save_masks
+
+    save_masks(plan.mask, result.masks, result.metadata(ckpt.to_dict()), pack_bits=pack_bits)
+    if plan.state.exists():
+        plan.state.unlink()
+
+
+def refuse_overwriting_checkpoint(checkpoint: Any, plans: list) -> None:
+    """No output (mask, state or lock file) may be the checkpoint, one of its shards, or lie in its folder,
+    whatever the flags: ``--force`` overwrites masks, never the network they were learned on."""
+    import os
+
+    from ..locking import lock_path
+
+    path = Path(checkpoint)
+    if not path.exists():
+        return  # loading reports it
+    files = [] if path.is_dir() else [path.resolve()]
+    if not path.is_dir() and path.name.endswith(".index.json"):
+        from ..errors import CheckpointError
+        from ..loading.checkpoints import read_shard_index
+
+        try:
+            files += read_shard_index(path)[2]
+        except CheckpointError:
+            pass  # loading reports it
+    for plan in plans:
+        for target in (plan.mask, plan.state, lock_path(plan.mask)):
+            resolved = target.resolve()
+            if inside_checkpoint_folder(checkpoint, target):
+                raise BadInputError(f"--out: {target} lies inside the checkpoint folder {checkpoint}; write the masks elsewhere")
+            if resolved in files or (target.exists() and any(os.path.samefile(target, f) for f in files)):
+                raise BadInputError(
+                    f"--out: {target} is the checkpoint {checkpoint}; refusing to overwrite it, choose another --out"
+                )
+
+
+def inside_checkpoint_folder(checkpoint: Any, target: Any) -> bool:
+    """``target`` is a checkpoint folder (a Hugging Face folder, whose files are its identity) or lies inside it."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return False
+    folder, resolved = path.resolve(), Path(target).resolve()
+    return resolved == folder or folder in resolved.parents
+
+
+def refuse_writing_into_checkpoints(option: str, target: Any, checkpoints: Sequence[Any]) -> None:
+    """Nothing but train's own outputs is written where a checkpoint lives: a file added to a checkpoint folder
+    changes its identity (SHA-256), and every mask of it would then read as trained on another checkpoint.
+
+    Raises:
+        BadInputError: ``target`` is one of ``checkpoints`` or lies inside a checkpoint folder.
+    """
+    import os
+
+    for ckpt in checkpoints:
+        if ckpt is None or not Path(ckpt).exists():
+            continue
+        if inside_checkpoint_folder(ckpt, target):
+            raise BadInputError(f"{option}: {target} lies inside the checkpoint folder {ckpt}; write it elsewhere")
+        if Path(target).exists() and os.path.samefile(target, ckpt):
+            raise BadInputError(f"{option}: {target} is the checkpoint {ckpt}; choose another {option}")
+
+
+def refuse_other_checkpoint(option: str, mask: Any, checkpoint: Any) -> None:
+    """The mask file ``mask`` was trained on ``checkpoint`` (by the identity it records, as evaluate and compare
+    check it).
+
+    Raises:
+        BadInputError: it records another checkpoint (pass --allow-mismatch), or it cannot be read.
+    """
+    from ..masks.maskfile import open_masks
+    from ..masks.masksets import fits_recorded
+
+    with open_masks(mask) as reader:
+        recorded = reader.metadata.get("checkpoint")
+    differ = fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
+    if differ:
+        raise BadInputError(
+            f"{option} {mask} was trained on another checkpoint ({differ}); pass --allow-mismatch if that is intended"
+        )
+
+
+def refuse_existing(plans: list) -> None:
+    existing = [str(p.mask) for p in plans if p.mask.exists()]
+    if existing:
+        raise BadInputError(f"{existing[0]} exists; pass --force to overwrite or --resume to continue")
+    stale = [str(p.state) for p in plans if p.state.exists()]
+    if stale:  # hours of an interrupted run must not be overwritten by accident
+        raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
+
+
+def _check_memory(module: Any, task: Any, config: TrainConfig, names: list[str], limit: int | str | None) -> None:
+    """Refuse before the first step when the estimate exceeds ``limit`` (``"auto"``: the device's free memory)."""
+    from .memory import available_bytes, check_fits
+
+    if limit is None:  # --memory-limit off
+        return
+    budget = available_bytes(config.device) if limit == "auto" else int(limit)
+    if budget is not None:
+        check_fits(_estimate_memory(module, task, config, names), budget)
+
+
+def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[str]) -> Any:
+    """memory.estimate for this run; ``config.samples`` is what one process runs."""
+    import torch
+
+    from ..measure.evaluation import task_loss
+    from .batching import batch_size_of, split_batch
+    from .masked import MaskedModel, frozen
+    from .memory import ACT_FACTOR, SAVED_FACTOR, activation_bytes_per_example, estimate, saved_bytes_per_example
+
+    batch = next(iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed))))
+    one = split_batch(batch, max(1, batch_size_of(batch)))[0]  # a single example: cheap even for a large model
+
+    def run_with(overrides: dict) -> Any:
+        return task_loss(task, MaskedModel(module, overrides), one, 0)
+
+    with frozen(module):
+        try:  # what autograd keeps, as in training; a model or task where that cannot run: the leaf outputs
+            act, factor = saved_bytes_per_example(module, names, run_with, 1), SAVED_FACTOR
+        except Exception:  # noqa: BLE001 - only the estimate's precision is at stake; the run reports real failures
+            act = 0
+        if act <= 0:
+            act, factor = activation_bytes_per_example(module, lambda: run_with({}), 1), ACT_FACTOR
+    return estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples,
+                    act_per_example=act, act_factor=factor)  # fmt: skip

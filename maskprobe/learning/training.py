@@ -1,0 +1,420 @@
+"""The mask-training loop (DESIGN §2). Library code: it never prints; progress goes to ``callback``.
+
+Per step: draw a batch of ``B``; split it into ``K = samples`` chunks; run each chunk with its own mask
+sample (hard Gumbel-sigmoid, straight-through); loss = ``mean_k task_loss_k + (beta / B) * sum(all logits)``;
+Adam on the logits only, gradient-norm clip over the logits. The weights stay frozen and the model in eval
+mode. The final mask keeps ``logit > 0``.
+
+One loop (:func:`run`) for every engine: the fused single-process / data-parallel engine
+(:class:`maskprobe.learning.maskstep.FusedEngine`, used by :func:`train_mask`) and the FSDP2 engine of ``--shard``
+(:class:`maskprobe.learning.sharded.ShardedEngine`). An engine owns the logits and how a chunk runs with sample k; this
+module owns the data, the loss, the regulariser, the agreement between ranks, the numerical checks, the
+snapshots, the progress events and the final evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..config import TrainConfig
+from ..errors import NumericalError, PluginError
+from ..interrupts import held, polled
+from ..measure.evaluation import evaluate_task, plugin_failure, scalar_loss, task_loss
+from ..tasks.contract import Task, TaskRef, describe_task
+from . import distributed
+from .batching import batch_size_of, split_batch, to_device
+from .statefile import TrainState  # re-exported: maskprobe.learning.training.TrainState keeps working
+
+REGULARISER = "beta / batch_size * sum(logits)"  # recorded in every mask file's hparams
+
+
+def regulariser_grad(beta: float, batch_size: int) -> float:
+    """``d/dl`` of the regulariser ``(beta / B) * sum(logits)`` (the paper's convention: B the batch size)."""
+    return beta / batch_size
+
+
+@dataclass
+class StepEvent:
+    """Progress report, sent every ``log_every`` steps and at the end.
+
+    ``loss`` is the total (task loss + regulariser), ``task_loss`` the task's own; ``metric`` the task's metric
+    under the current mask (``logit > 0``) on the first evaluation batch, measured every ``config.eval_every``
+    steps (None before the first measurement).
+    """
+
+    task: str
+    step: int
+    steps: int
+    loss: float
+    task_loss: float
+    density: float
+    elapsed: float
+    metric: float | None = None
+    metric_name: str = ""
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.step / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class MaskResult:
+    """One task's trained mask and everything the mask file records about it."""
+
+    task: Task
+    task_ref: TaskRef
+    config: TrainConfig
+    masks: dict[str, Tensor]
+    state: TrainState
+    final_loss: float
+    metric_full: dict[str, float]
+    metric_masked: dict[str, float]
+    completed: bool = True
+    engine: dict[str, str] = field(default_factory=dict)  # backend and noise generator actually used
+    layers: list[dict[str, str]] = field(default_factory=list)  # model order and roles (maskprobe.masks.layout)
+    final_task_loss: float = float("nan")
+    controller: dict[str, Any] | None = None  # --keep: what the controller did (KeepController.summary)
+
+    @property
+    def steps_run(self) -> int:
+        return self.state.step
+
+    def density(self) -> dict[str, Any]:
+        per = {n: float(m.float().mean()) for n, m in self.masks.items()}
+        kept = sum(int(m.sum()) for m in self.masks.values())
+        total = sum(m.numel() for m in self.masks.values())
+        return {"per_tensor": per, "total": kept / total if total else 0.0, "kept": kept, "numel": total}
+
+    def warnings(self) -> list[str]:
+        """What makes this mask doubtful as a measurement, each naming the run's own settings: it collapsed (the
+        task's metric fell to less than half of the unmasked one), it is nearly empty (under 1 % kept), it stayed
+        dense (more than 90 % kept: too few steps or too weak a beta), or a ``--keep`` target was not met."""
+        out = []
+        c = self.config
+        keep = self.controller
+        settings = (
+            f"beta {c.beta:g}" if keep is None else f"--keep {c.keep:g}, beta {keep['beta_min']:.3g}-{keep['beta_max']:.3g}"
+        )
+        settings += f", lr {c.lr:g}, {self.steps_run} steps of batch {c.batch_size}"
+        cure = ("try a smaller --beta (x0.1) or more --steps, or --keep 0.95 to let beta be found" if keep is None
+                else "try more --steps or a smaller --lr")  # fmt: skip
+        full, kept = self.metric_full.get(self.task.metric), self.metric_masked.get(self.task.metric)
+        if full is not None and kept is not None and full == full and kept == kept:
+            from ..measure.analysis import relative_drop
+
+            drop = relative_drop(full, kept, self.task.higher_is_better)
+            if drop > 0.5:
+                out.append(
+                    f"the mask collapsed: {self.task.metric} {kept:.4g} with the mask vs {full:.4g} unmasked ({settings}); "
+                    f"{cure} (docs/method.md, 'Settings')"
+                )
+        density = self.density()["total"]
+        if density < 0.01 and self.completed:
+            if keep is not None and keep.get("met"):
+                cure = f"it met --keep {c.keep:g}, so the metric may say little about the model here: try a higher --keep"
+            out.append(f"the mask is nearly empty ({100 * density:.2f} % kept; {settings}); {cure} (docs/method.md, 'Settings')")
+        if keep is not None and keep.get("met") is False:
+            out.append(
+                f"--keep {c.keep:g} not met: the mask keeps {100 * keep['ratio']:.1f} % of the unmasked {self.task.metric} "
+                f"({settings}); {cure}"
+            )
+        if density > 0.9 and self.completed and keep is not None:
+            out.append(
+                f"the mask stayed dense ({100 * density:.1f} % kept): no sparser mask measured kept {c.keep:g} of the "
+                f"unmasked {self.task.metric} ({settings}); try a lower --keep or more --steps"
+            )
+        elif density > 0.9 and self.completed:
+            init, lr = self.config.init, self.config.lr
+            out.append(
+                f"the mask stayed dense ({100 * density:.1f} % kept): {_pruned(self.density())}; "
+                "try more --steps or a larger --beta "
+                f"(a logit moves about --lr per step: from {init:g} to 0 takes ~{max(1, round(init / lr))} steps at lr {lr:g})"
+            )
+        return out
+
+    def metadata(self, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "task": {
+                "name": self.task.name,
+                "ref": self.task_ref.ref,
+                "args": self.task_ref.args,
+                "metric": self.task.metric,
+                "higher_is_better": self.task.higher_is_better,
+            },
+            "checkpoint": checkpoint or {},
+            "hparams": {
+                **self.config.hparams(),
+                "regulariser": REGULARISER,
+                **({"controller": self.controller} if self.controller is not None else {}),
+            },
+            "selection": self.config.selection.to_dict(),
+            "seed": self.config.seed,
+            "steps": self.steps_run,
+            "final_loss": self.final_loss,
+            "density": self.density(),
+            "metric_full": self.metric_full,
+            "metric_masked": self.metric_masked,
+            "layers": self.layers,
+            "engine": self.engine,
+            "versions": _versions(),
+        }
+
+
+def train_mask(
+    module: nn.Module,
+    task: Task,
+    task_ref: TaskRef,
+    config: TrainConfig,
+    *,
+    callback: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: TrainState | None = None,
+    save_every: int = 0,
+    on_snapshot: Callable[[TrainState], None] | None = None,
+) -> MaskResult:
+    """Learn one task's mask on the frozen ``module`` (on ``config.device``; a module elsewhere is copied there,
+    the caller's is never moved).
+
+    Args:
+        callback: receives a :class:`StepEvent` every ``config.log_every`` steps and at the end.
+        should_stop: polled at every step boundary; when it returns True the loop stops and the result
+            has ``completed=False`` and no metrics (its ``state`` resumes the run, and the final evaluation runs
+            then). With ``should_stop`` given, a KeyboardInterrupt (a second signal, or one during the final
+            evaluation: :mod:`maskprobe.interrupts`) ends the run the same way instead of losing the state.
+        resume: a :class:`TrainState` from an interrupted run with the same config.
+        save_every: call ``on_snapshot(state)`` every this many steps (default 0: never), so that a
+            killed run loses at most ``save_every`` steps.
+        on_snapshot: receives a :class:`TrainState` (on the CPU) every ``save_every`` steps.
+
+    Raises:
+        NumericalError: NaN/inf loss or gradient (checked every step, before the update) or logits;
+            ``err.state`` holds the state at the start of the failing step (None if the logits themselves
+            went bad, whose last good state is the last snapshot).
+        PluginError: the task violates the contract or its ``loss()`` fails (e.g. its data does not fit the model).
+    """
+    from .engine import FusedEngine
+
+    engine = FusedEngine(module, config)
+    if resume is not None:
+        engine.load_state(resume)
+    return run(engine, task, task_ref, config, callback=callback, should_stop=should_stop, resume=resume,
+               save_every=save_every, on_snapshot=on_snapshot)  # fmt: skip
+
+
+def run(
+    engine: Any,
+    task: Task,
+    task_ref: TaskRef,
+    config: TrainConfig,
+    *,
+    callback: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: TrainState | None = None,
+    save_every: int = 0,
+    on_snapshot: Callable[[TrainState], None] | None = None,
+) -> MaskResult:
+    """The loop every engine shares (see the module docstring); arguments as :func:`train_mask`."""
+    world = distributed.current()
+    device = engine.device
+    history: list[list[float]] = list(resume.history) if resume is not None else []
+    step = resume.step if resume is not None else 0
+    batches: Iterator[Any] = iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed)))
+    for _ in range(step):  # same data order on resume: replay the seeded stream
+        next(batches)
+    eval_every = config.eval_every if config.eval_every is not None else max(1, config.steps // 10)
+    last_loss = last_task = float("nan")
+    if history:  # resumed: the loss last reported, in case no step is left (the final evaluation was interrupted)
+        last_loss = float(history[-1][1])
+    metric: float | None = None
+    t0 = time.perf_counter()
+    completed = True
+    ctl = _keep_controller(engine, task, config, resume)  # --keep: beta moves (maskprobe/learning/controller.py); else None
+
+    lazy = getattr(engine, "lazy", False)  # loss and norm stay on the device until a line is due (engine.py)
+
+    def snap(at: int | None = None) -> TrainState:
+        return _with_controller(engine.snapshot(step if at is None else at, history), ctl)
+
+    def loss_of(model: Any, chunk: Any) -> Tensor:
+        return scalar_loss(task, task_loss(task, model, to_device(chunk, device), step), device)
+
+    try:
+        with engine.frozen(), polled(should_stop):
+            while step < config.steps:
+                stop = should_stop is not None and should_stop()
+                if stop and not world.distributed:
+                    completed = False
+                    break
+                # under torchrun every rank draws the same global batch and runs its share of the K chunks
+                # (distributed.py); any failure is held until every rank has reported (agree_step)
+                error, local, bsz = None, float("nan"), 1
+                try:
+                    batch = _next_batch(task, batches, step)
+                    bsz = batch_size_of(batch)
+                    k = max(1, min(config.samples, bsz))
+                    share = distributed.sample_share(k, world)
+                    local = engine.backward(step, split_batch(batch, k), share, k, loss_of)
+                except Exception as exc:  # noqa: BLE001 - re-raised by agree_step, on every rank
+                    error = exc
+                summed, stop = distributed.agree_step(world, local, error, stop)
+                if stop:
+                    completed = False
+                    break
+                reg = regulariser_grad(config.beta if ctl is None else ctl.beta, bsz)
+                last_task = summed
+                last_loss = summed + reg * engine.logit_sum()
+                if not lazy and not math.isfinite(last_loss):
+                    raise NumericalError(
+                        f"task {task.name!r}: loss is {last_loss} at step {step + 1} (task loss {summed})",
+                        state=snap() if engine.finite() else None,
+                    )
+                with held(should_stop):  # the logits, the Adam state and ``step`` move together, or not at all
+                    norm = engine.update(step, reg, config.clip)  # the regulariser counted once; logits untouched if non-finite
+                    step += 1 if lazy or math.isfinite(norm) else 0
+                if not lazy and not math.isfinite(norm):
+                    raise NumericalError(
+                        f"task {task.name!r}: the gradient of the logits of {engine.nonfinite_gradient() or '?'!r} is "
+                        f"non-finite at step {step + 1} (loss {last_loss:.4g})",
+                        state=snap(),
+                    )
+                if lazy and (save_every and step % save_every == 0 or step % eval_every == 0 or step % config.log_every == 0
+                             or step == config.steps or (ctl is not None and ctl.due(step, config.steps))):  # fmt: skip
+                    last_loss, last_task = _read_back(engine, task, last_loss, last_task, snap)
+                if save_every and on_snapshot is not None and step % save_every == 0:
+                    on_snapshot(snap())
+                if ctl is not None and ctl.due(step, config.steps):
+                    metric = ctl.measure(engine, task, config.eval_batch_size, step)
+                elif step % eval_every == 0 or step == config.steps:
+                    metric = _quick_metric(engine, task, config)
+                if step % config.log_every == 0 or step == config.steps:
+                    if not engine.finite():
+                        # these logits are bad: the last good state is the last snapshot
+                        raise NumericalError(f"task {task.name!r}: logits became non-finite by step {step}", state=None)
+                    d = engine.density()
+                    history.append([step, last_loss, d])
+                    if callback is not None and world.is_main:
+                        elapsed = time.perf_counter() - t0
+                        callback(StepEvent(task.name, step, config.steps, last_loss, last_task, d, elapsed, metric, task.metric))
+    except KeyboardInterrupt:  # a second signal inside a step (Ctrl-C twice): the step it cut short changed nothing
+        if should_stop is None or world.distributed:
+            raise
+        completed = False
+    if lazy:
+        last_loss, last_task = _read_back(engine, task, last_loss, last_task, snap)
+    with held(should_stop):
+        state = snap()
+        masks = engine.masks() if ctl is None or ctl.best is None else ctl.best  # --keep: the sparsest that met it
+    if should_stop is not None and should_stop() and not world.distributed:  # a signal in the last step: no final evaluation
+        completed = False
+    if not completed:  # the caller saves ``state`` for --resume, which runs the final evaluation
+        return MaskResult(task, task_ref, config, masks, state, last_loss, {}, {}, False, engine.info(), [], last_task)
+    try:
+        metric_full = engine.evaluate(task, None, config.eval_batch_size)
+        metric_masked = engine.evaluate(task, masks, config.eval_batch_size)
+    except KeyboardInterrupt:  # a signal stops the final evaluation at once; what training learned is ``state``
+        if should_stop is None or world.distributed:
+            raise
+        return MaskResult(task, task_ref, config, masks, state, last_loss, {}, {}, False, engine.info(), [], last_task)
+    summary = None if ctl is None else ctl.summary_of(metric_full.get(task.metric), metric_masked.get(task.metric))
+    return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed,
+                      engine.info(), engine.layers(), last_task, summary)  # fmt: skip
+
+
+def _pruned(density: dict[str, Any]) -> str:
+    """How much a dense mask pruned, in words that are true: "nothing was pruned" only when nothing was."""
+    removed = density["numel"] - density["kept"]
+    if removed == 0:
+        return "nothing was pruned"
+    return f"only {100 * removed / density['numel']:.3g} % was pruned ({removed:,} of {density['numel']:,} weights)"
+
+
+def _keep_controller(engine: Any, task: Task, config: TrainConfig, resume: TrainState | None) -> Any:
+    """The beta controller of ``config.keep`` (None without it), measuring the unmasked metric once."""
+    if config.keep is None:
+        return None
+    from .controller import KeepController
+
+    ctl = KeepController(config.keep, config.beta, config.steps, task.higher_is_better, config.init, config.lr)
+    ctl.full = (engine.evaluate(task, None, config.eval_batch_size, batches=1) or {}).get(task.metric)
+    ctl.load(resume.controller if resume is not None else None)
+    return ctl
+
+
+def _with_controller(state: TrainState, ctl: Any) -> TrainState:
+    if ctl is not None:
+        state.controller = ctl.state()
+    return state
+
+
+def _read_back(engine: Any, task: Task, loss: Any, task_loss: Any, snap: Callable[[int], TrainState]) -> tuple[float, float]:
+    """A lazy engine's numbers read back (the progress line, a snapshot, the end): the loss as floats, or the
+    :class:`NumericalError` the per-step checks raise, with the state at the start of the failing step (the
+    engine skipped every update from that step on)."""
+    fail = engine.failure()
+    if fail is None:
+        return float(loss), float(task_loss)
+    at = fail["step"]
+    if fail["kind"] == "loss":
+        raise NumericalError(f"task {task.name!r}: loss is {fail['loss']} at step {at + 1} (task loss {fail['task_loss']})",
+                             state=snap(at) if engine.finite() else None)  # fmt: skip
+    raise NumericalError(
+        f"task {task.name!r}: the gradient of the logits of {fail['tensor'] or '?'!r} is non-finite at step {at + 1} "
+        f"(loss {fail['loss']:.4g})",
+        state=snap(at),
+    )
+
+
+def _next_batch(task: Task, batches: Iterator[Any], step: int) -> Any:
+    try:
+        return next(batches)
+    except StopIteration:
+        raise PluginError(f"{describe_task(task)}: the 'train' batch stream ended at step {step}; it must be endless") from None
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{describe_task(task)}: batches('train') failed: {plugin_failure(exc)}") from exc
+
+
+def _quick_metric(engine: Any, task: Task, config: TrainConfig) -> float | None:
+    """The task's metric under the current mask on the first evaluation batch (for the progress line)."""
+    value = engine.evaluate(task, engine.masks(), config.eval_batch_size, batches=1).get(task.metric)
+    return None if value is None or value != value else float(value)
+
+
+def _versions() -> dict[str, Any]:
+    """What a bitwise reproduction needs besides seed, hyper-parameters and device (docs/reliability.md)."""
+    import platform
+
+    import numpy
+    import safetensors
+
+    return {
+        "maskprobe": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+__all__ = [
+    "MaskResult",
+    "REGULARISER",
+    "StepEvent",
+    "TrainConfig",
+    "TrainState",
+    "evaluate_task",
+    "run",
+    "train_mask",
+]

@@ -1,0 +1,441 @@
+"""Mask files: safetensors with one bool tensor per masked parameter (spec: docs/mask-format.md).
+
+Tensor names are exactly the model's ``named_parameters()`` names, dtype ``bool``, the parameter's
+shape, so anyone can ``safetensors.torch.load_file`` a mask and multiply. ``__metadata__`` is a
+string-to-string map; the keys in :data:`JSON_KEYS` hold JSON.
+
+API: :func:`save_masks`, :func:`load_masks`, :func:`open_masks` (streaming, tensor by tensor).
+
+``open_masks(path, foreign=True)`` (what ``compare`` opens) also reads masks from other tools: a safetensors file
+without maskprobe metadata holding bool or uint8 (0/1) tensors, or a numpy ``.npz`` archive of such arrays keyed by
+parameter name (read with ``allow_pickle=False``: an archive holding Python objects is refused, never unpickled).
+Such a reader has no metadata (``foreign`` is True): its label is the file name, its task must be given.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write
+from ..errors import MaskFileError
+from ..paths import input_kind
+
+FORMAT = "maskprobe.mask/1"
+_OBJECT, _INT, _NUMBER, _LIST = dict, int, (int, float), list
+# the JSON keys and the type each must decode to (validated by decode_metadata, documented in docs/mask-format.md)
+JSON_TYPES: dict[str, Any] = {
+    "task": _OBJECT,
+    "checkpoint": _OBJECT,
+    "hparams": _OBJECT,
+    "selection": _OBJECT,
+    "density": _OBJECT,
+    "metric_full": _OBJECT,
+    "metric_masked": _OBJECT,
+    "versions": _OBJECT,
+    "engine": _OBJECT,
+    "steps": _INT,
+    "seed": _INT,
+    "final_loss": _NUMBER,
+    "history": _LIST,
+    "layers": _LIST,
+    "packed": _OBJECT,
+}
+JSON_KEYS = frozenset(JSON_TYPES)
+_TYPE_WORDS = {_OBJECT: "a JSON object", _INT: "a JSON integer", _NUMBER: "a JSON number", _LIST: "a JSON array"}
+# packed-bit files (``save_masks(..., pack_bits=True)``): each tensor is uint8 holding ceil(numel/8) bytes of
+# np.packbits(mask.reshape(-1), bitorder="little"); the shapes live in the "packed" metadata key
+PACKED_BITORDER = "little"
+
+
+def encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
+    out = {"format": FORMAT}
+    for key, value in metadata.items():
+        if key == "format":
+            continue
+        out[key] = value if (isinstance(value, str) and key not in JSON_KEYS) else json.dumps(value, sort_keys=True)
+    out.setdefault("created", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return out
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` (decoded JSON) is not what ``key`` must hold, or None."""
+    want = JSON_TYPES[key]
+    if value is None and key == "final_loss":  # a run that took no step
+        return None
+    if isinstance(value, bool) or not isinstance(value, want):
+        return f"must be {_TYPE_WORDS[want]}, got {type(value).__name__}"
+    if key == "task":
+        for sub in ("name", "ref"):
+            if sub in value and not isinstance(value[sub], str):
+                return f"'{sub}' must be a string, got {type(value[sub]).__name__}"
+        if "args" in value and value["args"] is not None and not isinstance(value["args"], dict):
+            return f"'args' must be a JSON object, got {type(value['args']).__name__}"
+    if key == "checkpoint" and "sha256" in value and not isinstance(value["sha256"], str):
+        return f"'sha256' must be a string, got {type(value['sha256']).__name__}"
+    if key == "checkpoint" and "identity" in value:
+        identity = value["identity"]
+        if not isinstance(identity, dict) or not all(isinstance(identity.get(k), str) for k in ("weights", "architecture")):
+            return "'identity' must be a JSON object with the strings 'weights' and 'architecture'"
+    return None
+
+
+def decode_metadata(raw: Mapping[str, str] | None, path: str | os.PathLike[str] = "mask file") -> dict[str, Any]:
+    """The metadata with every key of :data:`JSON_TYPES` decoded and type-checked (other keys stay strings).
+
+    Raises:
+        MaskFileError: a known key that is not valid JSON or not of its type, naming ``path`` and the key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in (raw or {}).items():
+        if key not in JSON_KEYS:
+            out[key] = value
+            continue
+        try:
+            decoded = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            raise MaskFileError(f"{path}: metadata field {key!r} is not valid JSON; the file is damaged") from None
+        problem = _field_problem(key, decoded)
+        if problem:
+            raise MaskFileError(f"{path}: metadata field {key!r} {problem}; the file is damaged")
+        out[key] = decoded
+    return out
+
+
+def save_masks(
+    path: str | os.PathLike[str],
+    masks: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    pack_bits: bool = False,
+) -> Path:
+    """Write ``masks`` (name -> bool tensor) with ``metadata`` atomically; returns the path.
+
+    Non-bool tensors are converted with ``!= 0``. Values of :data:`JSON_KEYS` are JSON-encoded.
+    ``pack_bits=True`` stores 8 weights per byte (docs/mask-format.md, "Packed bits"); every maskprobe
+    reader unpacks such files transparently.
+    """
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    shapes: dict[str, list[int]] = {}
+    for name, t in masks.items():
+        t = torch.as_tensor(t)
+        t = (t if t.dtype == torch.bool else t != 0).detach().to("cpu").contiguous()
+        if pack_bits:
+            shapes[name] = list(t.shape)
+            t = torch.from_numpy(np.packbits(t.numpy().reshape(-1), bitorder=PACKED_BITORDER))
+        tensors[name] = t
+    meta_in = dict(metadata or {})
+    if pack_bits:
+        meta_in["packed"] = {"bitorder": PACKED_BITORDER, "shapes": shapes}
+    else:
+        meta_in.pop("packed", None)
+    meta = encode_metadata(meta_in)
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        _sort_header_metadata(tmp)
+
+    atomic_write(path, write)
+    return Path(path)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite the safetensors header of ``path`` in place with ``__metadata__``'s keys sorted.
+
+    safetensors writes the metadata map in a random order per process (a Rust ``HashMap``), so the same masks and
+    metadata gave different bytes on every run. Sorted keys make a mask file a pure function of its content (the
+    golden-bytes test, equal hashes for equal masks). The header keeps its length (the same strings, reordered), so
+    only its bytes change; the tensors' data and offsets are untouched.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        if meta is None:
+            return
+        ordered = {"__metadata__": dict(sorted(meta.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # another escaping than the writer's: leave the valid header as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
+def _check_readable(path: Path) -> None:
+    if input_kind(path, f"mask file not found: {path}", MaskFileError) == "dir":  # a FIFO must not block open()
+        raise MaskFileError(f"{path} is a folder, not a mask file")
+
+
+def _safe_open(path: Path, framework: str):
+    from safetensors import safe_open
+
+    _check_readable(path)
+    try:
+        return safe_open(str(path), framework=framework)
+    except Exception as exc:
+        raise MaskFileError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class MaskSet:
+    """A loaded mask file: ``masks`` maps parameter names to bool tensors; ``metadata`` is decoded."""
+
+    path: Path
+    masks: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_name(self) -> str:
+        task = self.metadata.get("task")
+        return task.get("name", "?") if isinstance(task, dict) else self.path.stem
+
+    @property
+    def kept(self) -> int:
+        return sum(int(m.sum()) for m in self.masks.values())
+
+    @property
+    def numel(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.numel if self.numel else 0.0
+
+
+# a bool byte other than 0/1 counts as 2, 7... in sums: a damaged or forged file, not a mask
+_NOT_BOOL = "{path}: tensor {name!r} holds bytes that are not 0 or 1; the file is damaged"
+
+
+def _check_format(path: Path, raw: Mapping[str, str] | None) -> None:
+    fmt = (raw or {}).get("format")
+    if fmt != FORMAT:
+        found = f"format {fmt!r}" if fmt else "no maskprobe metadata"
+        raise MaskFileError(f"{path} is not a maskprobe mask file ({found}; expected {FORMAT!r})")
+
+
+def packed_shapes(path: Path, metadata: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """The logical shapes of a packed-bit file (None for a plain bool file)."""
+    packed = metadata.get("packed")
+    if packed is None:
+        return None
+    if not isinstance(packed, dict) or packed.get("bitorder") != PACKED_BITORDER or not isinstance(packed.get("shapes"), dict):
+        raise MaskFileError(f"{path}: malformed 'packed' metadata (expected bitorder {PACKED_BITORDER!r} and shapes)")
+    try:
+        return {k: tuple(int(d) for d in v) for k, v in packed["shapes"].items()}
+    except (TypeError, ValueError):
+        raise MaskFileError(f"{path}: malformed shapes in the 'packed' metadata") from None
+
+
+def unpack_bits(path: Path, name: str, packed: Any, shape: tuple[int, ...]):
+    """numpy uint8 bytes -> bool array of ``shape``; refuses a wrong length or set padding bits."""
+    import numpy as np
+
+    numel = int(np.prod(shape, dtype=np.int64))
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != (numel + 7) // 8:
+        raise MaskFileError(f"{path}: packed tensor {name!r} is not {(numel + 7) // 8} uint8 bytes for shape {list(shape)}")
+    out = np.unpackbits(packed, count=numel, bitorder=PACKED_BITORDER)
+    if numel % 8 and int(packed[-1]) >> (numel % 8):
+        raise MaskFileError(f"{path}: packed tensor {name!r} has padding bits set; the file is damaged")
+    return out.view(bool).reshape(shape)
+
+
+def load_masks(path: str | os.PathLike[str]) -> MaskSet:
+    """Read a whole mask file into memory (packed-bit files are unpacked to bool), through :class:`MaskReader`:
+    one reader, so a file is checked the same way (dtype, 0/1 bytes, packed shapes) whichever way it is read.
+
+    Raises:
+        MaskFileError: missing, corrupt, not a maskprobe mask, or holding non-bool tensors.
+    """
+    import numpy as np
+    import torch
+
+    with open_masks(path) as reader:
+        masks = {}
+        for name in reader.names:
+            arr = reader.get(name)
+            masks[name] = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr))
+        return MaskSet(Path(path), masks, reader.metadata)
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+_FOREIGN_DTYPES = ("BOOL", "U8")
+_NOT_A_MASK = "{path}: {what} {name!r} is {dtype}: not a mask (a mask from another tool holds bool or uint8 0/1 {kind})"
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``{name: (shape, dtype)}`` of a ``.npz`` archive, from each array's ``.npy`` header (no data read, nothing
+    unpickled).
+
+    Raises:
+        MaskFileError: not a zip of ``.npy`` members, an unreadable header, Python objects, or a non-mask dtype.
+    """
+    import zipfile
+
+    import numpy as np
+
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    out: dict[str, tuple[tuple[int, ...], Any]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                name = member.removesuffix(".npy")
+                if name == member:
+                    raise MaskFileError(f"{path} is a zip archive but not a .npz of arrays (it holds {member!r})")
+                with zf.open(member) as fh:
+                    version = fmt.read_magic(fh)
+                    if version not in readers:
+                        raise MaskFileError(f"{path}: array {name!r} is in .npy format {version}, which maskprobe does not read")
+                    shape, _fortran, dtype = readers[version](fh)
+                if dtype.hasobject:
+                    raise MaskFileError(
+                        f"{path}: array {name!r} holds Python objects (dtype {dtype}); refused: maskprobe never unpickles "
+                        "a mask file (save bool or uint8 arrays)"
+                    )
+                if dtype not in (np.dtype(bool), np.dtype(np.uint8)):
+                    raise MaskFileError(_NOT_A_MASK.format(path=path, what="array", name=name, dtype=dtype, kind="arrays"))
+                out[name] = (tuple(int(d) for d in shape), dtype)
+    except MaskFileError:
+        raise
+    except Exception as exc:  # zipfile and numpy raise BadZipFile, OSError, ValueError ... on damaged archives
+        raise MaskFileError(f"{path} is not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+    if not out:
+        raise MaskFileError(f"{path} holds no arrays")
+    return out
+
+
+class MaskReader:
+    """Streaming access to a mask file, one tensor at a time as numpy bool arrays.
+
+    ``foreign=True`` also opens masks from other tools (module docstring); ``self.foreign`` says which it is.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, foreign: bool = False):
+        self.path = Path(path)
+        self.foreign = False
+        self._npz: Any = None
+        self._handle: Any = None
+        if foreign:
+            _check_readable(self.path)  # before _is_zip opens it: a FIFO would block open() forever
+        if foreign and _is_zip(self.path):
+            self._open_npz()
+            return
+        self._handle = _safe_open(self.path, "numpy")
+        self._f = self._handle.__enter__()
+        try:
+            raw = self._f.metadata()
+            if foreign and not str((raw or {}).get("format", "")).startswith("maskprobe."):
+                self._open_foreign_safetensors()
+                return
+            _check_format(self.path, raw)
+            self.metadata = decode_metadata(raw, self.path)
+            self.names: list[str] = list(self._f.keys())
+            self.packed_shapes = packed_shapes(self.path, self.metadata)
+            if self.packed_shapes is not None and set(self.packed_shapes) != set(self.names):
+                raise MaskFileError(f"{self.path}: the 'packed' metadata does not list the file's tensors")
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_foreign_safetensors(self) -> None:
+        """A safetensors file without maskprobe metadata: bool or uint8 tensors, no metadata."""
+        self.foreign, self.metadata, self.packed_shapes = True, {}, None
+        self.names = list(self._f.keys())
+        for name in self.names:
+            dtype = self._f.get_slice(name).get_dtype()
+            if dtype not in _FOREIGN_DTYPES:
+                raise MaskFileError(_NOT_A_MASK.format(path=self.path, what="tensor", name=name, dtype=dtype, kind="tensors"))
+        if not self.names:
+            raise MaskFileError(f"{self.path} holds no tensors")
+
+    def _open_npz(self) -> None:
+        import numpy as np
+
+        self._npz_shapes = {n: shape for n, (shape, _) in _npz_headers(self.path).items()}
+        self.foreign, self.metadata, self.packed_shapes = True, {}, None
+        self.names = list(self._npz_shapes)
+        try:
+            self._npz = np.load(self.path, allow_pickle=False)
+        except Exception as exc:
+            raise MaskFileError(f"{self.path} is not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+
+    @property
+    def packed(self) -> bool:
+        """True for a packed-bit file (8 weights per byte)."""
+        return self.packed_shapes is not None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The mask's logical shape (the parameter's), for plain and packed files alike."""
+        if self._npz is not None:
+            return self._npz_shapes[name]
+        if self.packed_shapes is not None:
+            return self.packed_shapes[name]
+        return tuple(self._f.get_slice(name).get_shape())
+
+    def get(self, name: str):
+        """The mask of one tensor as a numpy bool array of the parameter's shape (packed files unpacked)."""
+        try:
+            arr = self._npz[name] if self._npz is not None else self._f.get_tensor(name)
+        except Exception as exc:
+            raise MaskFileError(f"{self.path} is corrupt at {name!r} ({type(exc).__name__}: {exc})") from None
+        if self.packed_shapes is not None:
+            return unpack_bits(self.path, name, arr, self.packed_shapes[name])
+        if self.foreign and arr.dtype == "uint8":
+            if arr.size and int(arr.max()) > 1:
+                raise MaskFileError(f"{self.path}: {name!r} holds values other than 0 and 1: not a mask")
+            return arr.view(bool)
+        if arr.dtype != bool:
+            raise MaskFileError(f"{self.path}: tensor {name!r} has dtype {arr.dtype}, expected bool")
+        if arr.size and int(arr.view("uint8").max()) > 1:
+            raise MaskFileError(_NOT_BOOL.format(path=self.path, name=name))
+        return arr
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    @property
+    def task_name(self) -> str:
+        task = self.metadata.get("task")
+        return task.get("name", "?") if isinstance(task, dict) else self.path.stem
+
+    def close(self) -> None:
+        if self._npz is not None:
+            self._npz.close()
+        if self._handle is not None:
+            self._handle.__exit__(None, None, None)
+
+    def __enter__(self) -> MaskReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_masks(path: str | os.PathLike[str], *, foreign: bool = False) -> MaskReader:
+    """Open a mask file for streaming (use as a context manager).
+
+    Args:
+        foreign: also accept masks from other tools: safetensors without maskprobe metadata (bool or uint8 0/1
+            tensors) and numpy ``.npz`` archives keyed by parameter name (never unpickled). Default False.
+
+    Raises:
+        MaskFileError: missing, unreadable, not a mask (a refused ``.npz`` of Python objects among them).
+    """
+    return MaskReader(path, foreign=foreign)
