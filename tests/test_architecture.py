@@ -112,8 +112,10 @@ def test_every_old_module_path_imports_the_same_module_object():
         assert importlib.import_module(f"maskprobe.{old}") is moved, old
         assert moved.__spec__.name == f"maskprobe.{new}" and moved.__name__ == f"maskprobe.{new}"
     # an old path imported first, in a fresh interpreter: the new path is the same object, `from` works
-    code = ("import maskprobe.maskfile as a, maskprobe.masks.maskfile as b; from maskprobe.task_args import resolve_tasks;"
-            "from maskprobe.tasks import Task, load_task; assert a is b and a.__spec__.name == 'maskprobe.masks.maskfile'")
+    code = (
+        "import maskprobe.maskfile as a, maskprobe.masks.maskfile as b; from maskprobe.task_args import resolve_tasks;"
+        "from maskprobe.tasks import Task, load_task; assert a is b and a.__spec__.name == 'maskprobe.masks.maskfile'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     # every module file of the package is either at a new path or not moved (no stray copy at the root)
     roots = {f.stem for f in PACKAGE.glob("*.py")}

@@ -21,11 +21,12 @@ def library_snippet() -> str:
 
 def test_from_maskprobe_import_compare_is_the_function_even_after_the_submodule_is_imported():
     import maskprobe.compare  # noqa: F401 - the import that used to rebind the package attribute to the module
+    import maskprobe.overlap  # noqa: F401
+    from maskprobe.compare import CompareReport  # the module stays importable by its old path
+
     import maskprobe.measure.compare  # noqa: F401
     import maskprobe.measure.overlap  # noqa: F401
-    import maskprobe.overlap  # noqa: F401
     from maskprobe import compare, overlap
-    from maskprobe.compare import CompareReport  # the module stays importable by its old path
 
     assert callable(compare) and compare.__name__ == "compare" and not isinstance(compare, types.ModuleType)
     assert overlap.__name__ == "overlap" and not isinstance(overlap, types.ModuleType)
