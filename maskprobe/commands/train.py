@@ -73,7 +73,8 @@ def train(
         typer.Option(
             rich_help_panel=METHOD,
             metavar="BETA",
-            help="Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each.",
+            help="Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each. "
+            "Not given (nor --keep): 1e-4 up to 2M masked weights, --keep 0.97 past them (docs/method.md).",
         ),
     ] = str(D.beta),
     keep: Annotated[
