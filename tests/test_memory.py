@@ -162,3 +162,22 @@ def test_saved_probe_counts_what_autograd_keeps_not_the_weights():
     # Linear's input) are kept; the 34k weights are not counted
     assert 0 < per < weights // 8 and (64 + 512) * 4 <= per <= 3 * (64 + 512) * 4
     assert not model[0].weight.requires_grad  # the module is left as it was
+
+
+def test_saved_probe_of_one_example_cut_from_a_large_batch_is_not_the_whole_batch():
+    """The run probes one example split off the task's first batch (a view of it): the per-example bytes must not
+    grow with the batch the view was cut from (they did: the batch's whole storage, counted per example)."""
+    from maskprobe.learning.batching import split_batch
+    from maskprobe.learning.masked import MaskedModel
+    from maskprobe.learning.memory import saved_bytes_per_example
+
+    model = nn.Sequential(nn.Linear(42, 256), nn.ReLU(), nn.Linear(256, 20))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = ["0.weight", "2.weight"]
+    per = {}
+    for batch in (8, 4096):
+        one = split_batch(torch.randn(batch, 42), batch)[0]
+        per[batch] = saved_bytes_per_example(model, names, lambda o, one=one: MaskedModel(model, o)(one).sum(), 1)
+    assert per[4096] == per[8]
+    assert (42 + 256) * 4 <= per[8] <= 3 * (42 + 256 + 20) * 4

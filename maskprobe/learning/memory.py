@@ -203,24 +203,25 @@ def activation_bytes_per_example(module: nn.Module, run_one: Any, examples: int)
 def saved_bytes_per_example(module: nn.Module, names: list[str], run_with: Any, examples: int) -> int:
     """Bytes autograd saves for backward when ``run_with(overrides)`` runs ``examples`` examples with ``overrides``
     (the masked weights, as tensors sharing the parameters' storage, requiring gradients, as in training), per
-    example. Saved tensors are counted once per storage; the module's own parameters and buffers are not counted.
+    example. A saved tensor counts its own elements, once per view (a view of a larger batch would otherwise
+    count the whole batch's storage per example); the module's own parameters and buffers are not counted.
     """
     from torch.autograd.graph import saved_tensors_hooks
 
     params = dict(module.named_parameters())
     own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
-    seen: dict[int, int] = {}
+    seen: dict[tuple, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.is_floating_point() and t.device.type != "meta":
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
+        if t.is_floating_point() and t.device.type != "meta" and t.untyped_storage().data_ptr() not in own:
+            key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+            seen[key] = t.numel() * t.element_size()
         return t
 
     overrides = {n: params[n].detach().requires_grad_() for n in names}
     with torch.enable_grad(), saved_tensors_hooks(pack, lambda t: t):
         run_with(overrides)
-    return sum(v for k, v in seen.items() if k not in own) // max(1, examples)
+    return sum(seen.values()) // max(1, examples)
 
 
 def estimate(
