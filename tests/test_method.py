@@ -8,11 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from maskprobe.learning.gates import binarize, gate, reference_mask, uniform_noise
+from maskprobe.learning.gates import binarize, gate, reference_mask
 from maskprobe.learning.selection import Selection, describe_selection, select_parameters
 from maskprobe.learning.training import TrainConfig, train_mask
 from maskprobe.tasks import TaskRef
 from sample_tasks.arithmetic import AddTask
+
+
+def uniform_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform draws in the open interval (0, 1) shaped like ``like`` (the engines hash a counter instead)."""
+    return torch.rand(like.shape, generator=generator, dtype=torch.float32).clamp_(1e-12, 1.0 - 1e-7)
 
 
 @pytest.mark.parametrize("logit", [-2.0, 0.0, 0.7, 2.0])

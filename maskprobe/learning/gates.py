@@ -19,14 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_EPS = 1e-12
-
-
-def uniform_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Uniform draws in the open interval (0, 1), shaped like ``like`` (float32 or ``like``'s float dtype)."""
-    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=torch.float32)
-    return u.clamp_(_EPS, 1.0 - 1e-7)
-
 
 def logistic(u: Tensor) -> Tensor:
     """Logistic noise ``g = log(u) - log(1 - u)`` from uniform draws."""
@@ -74,7 +66,7 @@ def gate(weight: Tensor, logits: Tensor, u: Tensor, tau: float = 1.0) -> Tensor:
     Args:
         weight: the frozen weight, any shape.
         logits: mask logits, same shape as ``weight``.
-        u: uniform draws in (0, 1), same shape (see :func:`uniform_noise`).
+        u: uniform draws in (0, 1), same shape (the engines draw them from a counter hash, maskprobe/learning/kernels.py).
         tau: Gumbel-sigmoid temperature (default 1.0, the paper's); changes the gradient only.
     """
     return _GatedWeight.apply(weight, logits, u, float(tau))

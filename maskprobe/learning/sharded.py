@@ -33,7 +33,7 @@ from ..loading.checkpoints import read_state_dict
 from ..measure.evaluation import evaluate_task
 from ..tasks.contract import Task, TaskRef
 from . import distributed, kernels
-from .gates import gate
+from .gates import binarize, gate
 from .masked import MaskedModel, run_mode
 from .maskstep import BETAS, DEFAULTS, EPS, NOISE, clip_factor
 from .selection import select_parameters
@@ -241,7 +241,7 @@ class ShardedEngine:
         return None  # the gradients are gone after update(); the message names the step
 
     def density(self) -> float:
-        kept = sum(int((p.to_local() > 0).sum()) for p in self.logits)
+        kept = sum(int(binarize(p.to_local()).sum()) for p in self.logits)
         return distributed.sum_over_ranks(float(kept), self.world) / self.numel
 
     def snapshot(self, step: int, history: list[list[float]]) -> Any:
@@ -251,7 +251,7 @@ class ShardedEngine:
         return TrainState(step, {}, {}, seed_bytes(self.config.seed), list(history))  # no resume under --shard
 
     def masks(self) -> dict[str, Tensor]:
-        return {n: (g.logit.full_tensor().detach() > 0).cpu() for n, g in self.gates.items()}
+        return {n: binarize(g.logit.full_tensor().detach()).cpu() for n, g in self.gates.items()}
 
     def evaluate(self, task: Any, masks: Any, batch_size: int, batches: int | None = None) -> dict:
         _set_mode(self.gates, "off" if masks is None else "mask")

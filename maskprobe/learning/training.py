@@ -6,7 +6,7 @@ Adam on the logits only, gradient-norm clip over the logits. The weights stay fr
 mode. The final mask keeps ``logit > 0``.
 
 One loop (:func:`run`) for every engine: the fused single-process / data-parallel engine
-(:class:`maskprobe.learning.maskstep.FusedEngine`, used by :func:`train_mask`) and the FSDP2 engine of ``--shard``
+(:class:`maskprobe.learning.engine.FusedEngine`, used by :func:`train_mask`) and the FSDP2 engine of ``--shard``
 (:class:`maskprobe.learning.sharded.ShardedEngine`). An engine owns the logits and how a chunk runs with sample k; this
 module owns the data, the loss, the regulariser, the agreement between ranks, the numerical checks, the
 snapshots, the progress events and the final evaluation.
