@@ -10,7 +10,8 @@ Under torchrun every rank runs its share of the K samples and the gradient is su
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -78,6 +79,7 @@ class FusedEngine:
                 except Exception as exc:  # noqa: BLE001 - the loop below reruns the step and raises real errors
                     self.batched = False
                     self.fallback = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        self._unstack()
         total = torch.zeros((), device=self.device)
         samples = []
         for i, j in enumerate(share):
@@ -93,6 +95,18 @@ class FusedEngine:
             return self._total
         return float(total.detach())
 
+    def _unstack(self) -> None:
+        """Separate sample buffers for the loop once vmap has run (a fallback, or a step whose chunks differ).
+
+        :meth:`MaskLogits.sample_stacked` makes the loop's buffers rows of one ``(K, n)`` tensor, and rows of a
+        tensor share its autograd version counter: drawing sample ``i + 1`` into its row would mark sample
+        ``i``'s gated weights, saved by its forward, as modified in place, and the backward would refuse them
+        ("modified by an inplace operation": the loop's error after a vmap failure). Dropping the stacks gives
+        the loop one buffer per sample again; the next vmap step allocates new stacks."""
+        if self.mask._stacks is not None:
+            self.mask._stacks = None
+            self.mask._gated = []
+
     def _backward_vmap(self, step: int, stacked: tuple[Any, Any], n: int, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
         data, dims = stacked
         gated = self.mask.sample_stacked(step, n)  # row i: bitwise the loop's sample i (same kernel and key)
@@ -101,7 +115,8 @@ class FusedEngine:
         def one(weights: dict[str, Tensor], chunk: Any) -> Tensor:
             return loss_of(MaskedModel(self.module, {**fixed, **weights}), chunk)
 
-        losses = torch.func.vmap(one, in_dims=(0, dims), randomness="error")(gated, to_device(data, self.device))
+        with without_fastpath():
+            losses = torch.func.vmap(one, in_dims=(0, dims), randomness="error")(gated, to_device(data, self.device))
         total = torch.zeros((), device=self.device)
         for i in range(n):  # the loop's order of additions
             total = total + losses[i] / k
@@ -224,10 +239,33 @@ def _sample_grads(loss: Tensor, samples: list[dict[str, Tensor]]) -> list[dict[s
     return [{n: next(grads) for n in s} for s in samples]
 
 
+@contextlib.contextmanager
+def without_fastpath() -> Iterator[None]:
+    """PyTorch's fused attention fast path off for the duration (``torch.backends.mha``), restored afterwards.
+
+    ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` in eval mode take the fast path
+    (``torch._transformer_encoder_layer_fwd``, ``torch._native_multi_head_attention``) when no argument requires
+    grad. Under ``torch.func.vmap`` the gated weights are batched wrappers whose ``requires_grad`` reads False (the
+    gradient is taken outside the vmap), so the fast path is chosen, and it has no derivative: the backward fails
+    ("derivative for aten::_transformer_encoder_layer_fwd is not implemented"). Off, the modules compute the same
+    function with differentiable ops, as they do in the loop."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
 def stack_chunks(chunks: Sequence[Any]) -> tuple[Any, Any] | None:
     """Equal-shaped chunks (as :func:`maskprobe.learning.batching.split_batch` makes them) as one batch with a leading sample
     dimension, and the ``in_dims`` of ``torch.func.vmap`` for it (0 for stacked tensors, None for what split_batch
-    repeats: 0-d tensors and non-tensors); None when the chunks differ in shape or structure."""
+    repeats: 0-d tensors and non-tensors, and for integer or bool CPU tensors equal in every chunk, see
+    :func:`_same_in_every_chunk`); None when the chunks differ in shape or structure."""
     first = chunks[0]
     if isinstance(first, Tensor):
         if not all(isinstance(c, Tensor) for c in chunks):
@@ -236,6 +274,8 @@ def stack_chunks(chunks: Sequence[Any]) -> tuple[Any, Any] | None:
             return (first, None) if all(c is first for c in chunks) else None
         if any(c.shape != first.shape or c.dtype != first.dtype or c.device != first.device for c in chunks):
             return None
+        if _same_in_every_chunk(chunks):
+            return first, None
         return torch.stack(list(chunks)), 0
     if isinstance(first, dict):
         if any(not isinstance(c, dict) or c.keys() != first.keys() for c in chunks):
@@ -252,3 +292,18 @@ def stack_chunks(chunks: Sequence[Any]) -> tuple[Any, Any] | None:
             return None
         return rebuild(first, [v[0] for v in items]), rebuild(first, [v[1] for v in items])
     return (first, None) if all(c is first for c in chunks) else None
+
+
+def _same_in_every_chunk(chunks: Sequence[Tensor]) -> bool:
+    """Whether integer or bool CPU chunks are all equal: vmap then gets one unbatched copy (the same inputs).
+
+    Why: code that branches on a tensor's values cannot run on a batched one ("data-dependent control flow"), and
+    Hugging Face attention does so on the attention mask (``padding_mask.all()``: skip the mask when nothing is
+    padded). An all-ones mask is the same in every chunk, so it goes in unbatched and the branch is taken as in
+    the loop. Float tensors (activations, images) are never compared, nor tensors on an accelerator (the
+    comparison would wait for the device); chunks that differ (padding) stay batched, and such a model falls
+    back to the loop."""
+    first = chunks[0]
+    if first.is_floating_point() or first.is_complex() or first.device.type != "cpu":
+        return False
+    return all(torch.equal(c, first) for c in chunks[1:])
