@@ -79,7 +79,6 @@ class FusedEngine:
                 except Exception as exc:  # noqa: BLE001 - the loop below reruns the step and raises real errors
                     self.batched = False
                     self.fallback = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-        self._unstack()
         total = torch.zeros((), device=self.device)
         samples = []
         for i, j in enumerate(share):
@@ -94,18 +93,6 @@ class FusedEngine:
             self._total = total.detach().double()
             return self._total
         return float(total.detach())
-
-    def _unstack(self) -> None:
-        """Separate sample buffers for the loop once vmap has run (a fallback, or a step whose chunks differ).
-
-        :meth:`MaskLogits.sample_stacked` makes the loop's buffers rows of one ``(K, n)`` tensor, and rows of a
-        tensor share its autograd version counter: drawing sample ``i + 1`` into its row would mark sample
-        ``i``'s gated weights, saved by its forward, as modified in place, and the backward would refuse them
-        ("modified by an inplace operation": the loop's error after a vmap failure). Dropping the stacks gives
-        the loop one buffer per sample again; the next vmap step allocates new stacks."""
-        if self.mask._stacks is not None:
-            self.mask._stacks = None
-            self.mask._gated = []
 
     def _backward_vmap(self, step: int, stacked: tuple[Any, Any], n: int, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
         data, dims = stacked

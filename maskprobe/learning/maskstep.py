@@ -178,8 +178,13 @@ class MaskLogits:
     def sample(self, step: int, k: int) -> dict[str, Tensor]:
         """Sample ``k`` of step ``step``: name -> ``w * m`` (a leaf requiring grad, the weight's shape).
 
-        The returned tensors live in buffers reused by the next call with the same ``k``.
+        The returned tensors live in buffers reused by the next call with the same ``k``. After
+        :meth:`sample_stacked` the buffers were rows of one ``(K, n)`` tensor, and rows share its autograd version
+        counter: drawing sample ``k + 1`` would mark sample ``k``'s gated weights, saved by its forward, as modified
+        in place ("modified by an inplace operation" in backward); the loop gets one buffer per sample again.
         """
+        if self._stacks is not None:
+            self._stacks, self._gated = None, []
         while len(self._gated) <= k:
             self._gated.append([torch.empty_like(w) for w in self._w])
         if self.fused:
