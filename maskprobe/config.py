@@ -15,6 +15,7 @@ from typing import Any
 DEVICE = "cpu"  # the library's: a notebook gets what it asks for; the CLI's --device is "auto" (commands/options.py)
 EVAL_BATCH_SIZE = 1024  # batch size of every evaluation (training's final ones, evaluate, compare's ablation)
 CONTROL_SEED = 0  # seed of compare's random-removal controls
+PRECISIONS = ("fp32", "tf32", "bf16")  # TrainConfig.precision's values (docs/method.md, "Precision")
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a 64-bit signed integer (beyond it, an overflow deep inside torch)
 
 
@@ -61,6 +62,10 @@ class TrainConfig:
             of a loop over chunks, where the task's loss allows it and the chunks have equal sizes (the loop
             otherwise); the same noise, the same mask up to float rounding. Default False (docs/benchmarks.md,
             "K samples batched").
+        precision: the arithmetic of the task's forward and loss during training: ``fp32`` (the default), ``tf32``
+            (CUDA's TF32 matmuls and convolutions for the run; on the CPU the same as fp32, with a warning) or
+            ``bf16`` (``torch.autocast`` to bfloat16). The gates, logits, Adam, the regulariser and the final
+            evaluations stay fp32 (docs/method.md, "Precision"). Recorded only when not fp32.
         eval_batch_size: batch size of the evaluations (default 1024).
         log_every: progress events every this many steps (default 25).
         eval_every: the task metric under the current mask every this many steps, on one evaluation batch
@@ -90,6 +95,7 @@ class TrainConfig:
     device: str = DEVICE
     backend: str = "auto"
     batched_samples: bool = False
+    precision: str = "fp32"
     eval_batch_size: int = EVAL_BATCH_SIZE
     log_every: int = 25
     eval_every: int | None = None
@@ -101,7 +107,8 @@ class TrainConfig:
 
     def hparams(self) -> dict[str, Any]:
         """What a mask file records (and a resumed run must agree on): every field but the selection and the
-        progress cadence; ``keep`` and ``chosen`` only when set (a fixed-beta run records what it always did)."""
+        progress cadence; ``keep``, ``chosen`` and ``precision`` only when set (a fixed-beta fp32 run records what it
+        always did, and its old mask and state files still match)."""
         d = asdict(self)
         for key in ("selection", "log_every", "eval_every"):
             d.pop(key)
@@ -112,6 +119,8 @@ class TrainConfig:
             d["chosen"] = list(self.chosen)
         else:
             d.pop("chosen")
+        if self.precision == "fp32":
+            d.pop("precision")
         return d
 
     def check(self) -> None:
@@ -119,7 +128,7 @@ class TrainConfig:
 
         Raises:
             BadInputError: a non-finite or non-positive setting, a cadence or evaluation batch below 1, or a batch
-                smaller than ``samples``.
+                smaller than ``samples``, an unknown ``precision``.
         """
         import math
 
@@ -147,6 +156,8 @@ class TrainConfig:
             raise BadInputError(f"--keep must be a fraction of the unmasked metric in (0, 1], got {self.keep}")
         if self.keep is not None and self.beta <= 0:
             raise BadInputError("--keep moves beta by factors from its start: give a --beta > 0 to start from")
+        if self.precision not in PRECISIONS:
+            raise BadInputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.batch_size < self.samples:
             raise BadInputError(
                 f"--batch-size {self.batch_size} is smaller than --samples {self.samples}: the batch must hold at least "

@@ -156,6 +156,16 @@ def train(
             help="Run the K samples as one vmap where the task allows it (docs/benchmarks.md).",
         ),
     ] = D.batched_samples,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            rich_help_panel=RUNNING,
+            metavar="NAME",
+            help="Forward and loss in fp32, tf32 (CUDA TF32 matmuls) or bf16 (autocast); gates, Adam and the final "
+            "metric stay fp32 (docs/method.md).",
+        ),
+    ] = D.precision,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite existing mask files.")] = False,
     resume: Annotated[
         bool,
@@ -248,7 +258,7 @@ def train(
     config = TrainConfig(steps=steps or D.steps, batch_size=batch_size or D.batch_size, lr=D.lr if lr is None else lr,
                          beta=betas[0], keep=keep, chosen=chosen, samples=samples, init=init, tau=tau,
                          clip=clip, seed=seed_list[0], device=device, backend=backend, selection=selection,
-                         batched_samples=batched_samples,
+                         batched_samples=batched_samples, precision=precision,
                          fixed_from=str(fix_from) if fix_from else None, fixed=parse_globs(fix) or D.fixed)  # fmt: skip
     request = TrainRequest(
         checkpoint=checkpoint, tasks=resolve_tasks(task, task_arg), out=out, config=config, seeds=tuple(seed_list),

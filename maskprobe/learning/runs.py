@@ -204,6 +204,8 @@ def _train_locked(
     if empty and not any(r.numel for r in rows if r.masked):  # 0/0 density: no mask to learn
         raise BadInputError(f"no weight to mask: every selected tensor is empty ({', '.join(empty[:3])}); a layer of size 0?")
     auto = _chosen_settings(config, sum(r.numel for r in rows if r.masked), reporter)  # the run's first line
+    if config.precision == "tf32" and not str(dev).startswith("cuda"):  # once per run (docs/method.md, "Precision")
+        reporter.warning(f"--precision tf32 changes nothing on {dev}: TF32 is a CUDA mode; the masks are trained in fp32")
     config = dataclasses.replace(config, **auto)
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
     masked = [r.name for r in rows if r.masked]

@@ -14,6 +14,7 @@ snapshots, the progress events and the final evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -243,11 +244,13 @@ def run(
     def snap(at: int | None = None) -> TrainState:
         return _with_controller(engine.snapshot(step if at is None else at, history), ctl)
 
-    def loss_of(model: Any, chunk: Any) -> Tensor:
-        return scalar_loss(task, task_loss(task, model, to_device(chunk, device), step), device)
+    def loss_of(model: Any, chunk: Any) -> Tensor:  # --precision bf16: the forward and the loss only, the loss back in fp32
+        with autocast_for(config.precision, device):
+            value = task_loss(task, model, to_device(chunk, device), step)
+        return scalar_loss(task, value, device).float()
 
     try:
-        with engine.frozen(), polled(should_stop):
+        with engine.frozen(), polled(should_stop), tf32_for(config.precision):
             while step < config.steps:
                 stop = should_stop is not None and should_stop()
                 if stop and not world.distributed:
@@ -326,6 +329,45 @@ def run(
     summary = None if ctl is None else ctl.summary_of(metric_full.get(task.metric), metric_masked.get(task.metric))
     return MaskResult(task, task_ref, config, masks, state, last_loss, metric_full, metric_masked, completed,
                       engine.info(), engine.layers(), last_task, summary)  # fmt: skip
+
+
+def autocast_for(precision: str, device: torch.device) -> Any:
+    """The context a training forward runs in: ``torch.autocast`` to bfloat16 for ``"bf16"``, nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def tf32_for(precision: str) -> Iterator[None]:
+    """CUDA's TF32 matmuls and convolutions while the training loop runs (``"tf32"``), the flags as they were after,
+    also on an exception; nothing for another precision (and nothing changes on the CPU, which has no TF32).
+
+    The flags are read and set through the API the process already uses: the legacy ``allow_tf32`` unless the new
+    ``fp32_precision`` was set to TF32 (reading ``allow_tf32`` then raises, torch >= 2.9).
+    """
+    from ..config import PRECISIONS
+    from ..errors import BadInputError
+
+    if precision not in PRECISIONS:  # the library path (train_mask) skips TrainConfig.check()
+        raise BadInputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "tf32":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        targets, on = [(matmul, "allow_tf32"), (cudnn, "allow_tf32")], True
+        old = [getattr(o, a) for o, a in targets]
+    except RuntimeError:  # the new API is in use
+        targets, on = [(matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")], "tf32"
+        old = [getattr(o, a) for o, a in targets]
+    try:
+        for o, a in targets:
+            setattr(o, a, on)
+        yield
+    finally:
+        for (o, a), v in zip(targets, old, strict=True):
+            setattr(o, a, v)
 
 
 def _pruned(density: dict[str, Any]) -> str:
