@@ -210,7 +210,46 @@ def train_mask(
                save_every=save_every, on_snapshot=on_snapshot)  # fmt: skip
 
 
-def run(
+@dataclass
+class Backward:
+    """One step's backward pass, as the loop asks for it (:func:`steps` yields it; :meth:`run` is what
+    :func:`run` does with it; :mod:`maskprobe.learning.together` runs several masks' at once)."""
+
+    engine: Any
+    step: int
+    chunks: list[Any]
+    share: range
+    k: int
+    loss_of: Callable[[Any, Any], Tensor]
+    task: Task
+    config: TrainConfig
+
+    def run(self) -> float | Tensor:
+        return self.engine.backward(self.step, self.chunks, self.share, self.k, self.loss_of)
+
+
+def run(engine: Any, task: Task, task_ref: TaskRef, config: TrainConfig, **kwargs: Any) -> MaskResult:
+    """The loop every engine shares (see the module docstring); arguments as :func:`train_mask`."""
+    return drive(steps(engine, task, task_ref, config, **kwargs))
+
+
+def drive(loop: Any, backward: Callable[[Backward], Any] = Backward.run) -> MaskResult:
+    """Run the loop ``loop`` (a :func:`steps` generator) to its result, each backward by ``backward``; what it
+    raises is raised in the loop where the backward was asked for, as if the loop had called it."""
+    try:
+        request = next(loop)
+        while True:
+            try:
+                done = backward(request)
+            except BaseException as exc:  # noqa: BLE001 - the loop handles it where it asked (or re-raises it)
+                request = loop.throw(exc)
+            else:
+                request = loop.send(done)
+    except StopIteration as stop:
+        return stop.value
+
+
+def steps(
     engine: Any,
     task: Task,
     task_ref: TaskRef,
@@ -221,8 +260,9 @@ def run(
     resume: TrainState | None = None,
     save_every: int = 0,
     on_snapshot: Callable[[TrainState], None] | None = None,
-) -> MaskResult:
-    """The loop every engine shares (see the module docstring); arguments as :func:`train_mask`."""
+) -> Any:
+    """The loop as a generator: it yields a :class:`Backward` where a step needs its backward pass and is sent
+    the result (:func:`drive`); it returns the :class:`MaskResult`."""
     world = distributed.current()
     device = engine.device
     history: list[list[float]] = list(resume.history) if resume is not None else []
@@ -264,7 +304,7 @@ def run(
                     bsz = batch_size_of(batch)
                     k = max(1, min(config.samples, bsz))
                     share = distributed.sample_share(k, world)
-                    local = engine.backward(step, split_batch(batch, k), share, k, loss_of)
+                    local = yield Backward(engine, step, split_batch(batch, k), share, k, loss_of, task, config)
                 except Exception as exc:  # noqa: BLE001 - re-raised by agree_step, on every rank
                     error = exc
                 summed, stop = distributed.agree_step(world, local, error, stop)
