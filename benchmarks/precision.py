@@ -9,6 +9,7 @@ kept weights. The pair fp32 seed 0 / fp32 seed 1 is the reference: how much two 
 Run::
 
     python benchmarks/precision.py                       # bf16 vs fp32, seeds 0 and 1, 2,000 steps (~2 min, 1 core)
+    python benchmarks/precision.py --beta 1e-3                           # a sparser mask
     python benchmarks/precision.py --precisions fp32,tf32 --device cuda   # on a GPU (unmeasured so far)
 """
 
@@ -41,6 +42,7 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32,bf16", help="comma list; the first is the reference")
     p.add_argument("--seeds", default="0,1", help="comma list of mask seeds")
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--beta", type=float, default=1e-4)
     p.add_argument("--base-steps", type=int, default=None, help="the base recipe's steps (default: its 10,000)")
     p.add_argument("--base", type=Path, default=None, help="a trained base state dict (default: train one)")
     p.add_argument("--device", default="cpu")
@@ -69,12 +71,13 @@ def main() -> None:
     masks, rows = {}, []
     for prec in precisions:
         for seed in seeds:
-            r = train_mask(model, task, ref, TrainConfig(steps=args.steps, seed=seed, precision=prec, device=args.device))
+            config = TrainConfig(steps=args.steps, beta=args.beta, seed=seed, precision=prec, device=args.device)
+            r = train_mask(model, task, ref, config)
             masks[prec, seed] = {n: m.cpu() for n, m in r.masks.items()}
             rows.append((f"{prec} seed {seed}", r.density()["total"], r.metric_masked["accuracy"]))
             print(f"{prec} seed {seed}: done", file=sys.stderr)
 
-    print(f"arith-mul masks on the 42-256x4-20 FNN, {args.steps} steps, {args.device}\n")
+    print(f"arith-mul masks on the 42-256x4-20 FNN, {args.steps} steps, beta {args.beta:g}, {args.device}\n")
     print("| mask | density | accuracy (fp32 evaluation) |\n|---|---|---|")
     for name, density, acc in rows:
         print(f"| {name} | {100 * density:.2f} % | {acc:.4f} |")
