@@ -166,6 +166,15 @@ def train(
             "metric stay fp32 (docs/method.md).",
         ),
     ] = D.precision,
+    together: Annotated[
+        bool,
+        typer.Option(
+            "--together",
+            rich_help_panel=RUNNING,
+            metavar="",
+            help="Train the masks of a sweep (--seeds, --beta) at once, their steps batched where they can be.",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite existing mask files.")] = False,
     resume: Annotated[
         bool,
@@ -264,7 +273,7 @@ def train(
         checkpoint=checkpoint, tasks=resolve_tasks(task, task_arg), out=out, config=config, seeds=tuple(seed_list),
         betas=tuple(betas), model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint, force=force,
         resume=resume, save_every=save_every, memory_limit="auto" if memory_limit == "auto" else parse_size(memory_limit),
-        shard=shard, pack_bits=pack_bits, dry_run=dry_run, allow_mismatch=allow_mismatch,
+        shard=shard, pack_bits=pack_bits, dry_run=dry_run, allow_mismatch=allow_mismatch, together=together,
     )  # fmt: skip
     reporter = CliReporter(quiet, tables=not json_out, verbose=verbose, label=request.label)
     with console.Signals() as signals:

@@ -56,6 +56,7 @@ class FusedEngine:
         self.seed = config.seed
         self.batched_asked = self.batched = bool(config.batched_samples)
         self.fallback: str | None = None  # why vmap gave way to the loop, when it did
+        self.together: str | None = None  # "together" when trained with other masks (together.py), or why alone
         # the compile backend in one process keeps loss, norm and logit sum on the device: backward() and
         # logit_sum() then return 0-d tensors, update() never reads back, failure() says what went wrong (training.run)
         self.lazy = self.mask.fused and not distributed.current().distributed
@@ -115,6 +116,13 @@ class FusedEngine:
         self._grads = [{m: None if g is None else g[i] for m, g in zip(names, grads, strict=True)} for i in range(n)]
         return self._loss(total)
 
+    def accept(self, grads: list[dict[str, Tensor | None]], total: Tensor) -> float | Tensor:
+        """Take one step's per-sample gradients of the gated weights and the loss ``total`` computed elsewhere
+        (several masks' samples in one vmap: :mod:`maskprobe.learning.together`); returns what :meth:`backward`
+        returns."""
+        self._grads = grads
+        return self._loss(total)
+
     def update(self, step: int, reg: float, clip: float) -> float | Tensor:
         """Gradient (with the regulariser on rank 0 only, so that the sum over ranks counts it once), the sum over
         ranks, the clip and Adam; returns the global gradient norm (non-finite: nothing changed).
@@ -170,6 +178,8 @@ class FusedEngine:
             out["backend"] = f"torch (compile failed: {why})"
         if self.batched_asked:  # recorded only when asked for: the default's metadata stays as it was
             out["samples"] = "vmap" if self.batched else f"loop (vmap failed: {self.fallback})" if self.fallback else "loop"
+        if self.together is not None:  # recorded only for --together runs
+            out["masks"] = self.together
         return out
 
     def layers(self) -> list[dict[str, str]]:

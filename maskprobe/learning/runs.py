@@ -40,6 +40,8 @@ class TrainRequest:
         pack_bits: 8 weights per byte in the mask files.
         dry_run: estimate memory only.
         allow_mismatch: accept a ``--fix-from`` mask recorded from another checkpoint.
+        together: train the masks at once, their backward passes batched where they can be
+            (:mod:`maskprobe.learning.together`); not with ``shard``, torchrun or ``resume``.
     """
 
     checkpoint: Path
@@ -59,6 +61,7 @@ class TrainRequest:
     pack_bits: bool = False
     dry_run: bool = False
     allow_mismatch: bool = False
+    together: bool = False
 
     def jobs(self) -> list[tuple[Any, Any, TrainConfig, str]]:
         """``(task, ref, config, file stem)`` per mask: the task, plus the seed and/or beta where several are trained."""
@@ -189,7 +192,6 @@ def _train_locked(
     from . import distributed
     from .selection import describe_selection
     from .statefile import Snapshots, check_finished, load_state, resume_key, save_state
-    from .training import train_mask
 
     world, dev = distributed.setup(resolve_device(request.config.device))
     distributed.sample_share(request.config.samples, world)  # refuse a K that does not split, up front
@@ -225,7 +227,21 @@ def _train_locked(
         for name in fixed_masks(ckpt.model, masked, config):
             shapes.pop(name)
     out = RunResult(ckpt.to_dict())
-    for (task, ref, job_config, _), plan in zip(jobs, plans, strict=True):
+    ahead = None  # --together: every mask trained at once (together.py), then written below in order
+    if request.together and len(jobs) > 1 and not shard and not world.distributed and not request.resume:
+        from .together import train_together
+
+        configs = [dataclasses.replace(c, device=str(dev), **auto) for _, _, c, _ in jobs]
+        labels = [request.label(t.name, c) for (t, *_), c in zip(jobs, configs, strict=True)]
+        keys = [resume_key(c, ref, ckpt.identity_key) for (_, ref, *_), c in zip(jobs, configs, strict=True)]
+        snapshots = [Snapshots(p.state, k, reporter.warning) for p, k in zip(plans, keys, strict=True)]
+        ahead = train_together(ckpt.model, [(t, ref) for t, ref, *_ in jobs], configs, labels, reporter, should_stop,
+                               request.save_every, snapshots)  # fmt: skip
+        for r, plan, key in zip(ahead, plans, keys, strict=True):  # a signal stopped them all: every state is kept
+            if not isinstance(r, BaseException) and not r.completed:
+                save_state(plan.state, r.state, key)
+    failed: BaseException | None = None  # --together: the first mask that failed, raised once the others are written
+    for i, ((task, ref, job_config, _), plan) in enumerate(zip(jobs, plans, strict=True)):
         cfg = dataclasses.replace(job_config, device=str(dev), **auto)
         label = request.label(task.name, cfg)
         if request.resume and plan.mask.exists() and not plan.state.exists():
@@ -237,18 +253,23 @@ def _train_locked(
         if state is not None:
             reporter.status(f"{label}: resuming at step {state.step} from {plan.state}")
         try:
-            with reporter.progress(label, cfg.steps, state.step if state else 0) as callback:
-                if shard:
-                    from .sharded import train_mask_sharded
-
-                    result = train_mask_sharded(ckpt.build, request.checkpoint, task, ref, cfg, callback=callback,
-                                                should_stop=should_stop)  # fmt: skip
-                else:
-                    snapshots = Snapshots(plan.state, key, reporter.warning)
-                    result = train_mask(ckpt.model, task, ref, cfg, callback=callback, should_stop=should_stop, resume=state,
-                                        save_every=request.save_every, on_snapshot=snapshots)  # fmt: skip
+            if ahead is not None:
+                if isinstance(ahead[i], BaseException):
+                    raise ahead[i]
+                result = ahead[i]
+            else:
+                result = _train_one(request, ckpt, task, ref, cfg, plan, key, state, label, shard, reporter, should_stop)
         except NumericalError as exc:
-            raise _with_saved_state(exc, plan, key, save_state) from None
+            error = _with_saved_state(exc, plan, key, save_state)
+            if ahead is None:
+                raise error from None
+            failed = failed or error
+            continue
+        except Exception as exc:
+            if ahead is None:
+                raise
+            failed = failed or exc
+            continue
         if not result.completed:
             _save_interrupted(result, plan, key, should_stop, written)
         try:
@@ -270,9 +291,29 @@ def _train_locked(
             reporter.warning(f"{label}: {line}")
         reporter.written(result, plan.mask)
         out.written.append((result, plan.mask))
-        if should_stop is not None and should_stop() and len(out.written) < len(jobs) and not world.distributed:
-            raise KeyboardInterrupt  # a signal while the mask was written: the next mask is not started
+        if should_stop is not None and should_stop() and len(out.written) < len(jobs) and not world.distributed and ahead is None:
+            raise KeyboardInterrupt  # a signal while the mask was written: the next mask is not started (--together:
+            # every mask is trained already, the rest are written)
+    if failed is not None:
+        raise failed
     return out
+
+
+def _train_one(request: TrainRequest, ckpt: Any, task: Any, ref: Any, cfg: TrainConfig, plan: Any, key: dict[str, str],
+               state: Any, label: str, shard: bool, reporter: Reporter, should_stop: Any) -> Any:  # fmt: skip
+    """One mask, alone: with its progress bar, on the fused engine (or the sharded one under ``--shard``)."""
+    from .statefile import Snapshots
+    from .training import train_mask
+
+    with reporter.progress(label, cfg.steps, state.step if state else 0) as callback:
+        if shard:
+            from .sharded import train_mask_sharded
+
+            return train_mask_sharded(ckpt.build, request.checkpoint, task, ref, cfg, callback=callback,
+                                      should_stop=should_stop)  # fmt: skip
+        snapshots = Snapshots(plan.state, key, reporter.warning)
+        return train_mask(ckpt.model, task, ref, cfg, callback=callback, should_stop=should_stop, resume=state,
+                          save_every=request.save_every, on_snapshot=snapshots)  # fmt: skip
 
 
 def _chosen_settings(config: TrainConfig, masked: int, reporter: Reporter) -> dict[str, Any]:
