@@ -11,7 +11,8 @@
 #   3. benchmarks/train_step.py on cuda: the compile backend vs the torch backend, FNN and transformer, K=1,4 (and vmap),
 #      the gate passes' bandwidth vs a device copy (JSON in the log folder)
 #   4. benchmarks/paper_run.py: a short paper-size add/mul run (base network on the GPU, add mask, both backends)
-#   5. the whole suite with -n 8, in what time is left
+#   5. benchmarks/together.py: 10 paper-size masks alone vs train --together
+#   6. the whole suite with -n 8, in what time is left
 set -u
 BUDGET=${GPU_SH_BUDGET:-530}   # seconds for everything
 SMOKE=0
@@ -50,11 +51,13 @@ if [ $SMOKE -eq 1 ]; then
   DEV=cpu
   BENCH=(--devices cpu --models fnn --samples 2 --rounds 1 --no-floor)
   PAPER=(--device cpu --hidden 64,64 --base-steps 30 --steps 10 --warmup 2 --samples 2)
+  TOGETHER=(--device cpu --hidden 64,64 --masks 3 --steps 10 --base-steps 30)
   TESTS=(tests/test_fused_gate.py tests/test_fitting_device.py)
 else
   DEV=cuda
   BENCH=(--devices cuda --models fnn,transformer --samples 1,4 --rounds 9 --vmap)
   PAPER=(--device cuda --base-steps 2000 --steps 1000)
+  TOGETHER=(--device cuda --hidden 2000,2000,2000,2000 --masks 10 --steps 300 --base-steps 2000)
   TESTS=(-m cuda tests)
   step install 120 "$PY" -m pip install --no-deps --no-index --no-build-isolation -e .
   "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >"$LOG/machine.log" 2>&1
@@ -64,6 +67,7 @@ fi
 step tests-cuda 120 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
 step train-step 170 "$PY" benchmarks/train_step.py "${BENCH[@]}" --backend compile,torch --json "$LOG/train_step.json"
 step paper-run 100 "$PY" benchmarks/paper_run.py "${PAPER[@]}" --backends compile,torch
+step together 120 "$PY" benchmarks/together.py "${TOGETHER[@]}"
 if [ $SMOKE -eq 0 ]; then
   step suite 400 "$PY" -m pytest -q -n 8 -p no:cacheprovider
 fi
@@ -78,5 +82,7 @@ echo "--- train_step (median ms and ratio to plain Adam; gate passes' fraction o
 grep -E "^\[|^  (plain|mask|floor|vmap|copy|gate|adam)" "$LOG/train-step.log" 2>/dev/null | sed 's/^/  /'
 echo "--- paper-size add/mul:"
 grep -E '^\{' "$LOG/paper-run.log" 2>/dev/null | sed 's/^/  /'
+echo "--- masks alone vs together:"
+grep -E '^\{' "$LOG/together.log" 2>/dev/null | sed 's/^/  /'
 [ $SMOKE -eq 0 ] && { echo "--- whole suite (-n 8):"; tail -n 2 "$LOG/suite.log" 2>/dev/null | sed 's/^/  /'; }
 exit 0
