@@ -181,3 +181,18 @@ def test_saved_probe_of_one_example_cut_from_a_large_batch_is_not_the_whole_batc
         per[batch] = saved_bytes_per_example(model, names, lambda o, one=one: MaskedModel(model, o)(one).sum(), 1)
     assert per[4096] == per[8]
     assert (42 + 256) * 4 <= per[8] <= 3 * (42 + 256 + 20) * 4
+
+
+def test_masks_trained_together_are_counted_each():
+    """--together holds every mask's logits, Adam state, samples (and their stacked copy) and activations."""
+    from maskprobe.learning.memory import estimate
+
+    model = nn.Sequential(nn.Linear(42, 256), nn.ReLU(), nn.Linear(256, 20))
+    names = ["0.weight", "2.weight"]
+    one = estimate(model, names, device="cpu", batch_size=64, samples=4, act_per_example=1000)
+    three = estimate(model, names, device="cpu", batch_size=64, samples=4, act_per_example=1000, masks=3)
+    n = 42 * 256 + 256 * 20
+    assert (three.logits, three.optimizer) == (3 * one.logits, 3 * one.optimizer) == (24 * n, 24 * n)
+    assert three.activations == 3 * one.activations and three.grads == 3 * one.grads
+    assert three.samples == 4 * n * (4 + 4 + 4) * 3 and one.samples == 4 * n * (4 + 4)
+    assert three.backward == one.backward and three.finish == one.finish  # one tensor / one mask at a time

@@ -233,11 +233,14 @@ def estimate(
     samples: int,
     act_per_example: int,
     act_factor: float = ACT_FACTOR,
+    masks: int = 1,
 ) -> MemoryEstimate:
     """The estimate for masking ``names`` of ``module`` with batch ``batch_size`` and ``samples`` samples per step.
 
     ``act_per_example`` is what :func:`activation_bytes_per_example` measured (``act_factor`` :data:`ACT_FACTOR`),
-    or :func:`saved_bytes_per_example` (``act_factor`` :data:`SAVED_FACTOR`)."""
+    or :func:`saved_bytes_per_example` (``act_factor`` :data:`SAVED_FACTOR`). ``masks`` masks trained at once
+    (``--together``) each hold their logits, Adam state, samples and activations, and their samples are copied
+    once more into the one stacked input of the shared forward (``w`` bytes per weight and sample)."""
     device = torch.device(device)
     params = dict(module.named_parameters())
     n = sum(params[m].numel() for m in names)
@@ -251,16 +254,16 @@ def estimate(
         device=str(device),
         masked=n,
         weights=0 if device.type == "cpu" else resident,  # on the CPU the loaded checkpoint is already in memory
-        logits=8 * n,
-        optimizer=8 * n,
-        samples=int(k * n * (4 + wbytes)),
+        logits=8 * n * masks,
+        optimizer=8 * n * masks,
+        samples=int(k * n * (4 + wbytes + (wbytes if masks > 1 else 0)) * masks),
         backward=BACKWARD_BYTES_PER_ELEMENT * largest,
         finish=int(n * (4 + wbytes)),
-        activations=int(act_factor * act_per_example * batch_size),
+        activations=int(act_factor * act_per_example * batch_size * masks),
         activation_per_example=act_per_example,
         batch_size=batch_size,
         num_samples=k,
-        grads=int(n * wbytes),
+        grads=int(n * wbytes * masks),
         runtime=CPU_RUNTIME if on_cpu else 0,
         resident=resident_bytes() if on_cpu else 0,
         act_factor=act_factor,

@@ -212,14 +212,15 @@ def _train_locked(
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
     masked = [r.name for r in rows if r.masked]
     task0 = request.tasks[0][0]
+    at_once = len(jobs) if request.together and not shard and not world.distributed and not request.resume else 1
     if request.dry_run:
         from .memory import memory_plan
 
-        plan = memory_plan(_estimate_memory(ckpt.model, task0, config, masked), world.size)
+        plan = memory_plan(_estimate_memory(ckpt.model, task0, config, masked, at_once), world.size)
         return RunResult(ckpt.to_dict(), memory_plan=plan)
     if not shard:  # a meta-device model has no activations to measure
         per_process = dataclasses.replace(config, samples=config.samples // world.size)  # K/R samples each
-        _check_memory(ckpt.model, task0, per_process, masked, request.memory_limit)
+        _check_memory(ckpt.model, task0, per_process, masked, request.memory_limit, at_once)
     shapes = {r.name: tuple(r.shape) for r in rows if r.masked}
     if config.fixed_from and not shard:  # the fixed tensors keep no logits in a state file
         from .engine import fixed_masks
@@ -228,7 +229,7 @@ def _train_locked(
             shapes.pop(name)
     out = RunResult(ckpt.to_dict())
     ahead = None  # --together: every mask trained at once (together.py), then written below in order
-    if request.together and len(jobs) > 1 and not shard and not world.distributed and not request.resume:
+    if at_once > 1:
         from .together import train_together
 
         configs = [dataclasses.replace(c, device=str(dev), **auto) for _, _, c, _ in jobs]
@@ -476,19 +477,22 @@ def refuse_existing(plans: list) -> None:
         raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
 
 
-def _check_memory(module: Any, task: Any, config: TrainConfig, names: list[str], limit: int | str | None) -> None:
-    """Refuse before the first step when the estimate exceeds ``limit`` (``"auto"``: the device's free memory)."""
+def _check_memory(module: Any, task: Any, config: TrainConfig, names: list[str], limit: int | str | None,
+                  masks: int = 1) -> None:  # fmt: skip
+    """Refuse before the first step when the estimate for ``masks`` masks at once exceeds ``limit`` (``"auto"``:
+    the device's free memory)."""
     from .memory import available_bytes, check_fits
 
     if limit is None:  # --memory-limit off
         return
     budget = available_bytes(config.device) if limit == "auto" else int(limit)
     if budget is not None:
-        check_fits(_estimate_memory(module, task, config, names), budget)
+        check_fits(_estimate_memory(module, task, config, names, masks), budget)
 
 
-def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[str]) -> Any:
-    """memory.estimate for this run; ``config.samples`` is what one process runs."""
+def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[str], masks: int = 1) -> Any:
+    """memory.estimate for this run; ``config.samples`` is what one process runs, ``masks`` how many masks train
+    at once (``--together``)."""
     import torch
 
     from ..measure.evaluation import task_loss
@@ -510,4 +514,4 @@ def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[st
         if act <= 0:
             act, factor = activation_bytes_per_example(module, lambda: run_with({}), 1), ACT_FACTOR
     return estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples,
-                    act_per_example=act, act_factor=factor)  # fmt: skip
+                    act_per_example=act, act_factor=factor, masks=masks)  # fmt: skip
