@@ -1,4 +1,5 @@
-"""How much does ``--precision bf16`` change the mask? Agreement with fp32's, against two fp32 seeds' (issue 23 item 6).
+"""How much do ``--precision bf16`` and ``--adam-state bf16`` change the mask? Agreement with fp32's, against two
+fp32 seeds' (issue 23 items 6 and 7).
 
 Trains the add/mul FNN (42-256x4-20, the base recipe, seed 0), then the ``arith-mul`` mask on it at each
 precision and seed (``maskprobe.learning.training.train_mask``, the defaults but ``--steps``), and prints one
@@ -11,6 +12,7 @@ Run::
     python benchmarks/precision.py                       # bf16 vs fp32, seeds 0 and 1, 2,000 steps (~2 min, 1 core)
     python benchmarks/precision.py --beta 1e-3                           # a sparser mask
     python benchmarks/precision.py --precisions fp32,tf32 --device cuda   # on a GPU (unmeasured so far)
+    python benchmarks/precision.py --precisions fp32,fp32/adam-bf16      # Adam's moments stored in bf16
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def agreement(a: dict, b: dict) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--precisions", default="fp32,bf16", help="comma list; the first is the reference")
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="comma list of PRECISION or PRECISION/adam-STATE (--adam-state); the first is the reference")  # fmt: skip
     p.add_argument("--seeds", default="0,1", help="comma list of mask seeds")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--beta", type=float, default=1e-4)
@@ -71,7 +74,9 @@ def main() -> None:
     masks, rows = {}, []
     for prec in precisions:
         for seed in seeds:
-            config = TrainConfig(steps=args.steps, beta=args.beta, seed=seed, precision=prec, device=args.device)
+            precision, _, state = prec.partition("/adam-")
+            config = TrainConfig(steps=args.steps, beta=args.beta, seed=seed, precision=precision,
+                                 adam_state=state or "fp32", device=args.device)  # fmt: skip
             r = train_mask(model, task, ref, config)
             masks[prec, seed] = {n: m.cpu() for n, m in r.masks.items()}
             rows.append((f"{prec} seed {seed}", r.density()["total"], r.metric_masked["accuracy"]))

@@ -16,6 +16,7 @@ DEVICE = "cpu"  # the library's: a notebook gets what it asks for; the CLI's --d
 EVAL_BATCH_SIZE = 1024  # batch size of every evaluation (training's final ones, evaluate, compare's ablation)
 CONTROL_SEED = 0  # seed of compare's random-removal controls
 PRECISIONS = ("fp32", "tf32", "bf16")  # TrainConfig.precision's values (docs/method.md, "Precision")
+ADAM_STATES = ("fp32", "bf16")  # TrainConfig.adam_state's values (docs/method.md, "Adam's state in bf16")
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a 64-bit signed integer (beyond it, an overflow deep inside torch)
 
 
@@ -66,6 +67,10 @@ class TrainConfig:
             (CUDA's TF32 matmuls and convolutions for the run; on the CPU the same as fp32, with a warning) or
             ``bf16`` (``torch.autocast`` to bfloat16). The gates, logits, Adam, the regulariser and the final
             evaluations stay fp32 (docs/method.md, "Precision"). Recorded only when not fp32.
+        adam_state: the dtype Adam's two moments of the logits are stored in: ``fp32`` (the default) or ``bf16``
+            (half the optimiser's memory, 4 bytes per masked weight instead of 8; the update itself is computed in
+            fp32). Not with the numba backend (``auto`` picks torch on the CPU) or ``--shard``. Recorded only when
+            not fp32.
         eval_batch_size: batch size of the evaluations (default 1024).
         log_every: progress events every this many steps (default 25).
         eval_every: the task metric under the current mask every this many steps, on one evaluation batch
@@ -96,6 +101,7 @@ class TrainConfig:
     backend: str = "auto"
     batched_samples: bool = False
     precision: str = "fp32"
+    adam_state: str = "fp32"
     eval_batch_size: int = EVAL_BATCH_SIZE
     log_every: int = 25
     eval_every: int | None = None
@@ -107,8 +113,8 @@ class TrainConfig:
 
     def hparams(self) -> dict[str, Any]:
         """What a mask file records (and a resumed run must agree on): every field but the selection and the
-        progress cadence; ``keep``, ``chosen`` and ``precision`` only when set (a fixed-beta fp32 run records what it
-        always did, and its old mask and state files still match)."""
+        progress cadence; ``keep``, ``chosen``, ``precision`` and ``adam_state`` only when set (a fixed-beta fp32
+        run records what it always did, and its old mask and state files still match)."""
         d = asdict(self)
         for key in ("selection", "log_every", "eval_every"):
             d.pop(key)
@@ -119,8 +125,9 @@ class TrainConfig:
             d["chosen"] = list(self.chosen)
         else:
             d.pop("chosen")
-        if self.precision == "fp32":
-            d.pop("precision")
+        for key in ("precision", "adam_state"):
+            if d[key] == "fp32":
+                d.pop(key)
         return d
 
     def check(self) -> None:
@@ -158,6 +165,8 @@ class TrainConfig:
             raise BadInputError("--keep moves beta by factors from its start: give a --beta > 0 to start from")
         if self.precision not in PRECISIONS:
             raise BadInputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.adam_state not in ADAM_STATES:
+            raise BadInputError(f"--adam-state must be one of {', '.join(ADAM_STATES)}, got {self.adam_state!r}")
         if self.batch_size < self.samples:
             raise BadInputError(
                 f"--batch-size {self.batch_size} is smaller than --samples {self.samples}: the batch must hold at least "

@@ -57,8 +57,8 @@ def test_metadata_records_everything_needed_to_reproduce(ckpt, first):
     # target, the automatically chosen settings and a --precision other than fp32 only where a run has them (a
     # fixed-beta fp32 run records what it did)
     config_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"selection", "log_every", "eval_every"}
-    assert config_fields - {"keep", "chosen", "precision"} <= set(hp), config_fields - set(hp)
-    assert "keep" not in hp and "controller" not in hp and "precision" not in hp
+    assert config_fields - {"keep", "chosen", "precision", "adam_state"} <= set(hp), config_fields - set(hp)
+    assert "keep" not in hp and "controller" not in hp and "precision" not in hp and "adam_state" not in hp
     assert hp["seed"] == 7 and meta["seed"] == 7 and hp["steps"] == 40 and hp["beta"] == 0.001 and hp["device"] == "cpu"
     assert hp["init"] == 0.05 and 0 < meta["density"]["total"] < 1
     assert meta["selection"] == {"include": [], "exclude": [], "mask_biases": False, "mask_norms": False}

@@ -166,6 +166,15 @@ def train(
             "metric stay fp32 (docs/method.md).",
         ),
     ] = D.precision,
+    adam_state: Annotated[
+        str,
+        typer.Option(
+            "--adam-state",
+            rich_help_panel=RUNNING,
+            metavar="DTYPE",
+            help="Adam's moments of the logits in fp32 or bf16 (half the optimiser memory; docs/method.md).",
+        ),
+    ] = D.adam_state,
     together: Annotated[
         bool,
         typer.Option(
@@ -267,7 +276,7 @@ def train(
     config = TrainConfig(steps=steps or D.steps, batch_size=batch_size or D.batch_size, lr=D.lr if lr is None else lr,
                          beta=betas[0], keep=keep, chosen=chosen, samples=samples, init=init, tau=tau,
                          clip=clip, seed=seed_list[0], device=device, backend=backend, selection=selection,
-                         batched_samples=batched_samples, precision=precision,
+                         batched_samples=batched_samples, precision=precision, adam_state=adam_state,
                          fixed_from=str(fix_from) if fix_from else None, fixed=parse_globs(fix) or D.fixed)  # fmt: skip
     request = TrainRequest(
         checkpoint=checkpoint, tasks=resolve_tasks(task, task_arg), out=out, config=config, seeds=tuple(seed_list),

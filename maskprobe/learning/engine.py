@@ -49,6 +49,7 @@ class FusedEngine:
         self.mask = MaskLogits(
             {n: params[n].detach() for n in self.names if n not in self.fixed},
             init=config.init, lr=config.lr, tau=config.tau, seed=config.seed, backend=config.backend,
+            state_dtype=torch.bfloat16 if config.adam_state == "bf16" else torch.float32,
         )  # fmt: skip
         self._fixed_weights = masked_weights(self.module, self.fixed)
         self._logits = self.mask.logits()

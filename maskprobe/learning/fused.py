@@ -145,8 +145,8 @@ def adam(
     ok = torch.isfinite(norm) & loss_ok & (fail[0] == 0)
     factor = torch.clamp(clip / (norm + 1e-6), max=1.0).to(torch.float32)
     g = grad * factor
-    m_new = torch.lerp(m, g, 1.0 - b1)
-    v_new = v * b2 + (1.0 - b2) * g * g
+    m_new = torch.lerp(m.float(), g, 1.0 - b1)  # moments stored in bf16 (--adam-state) are updated in fp32
+    v_new = v.float() * b2 + (1.0 - b2) * g * g
     step_size, bc2 = scal[0].to(torch.float32), scal[1].to(torch.float32)
     l_new = logits + (-step_size) * m_new / (v_new.sqrt() / bc2 + eps)
     l_out = torch.where(ok, l_new, logits)

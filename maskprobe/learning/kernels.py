@@ -126,7 +126,14 @@ def adam_step(
 ) -> None:
     """One Adam step (torch.optim.Adam's formulas) on ``grad * scale``, in place on ``logits``, ``m`` and ``v``.
 
-    The torch backend's update, and the sharded engine's on each rank's shard."""
+    The torch backend's update, and the sharded engine's on each rank's shard. Moments stored in another dtype
+    (``--adam-state bf16``) are updated in fp32 copies and stored back rounded."""
+    if m.dtype != torch.float32:
+        m32, v32 = m.float(), v.float()
+        adam_step(logits, grad, m32, v32, lr=lr, b1=b1, b2=b2, eps=eps, t=t, scale=scale)
+        m.copy_(m32)
+        v.copy_(v32)
+        return
     g = grad * scale
     m.lerp_(g, 1.0 - b1)
     v.mul_(b2).addcmul_(g, g, value=1.0 - b2)

@@ -39,11 +39,11 @@ BETAS = (0.9, 0.999)
 EPS = 1e-8
 
 
-def resolve_backend(name: str, device: torch.device, dtypes: Sequence[torch.dtype]) -> str:
-    """``auto`` -> ``numba`` on the CPU with float32 weights when numba is installed, ``compile`` on CUDA, else
-    ``torch``. Resolving imports nothing: ``compile`` compiles on the first step (maskprobe/learning/fused.py)."""
+def resolve_backend(name: str, device: torch.device, dtypes: Sequence[torch.dtype], state: torch.dtype = torch.float32) -> str:
+    """``auto`` -> ``numba`` on the CPU with float32 weights (and Adam state) when numba is installed, ``compile`` on
+    CUDA, else ``torch``. Resolving imports nothing: ``compile`` compiles on the first step (maskprobe/learning/fused.py)."""
     if name == "auto":
-        ok = device.type == "cpu" and kernels.numba_available() and all(d == torch.float32 for d in dtypes)
+        ok = device.type == "cpu" and kernels.numba_available() and all(d == torch.float32 for d in [*dtypes, state])
         return "numba" if ok else "compile" if device.type == "cuda" else "torch"
     if name == "compile":
         return name
@@ -52,6 +52,8 @@ def resolve_backend(name: str, device: torch.device, dtypes: Sequence[torch.dtyp
             raise BadInputError("--backend numba needs numba: pip install 'maskprobe[fast]'")
         if device.type != "cpu" or any(d != torch.float32 for d in dtypes):
             raise BadInputError("--backend numba runs on the CPU with float32 weights only; use --backend torch")
+        if state != torch.float32:
+            raise BadInputError("--backend numba keeps Adam's state in fp32 only; use --backend torch with --adam-state bf16")
         return name
     if name == "torch":
         return name
@@ -68,6 +70,8 @@ class MaskLogits:
         tau: Gumbel-sigmoid temperature (default 1.0); changes the gradient only.
         seed: noise seed; sample k of step t is a pure function of (seed, t, k).
         backend: ``"auto"``, ``"numba"``, ``"torch"`` or ``"compile"`` (see the module docstring).
+        state_dtype: the dtype of Adam's moments (``torch.bfloat16``: half the memory; the update is computed in
+            fp32 and its moments stored rounded).
     """
 
     def __init__(
@@ -79,13 +83,14 @@ class MaskLogits:
         tau: float = DEFAULTS.tau,
         seed: int = 0,
         backend: str = "auto",
+        state_dtype: torch.dtype = torch.float32,
     ):
         if not weights:
             raise BadInputError("no parameters to mask")
         self.names = list(weights)
         first = next(iter(weights.values()))
         self.device = first.device
-        self.backend = resolve_backend(backend, self.device, [w.dtype for w in weights.values()])
+        self.backend = resolve_backend(backend, self.device, [w.dtype for w in weights.values()], state_dtype)
         # flat, contiguous views of the weights: kernels index elements 0..n-1 of each tensor
         self._w = [weights[n].detach().contiguous().reshape(-1) for n in self.names]
         self._shapes = [tuple(weights[n].shape) for n in self.names]
@@ -96,8 +101,8 @@ class MaskLogits:
         f32 = dict(dtype=torch.float32, device=self.device)
         self.flat_logits = torch.full((self.numel,), float(init), **f32)
         self._buf = torch.sigmoid(self.flat_logits)  # p during forward/backward, the gradient in update()
-        self.exp_avg = torch.zeros(self.numel, **f32)
-        self.exp_avg_sq = torch.zeros(self.numel, **f32)
+        self.exp_avg = torch.zeros(self.numel, dtype=state_dtype, device=self.device)  # Adam's moments: fp32, or
+        self.exp_avg_sq = torch.zeros(self.numel, dtype=state_dtype, device=self.device)  # bf16 (--adam-state)
         self.adam_step = 0
         self._logit_sum: float | Tensor = float(self.flat_logits.sum())
         self._gated: list[list[Tensor]] = []  # reusable output buffers, one set per sample index

@@ -234,13 +234,15 @@ def estimate(
     act_per_example: int,
     act_factor: float = ACT_FACTOR,
     masks: int = 1,
+    state_bytes: int = 4,
 ) -> MemoryEstimate:
     """The estimate for masking ``names`` of ``module`` with batch ``batch_size`` and ``samples`` samples per step.
 
     ``act_per_example`` is what :func:`activation_bytes_per_example` measured (``act_factor`` :data:`ACT_FACTOR`),
     or :func:`saved_bytes_per_example` (``act_factor`` :data:`SAVED_FACTOR`). ``masks`` masks trained at once
     (``--together``) each hold their logits, Adam state, samples and activations, and their samples are copied
-    once more into the one stacked input of the shared forward (``w`` bytes per weight and sample)."""
+    once more into the one stacked input of the shared forward (``w`` bytes per weight and sample).
+    ``state_bytes``: the bytes of each of Adam's two moments per weight (2 with ``--adam-state bf16``)."""
     device = torch.device(device)
     params = dict(module.named_parameters())
     n = sum(params[m].numel() for m in names)
@@ -255,7 +257,7 @@ def estimate(
         masked=n,
         weights=0 if device.type == "cpu" else resident,  # on the CPU the loaded checkpoint is already in memory
         logits=8 * n * masks,
-        optimizer=8 * n * masks,
+        optimizer=2 * state_bytes * n * masks,
         samples=int(k * n * (4 + wbytes + (wbytes if masks > 1 else 0)) * masks),
         backward=BACKWARD_BYTES_PER_ELEMENT * largest,
         finish=int(n * (4 + wbytes)),

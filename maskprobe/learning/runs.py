@@ -514,4 +514,5 @@ def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[st
         if act <= 0:
             act, factor = activation_bytes_per_example(module, lambda: run_with({}), 1), ACT_FACTOR
     return estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples,
-                    act_per_example=act, act_factor=factor, masks=masks)  # fmt: skip
+                    act_per_example=act, act_factor=factor, masks=masks,
+                    state_bytes=2 if config.adam_state == "bf16" else 4)  # fmt: skip

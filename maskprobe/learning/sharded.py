@@ -180,6 +180,8 @@ class ShardedEngine:
     def __init__(self, build: Callable[[], nn.Module], checkpoint: str | Path, config: Any):
         if config.fixed_from:
             raise BadInputError("--fix-from does not run with --shard yet: train those masks without --shard")
+        if config.adam_state != "fp32":
+            raise BadInputError("--adam-state bf16 does not run with --shard yet: each rank keeps fp32 moments of its shard")
         self.world = distributed.current()
         self.device = torch.device(config.device)
         self.config = config
