@@ -1,8 +1,8 @@
 """M masks of one frozen model alone (one after the other) against together (``train --together``), one run.
 
 The masks of a ``--seeds`` sweep of the add task on an add/mul FNN; the same settings both ways; prints one JSON
-line: seconds alone, seconds together, the ratio, and whether every mask agrees bitwise. A first short run of each
-way warms up (numba, the compile backend, CUDA) and is not timed.
+line: seconds alone, seconds together, the ratio, and the lowest fraction of weights on which a mask agrees with
+its twin. A first short run of each way warms up (numba, the compile backend, CUDA) and is not timed.
 
 Run::
 
@@ -65,15 +65,14 @@ def main(argv: list[str] | None = None) -> int:
             timed(ckpt, args.hidden, root / "warm", 2, 3, args.device, args.samples, together)
         alone = timed(ckpt, args.hidden, root / "alone", args.masks, args.steps, args.device, args.samples, False)
         both = timed(ckpt, args.hidden, root / "together", args.masks, args.steps, args.device, args.samples, True)
-        same = all(
-            all(bool((a[n] == b[n]).all()) for n in a)
-            for a, b in ((load_masks(root / w / f"arith-add.seed{s}.safetensors").masks for w in ("alone", "together"))
-                         for s in range(args.masks))
-        )  # fmt: skip
+        agree = []
+        for s in range(args.masks):
+            a, b = (load_masks(root / w / f"arith-add.seed{s}.safetensors").masks for w in ("alone", "together"))
+            agree.append(sum(int((a[n] == b[n]).sum()) for n in a) / sum(t.numel() for t in a.values()))
     print(json.dumps({"device": args.device, "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                       "hidden": args.hidden, "masks": args.masks, "steps": args.steps, "samples": args.samples,
                       "alone_s": round(alone, 2), "together_s": round(both, 2), "together_over_alone": round(both / alone, 3),
-                      "masks_bitwise_equal": same}))  # fmt: skip
+                      "min_agreement": round(min(agree), 6)}))  # fmt: skip
     return 0
 
 
