@@ -97,8 +97,18 @@ class TrainProgress:
         self._bar_column.bar_width = bar
         return {"label": label, "stats": stats}
 
+    # the bars open at once (train --together): one rich Progress, one line each (rich < 15 refuses a second live
+    # display); [progress, bar column, users] while any is open
+    _shared: list[Any] | None = None
+
     def __enter__(self) -> Callable[[Any], None]:
         if not self.quiet and interactive(self.console):
+            shared = TrainProgress._shared
+            if shared is not None and shared[0].console is self.console:
+                self._bar, self._bar_column = shared[0], shared[1]
+                shared[2] += 1
+                self._id = self._bar.add_task(self.task, total=self.steps, completed=self.start, **self._fields())
+                return self.update
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             from rich.table import Column
 
@@ -114,6 +124,7 @@ class TrainProgress:
                 transient=False,
             )
             self._bar.start()
+            TrainProgress._shared = [self._bar, self._bar_column, 1]
             self._id = self._bar.add_task(self.task, total=self.steps, completed=self.start, **self._fields())
         return self.update
 
@@ -138,7 +149,12 @@ class TrainProgress:
             )
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
+        shared = TrainProgress._shared
+        if self._bar is None or shared is None or shared[0] is not self._bar:
+            return
+        shared[2] -= 1
+        if shared[2] == 0:
+            TrainProgress._shared = None
             self._bar.stop()
 
 

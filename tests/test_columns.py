@@ -322,3 +322,26 @@ def test_inspect_keeps_long_tensor_names_whole_at_80_columns(tmp_path, capsys, m
     assert run(["inspect", str(path)]) == 0
     lines = lines_of(capsys.readouterr().out, 80)
     assert all(name in lines for name in LONG)  # each on a line of its own, not folded into fragments
+
+
+def test_bars_open_at_once_share_one_live_display(terminal, monkeypatch):
+    """train --together opens one bar per mask at once: one rich Progress, a line each (rich < 15 refuses a second
+    live display), stopped when the last bar closes."""
+    console, buf = terminal(100)
+    started = []
+    real_start = progress.TrainProgress.__enter__
+
+    def counting(self):
+        out = real_start(self)
+        started.append(self._bar)
+        return out
+
+    monkeypatch.setattr(progress.TrainProgress, "__enter__", counting)
+    a, b = progress.TrainProgress(console, "arith-add seed=0", 100), progress.TrainProgress(console, "arith-add seed=1", 100)
+    with a as cb_a, b as cb_b:
+        assert started[0] is started[1] and progress.TrainProgress._shared is not None
+        cb_a(StepEvent("ignored", 40, 100, 0.5, 0.5, 0.9, 1.0, None, "accuracy"))
+        cb_b(StepEvent("ignored", 70, 100, 0.5, 0.5, 0.8, 1.0, None, "accuracy"))
+    assert progress.TrainProgress._shared is None and not started[0].live.is_started
+    out = buf.getvalue()
+    assert "40/100" in out and "70/100" in out and "seed=0" in out and "seed=1" in out
