@@ -84,3 +84,11 @@ def test_together_without_a_sweep_is_one_mask_as_before(tiny_addmul, tmp_path):
     meta = load_masks(tmp_path / "one.safetensors").metadata
     assert "masks" not in meta["engine"] and json.dumps(meta)
     assert torch.is_tensor(next(iter(load_masks(tmp_path / "one.safetensors").masks.values())))
+
+
+def test_masks_with_fixed_tensors_run_alone_and_say_so(alone_and_together, tiny_addmul, tmp_path):
+    ckpt, _, hidden = tiny_addmul
+    fixed = alone_and_together / "alone" / "arith-add.seed0.safetensors"
+    _train(ckpt, hidden, tmp_path / "f", "--seeds", "0,1", "--together", "--fix-from", str(fixed))
+    engine = load_masks(tmp_path / "f" / "arith-add.seed1.safetensors").metadata["engine"]
+    assert engine["masks"].startswith("alone") and "fix-from" in engine["masks"]

@@ -44,7 +44,7 @@ def train_together(module: Any, tasks: Sequence[tuple[Any, Any]], configs: Seque
         loops = []
         for (task, ref), cfg, label, snapshot in zip(tasks, configs, labels, snapshots, strict=True):
             engine = FusedEngine(module, cfg)
-            engine.together = "together"
+            engine.together = "alone (--fix-from tensors are held fixed)" if engine.fixed else "together"
             callback = stack.enter_context(reporter.progress(label, cfg.steps, 0))
             loops.append(steps(engine, task, ref, cfg, callback=callback, should_stop=should_stop,
                                save_every=save_every, on_snapshot=snapshot))  # fmt: skip
@@ -104,7 +104,7 @@ def run_together(loops: Sequence[Any]) -> list[Any]:
 def _key(request: Any) -> Any:
     """What masks must share to run one backward together (None: this one runs alone)."""
     engine = request.engine
-    if getattr(engine, "together", None) != "together" or engine.fixed:
+    if getattr(engine, "together", None) != "together":
         return None
     return (id(request.task), request.step, len(request.share), request.k, request.config.precision,
             id(engine.module), str(engine.device))  # fmt: skip
