@@ -92,3 +92,29 @@ def test_masks_with_fixed_tensors_run_alone_and_say_so(alone_and_together, tiny_
     _train(ckpt, hidden, tmp_path / "f", "--seeds", "0,1", "--together", "--fix-from", str(fixed))
     engine = load_masks(tmp_path / "f" / "arith-add.seed1.safetensors").metadata["engine"]
     assert engine["masks"].startswith("alone") and "fix-from" in engine["masks"]
+
+
+def test_a_stop_keeps_every_masks_state_and_resume_finishes_them(tiny_addmul, tmp_path):
+    from maskprobe.config import TrainConfig
+    from maskprobe.errors import Interrupted
+    from maskprobe.learning.runs import TrainRequest, train_masks
+    from maskprobe.tasks import load_task
+
+    ckpt, _, hidden = tiny_addmul
+    task = load_task("arith-add", {"hidden": hidden, "eval_size": 64})
+    polls = []
+
+    def stop() -> bool:  # polled once per step per mask: stop in the fifth step
+        polls.append(1)
+        return len(polls) > 8
+
+    config = TrainConfig(steps=20, batch_size=16, device="cpu")
+    request = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "o", config=config, seeds=(0, 1),
+                           together=True, memory_limit=None)  # fmt: skip
+    with pytest.raises(Interrupted, match="and 1 more"):
+        train_masks(request, should_stop=stop)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["arith-add.seed0.state.pt", "arith-add.seed1.state.pt"]
+    resumed = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "o", config=config, seeds=(0, 1),
+                           together=True, memory_limit=None, resume=True)  # fmt: skip
+    assert len(train_masks(resumed).written) == 2
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["arith-add.seed0.safetensors", "arith-add.seed1.safetensors"]

@@ -272,7 +272,8 @@ def _train_locked(
             failed = failed or exc
             continue
         if not result.completed:
-            _save_interrupted(result, plan, key, should_stop, written)
+            others = sum(1 for r in (ahead or [])[i + 1 :] if not isinstance(r, BaseException) and not r.completed)
+            _save_interrupted(result, plan, key, should_stop, written, others)
         try:
             with held(should_stop):  # a signal now waits for the mask (a second or two): it is what the run is for
                 distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, request.pack_bits))
@@ -359,9 +360,11 @@ def _with_saved_state(exc: NumericalError, plan: Any, key: dict[str, str], save_
     return NumericalError(f"{exc}; {where}")
 
 
-def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any, written: list[Path]) -> None:
+def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any, written: list[Path],
+                      others: int = 0) -> None:  # fmt: skip
     """Save the state of a run a signal stopped (no further signal interrupts the save) and raise Interrupted,
-    whose one line says where it stopped, what was kept and how to continue."""
+    whose one line says where it stopped, what was kept and how to continue (``others``: the states of that many
+    more masks, stopped with it under ``--together``, already saved)."""
     import shlex
     import sys
 
@@ -380,7 +383,8 @@ def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: 
     except BadInputError as write_error:
         raise Interrupted(f"interrupted {where}; the state could not be saved ({write_error})", signum) from None
     cmd = " ".join(shlex.quote(a) for a in ["maskprobe", *sys.argv[1:]] if a not in ("--force", "--resume"))
-    raise Interrupted(f"interrupted {where}; state saved to {plan.state}; continue with: {cmd} --resume", signum)
+    more = f" (and {others} more beside their masks)" if others else ""
+    raise Interrupted(f"interrupted {where}; state saved to {plan.state}{more}; continue with: {cmd} --resume", signum)
 
 
 def _write_mask(plan: Any, result: Any, ckpt: Any, pack_bits: bool = False) -> None:
