@@ -22,6 +22,7 @@ from ..devices import module_on
 from ..measure.evaluation import evaluate_task
 from . import distributed
 from .batching import rebuild, to_device
+from .gates import binarize
 from .masked import MaskedModel, frozen, masked_weights
 from .maskstep import NOISE, MaskLogits
 from .selection import select_parameters
@@ -97,25 +98,7 @@ class FusedEngine:
         return float(total.detach())
 
     def _backward_vmap(self, step: int, stacked: tuple[Any, Any], n: int, k: int, loss_of: Callable[[Any, Any], Tensor]) -> float:
-        data, dims = stacked
-        gated = self.mask.sample_stacked(step, n)  # row i: bitwise the loop's sample i (same kernel and key)
-        fixed = self._fixed_weights
-
-        def one(weights: dict[str, Tensor], chunk: Any) -> Tensor:
-            return loss_of(MaskedModel(self.module, {**fixed, **weights}), chunk)
-
-        with without_fastpath():
-            losses = torch.func.vmap(one, in_dims=(0, dims), randomness="error")(gated, to_device(data, self.device))
-        total = torch.zeros((), device=self.device)
-        for i in range(n):  # the loop's order of additions
-            total = total + losses[i] / k
-        names = list(gated)
-        if total.requires_grad:
-            grads = torch.autograd.grad(total, [gated[m] for m in names], allow_unused=True)
-        else:
-            grads = (None,) * len(names)
-        self._grads = [{m: None if g is None else g[i] for m, g in zip(names, grads, strict=True)} for i in range(n)]
-        return self._loss(total)
+        return vmap_backward([self], step, n, [k], stacked, loss_of)[0]
 
     def accept(self, grads: list[dict[str, Tensor | None]], total: Tensor) -> float | Tensor:
         """Take one step's per-sample gradients of the gated weights and the loss ``total`` computed elsewhere
@@ -166,7 +149,7 @@ class FusedEngine:
 
     def masks(self) -> dict[str, Tensor]:
         """The final mask: ``logit > 0`` (bool, on the CPU), with the fixed tensors as given; in model order."""
-        trained = {n: (t > 0).cpu() for n, t in self._logits.items()}
+        trained = {n: binarize(t).cpu() for n, t in self._logits.items()}
         return {n: self.fixed[n].cpu() if n in self.fixed else trained[n] for n in self.names}
 
     def evaluate(self, task: Any, masks: dict[str, Tensor] | None, batch_size: int, batches: int | None = None) -> dict:
@@ -221,6 +204,42 @@ def fixed_masks(module: nn.Module, names: Sequence[str], config: TrainConfig) ->
             raise BadInputError(f"--fix-from {config.fixed_from}: {n!r} has shape {tuple(source[n].shape)}, the model's is "
                                 f"{tuple(params[n].shape)}")  # fmt: skip
     return {n: source[n].to(params[n].device) for n in chosen}
+
+
+def vmap_backward(engines: Sequence[FusedEngine], step: int, n: int, ks: Sequence[int], stacked: tuple[Any, Any],
+                  loss_of: Callable[[Any, Any], Tensor]) -> list[float | Tensor]:  # fmt: skip
+    """Samples ``0..n-1`` of step ``step`` of every engine (one mask each, on the first engine's module, with its
+    fixed weights) as one ``torch.func.vmap`` over their stacked gated weights and the stacked chunks ``stacked``
+    (engine-major, as :func:`stack_chunks` gives them), then one backward; each engine takes its samples'
+    gradients and its loss (its ``k`` from ``ks``), summed in the loop's order. One engine: ``--batched-samples``;
+    several: ``--together`` (:mod:`maskprobe.learning.together`)."""
+    data, dims = stacked
+    first = engines[0]
+    gated = [e.mask.sample_stacked(step, n) for e in engines]  # row i: bitwise the loop's sample i (same kernel and key)
+    names = list(gated[0])
+    weights = gated[0] if len(gated) == 1 else {m: torch.cat([g[m] for g in gated]) for m in names}
+    module, fixed = first.module, first._fixed_weights
+
+    def one(w: dict[str, Tensor], chunk: Any) -> Tensor:
+        return loss_of(MaskedModel(module, {**fixed, **w}), chunk)
+
+    with without_fastpath():
+        losses = torch.func.vmap(one, in_dims=(0, dims), randomness="error")(weights, to_device(data, first.device))
+    totals = []
+    for e, k in enumerate(ks):
+        total = torch.zeros((), device=first.device)
+        for i in range(n):  # the loop's order of additions
+            total = total + losses[e * n + i] / k
+        totals.append(total)
+    leaves = [g[m] for g in gated for m in names]
+    grand = sum(totals[1:], totals[0])
+    grads = torch.autograd.grad(grand, leaves, allow_unused=True) if grand.requires_grad else (None,) * len(leaves)
+    out = []
+    for e, engine in enumerate(engines):
+        mine = grads[e * len(names) : (e + 1) * len(names)]
+        per_sample = [{m: None if g is None else g[i] for m, g in zip(names, mine, strict=True)} for i in range(n)]
+        out.append(engine.accept(per_sample, totals[e]))
+    return out
 
 
 def seed_bytes(seed: int) -> Tensor:

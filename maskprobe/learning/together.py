@@ -19,9 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .batching import to_device
-from .engine import FusedEngine, stack_chunks, without_fastpath
-from .masked import MaskedModel
+from .engine import FusedEngine, stack_chunks, vmap_backward
 
 
 def train_together(module: Any, tasks: Sequence[tuple[Any, Any]], configs: Sequence[Any], labels: Sequence[str],
@@ -121,32 +119,6 @@ def backward_together(requests: Sequence[Any]) -> list[float | Tensor] | None:
     stacked = stack_chunks([r.chunks[j] for r in requests for j in r.share])
     if stacked is None:  # e.g. text batches padded to other lengths: alone this step, together again after
         return None
-    data, dims = stacked
-    gated = []
     for r in requests:
         r.engine.mask.sample_offset = r.share.start
-        gated.append(r.engine.mask.sample_stacked(r.step, n))
-    names = list(gated[0])
-    weights = {m: torch.cat([g[m] for g in gated]) for m in names}
-    module, loss_of = first.engine.module, first.loss_of
-
-    def one(w: dict[str, Tensor], chunk: Any) -> Tensor:
-        return loss_of(MaskedModel(module, w), chunk)
-
-    with without_fastpath():
-        losses = torch.func.vmap(one, in_dims=(0, dims), randomness="error")(weights, to_device(data, first.engine.device))
-    totals = []
-    for i, r in enumerate(requests):
-        total = torch.zeros((), device=first.engine.device)
-        for j in range(n):  # the loop's order of additions
-            total = total + losses[i * n + j] / r.k
-        totals.append(total)
-    leaves = [g[m] for g in gated for m in names]
-    grand = sum(totals[1:], totals[0])
-    grads = torch.autograd.grad(grand, leaves, allow_unused=True) if grand.requires_grad else (None,) * len(leaves)
-    out = []
-    for i, r in enumerate(requests):
-        mine = grads[i * len(names) : (i + 1) * len(names)]
-        per_sample = [{m: None if g is None else g[j] for m, g in zip(names, mine, strict=True)} for j in range(n)]
-        out.append(r.engine.accept(per_sample, totals[i]))
-    return out
+    return vmap_backward([r.engine for r in requests], first.step, n, [r.k for r in requests], stacked, first.loss_of)
