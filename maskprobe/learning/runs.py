@@ -228,13 +228,13 @@ def _train_locked(
         for name in fixed_masks(ckpt.model, masked, config):
             shapes.pop(name)
     out = RunResult(ckpt.to_dict())
+    configs = [dataclasses.replace(c, device=str(dev), **auto) for _, _, c, _ in jobs]
+    labels = [request.label(t.name, c) for (t, *_), c in zip(jobs, configs, strict=True)]
+    keys = [resume_key(c, ref, ckpt.identity_key) for (_, ref, *_), c in zip(jobs, configs, strict=True)]
     ahead = None  # --together: every mask trained at once (together.py), then written below in order
     if at_once > 1:
         from .together import train_together
 
-        configs = [dataclasses.replace(c, device=str(dev), **auto) for _, _, c, _ in jobs]
-        labels = [request.label(t.name, c) for (t, *_), c in zip(jobs, configs, strict=True)]
-        keys = [resume_key(c, ref, ckpt.identity_key) for (_, ref, *_), c in zip(jobs, configs, strict=True)]
         snapshots = [Snapshots(p.state, k, reporter.warning) for p, k in zip(plans, keys, strict=True)]
         ahead = train_together(ckpt.model, [(t, ref) for t, ref, *_ in jobs], configs, labels, reporter, should_stop,
                                request.save_every, snapshots)  # fmt: skip
@@ -242,14 +242,12 @@ def _train_locked(
             if not isinstance(r, BaseException) and not r.completed:
                 save_state(plan.state, r.state, key)
     failed: BaseException | None = None  # --together: the first mask that failed, raised once the others are written
-    for i, ((task, ref, job_config, _), plan) in enumerate(zip(jobs, plans, strict=True)):
-        cfg = dataclasses.replace(job_config, device=str(dev), **auto)
-        label = request.label(task.name, cfg)
+    for i, ((task, ref, _, _), plan) in enumerate(zip(jobs, plans, strict=True)):
+        cfg, label, key = configs[i], labels[i], keys[i]
         if request.resume and plan.mask.exists() and not plan.state.exists():
             check_finished(plan.mask, cfg, ref, ckpt)  # skipped only when made with these settings
             reporter.status(f"{label}: {plan.mask} already complete, skipped")
             continue
-        key = resume_key(cfg, ref, ckpt.identity_key)
         state = load_state(plan.state, key, shapes) if request.resume and plan.state.exists() else None
         if state is not None:
             reporter.status(f"{label}: resuming at step {state.step} from {plan.state}")
