@@ -42,10 +42,12 @@ class Thresholds:
                 raise BadInputError(f"--max-regression must be finite, got {self.max_regression}")
             for key in WORSE_WHEN:  # a check that cannot be evaluated is a usage error, never a pass
                 _baseline_score(self.baseline, key, self.baseline_path)
-        for flag, specs, arity in (("--min-specialize", self.min_specialize, 1), ("--max-reuse", self.max_reuse, 2),
-                                   ("--max-iou", self.max_iou, 2), ("--max-iomin", self.max_iomin, 2),
-                                   ("--min-density", self.min_density, 1)):  # fmt: skip
-            parse_thresholds(flag, specs, None, arity)  # malformed numbers fail before any long work
+        for key, specs in self._specs().items():  # malformed numbers fail before any long work
+            parse_thresholds("--" + key.replace("_", "-"), specs, None, 1 if key.startswith("min_") else 2)
+
+    def _specs(self) -> dict[str, Sequence[str]]:
+        """The threshold flags as :func:`evaluate_thresholds`' keyword arguments."""
+        return {k: getattr(self, k) for k in ("min_specialize", "max_reuse", "max_iou", "max_iomin", "min_density")}
 
     @property
     def functional_flag(self) -> str | None:
@@ -71,8 +73,7 @@ class Thresholds:
             "total": {"iou": grid, "iomin": grid},
             "scores": scores if functional else None,
         }
-        evaluate_thresholds(stub, min_specialize=self.min_specialize, max_reuse=self.max_reuse, max_iou=self.max_iou,
-                            max_iomin=self.max_iomin, min_density=self.min_density)  # fmt: skip
+        evaluate_thresholds(stub, **self._specs())
 
     def apply(self, report: Any) -> list[dict[str, Any]]:
         """Check ``report`` (a CompareReport); adds ``checks``, ``passed`` and ``baseline`` to its data.
@@ -81,10 +82,7 @@ class Thresholds:
             BadInputError: malformed thresholds, or a functional threshold without an ablation.
         """
         data = report.data
-        checks = evaluate_thresholds(
-            data, min_specialize=self.min_specialize, max_reuse=self.max_reuse, max_iou=self.max_iou,
-            max_iomin=self.max_iomin, min_density=self.min_density,
-        )  # fmt: skip
+        checks = evaluate_thresholds(data, **self._specs())
         if self.max_regression is not None and not data.get("scores"):
             raise BadInputError("--max-regression needs --checkpoint (it compares functional scores)")
         if self.baseline is not None:
@@ -286,33 +284,24 @@ def _flat(report: dict[str, Any]) -> dict[str, float]:
     masks = report.get("masks", [])
     if not isinstance(masks, list) or not all(isinstance(m, dict) and isinstance(m["task"], str) for m in masks):
         raise TypeError("'masks' must be a list of objects with a string 'task'")
-    _, tasks = _labels({"masks": masks})
-    out: dict[str, Any] = {}
-    for m, label in zip(masks, tasks, strict=True):
-        out[f"density[{label}]"] = m.get("density")
-    n = len(tasks)
-    pair = lambda i, j: ",".join(sorted((tasks[i], tasks[j])))  # noqa: E731  (symmetric numbers: any mask order)
-    for section, label in (("total", "total"), ("hidden", "hidden")):
+    _, labels = _labels({"masks": masks})
+    out: dict[str, Any] = {f"density[{label}]": m.get("density") for m, label in zip(masks, labels, strict=True)}
+    # each pair (i < j) keyed by its two labels sorted: the symmetric numbers match in any mask order
+    pairs = [(",".join(sorted((a, b))), i, j) for i, a in enumerate(labels) for j, b in enumerate(labels) if i < j]
+    for section in ("total", "hidden"):
         c = report.get(section)
-        if not c:
-            continue
-        for key in ("iou", "iomin", "excess_iou"):
-            for i in range(n):
-                for j in range(i + 1, n):
-                    out[f"{label}.{key}[{pair(i, j)}]"] = c[key][i][j]
+        for key in ("iou", "iomin", "excess_iou") if c else ():
+            out.update({f"{section}.{key}[{p}]": c[key][i][j] for p, i, j in pairs})
     for layer in report.get("layers") or []:
         if not isinstance(layer["name"], str):
             raise TypeError(f"a layer's 'name' must be a string, got {layer['name']!r}")
-        for i in range(n):
-            for j in range(i + 1, n):
-                out[f"layer.iou[{layer['name']}][{pair(i, j)}]"] = layer["iou"][i][j]
+        out.update({f"layer.iou[{layer['name']}][{p}]": layer["iou"][i][j] for p, i, j in pairs})
     s = report.get("scores")
     if s:
         out["p_specialize"] = s.get("p_specialize")
         out["p_reuse"] = s.get("p_reuse")
-        for i, t in enumerate(tasks):
-            if s.get("specialization") and i < len(s["specialization"]):
-                out[f"specialization[{t}]"] = s["specialization"][i]
+        spec = s.get("specialization") or []
+        out.update({f"specialization[{t}]": spec[i] for i, t in enumerate(labels[: len(spec)])})
     return {k: v for k, v in out.items() if _number(v)}
 
 
