@@ -33,6 +33,11 @@ from .options import (
 D = TrainConfig()  # every default comes from the config, once
 
 
+def _option(panel: str, metavar: str, help: str, *flags: str, **extra: Any) -> Any:
+    """An option of ``panel`` in train --help (``metavar`` "": an on/off switch, no type printed after it)."""
+    return typer.Option(*flags, rich_help_panel=panel, metavar=metavar, help=help, **extra)
+
+
 def train(
     ctx: typer.Context,
     checkpoint: Annotated[
@@ -45,65 +50,36 @@ def train(
     model_arg: ModelArgs = [],
     trust_checkpoint: Trust = False,
     steps: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            rich_help_panel=METHOD,
-            metavar="N",
-            help="Optimiser steps per mask (paper: 20000; default: by model size and device).",
-        ),
+        int | None, _option(METHOD, "N", "Optimiser steps per mask (paper: 20000; default: by model size and device).", min=1)
     ] = None,
     batch_size: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            rich_help_panel=METHOD,
-            metavar="B",
-            help="Batch size B, split into K chunks (default: by model size and device).",
-        ),
+        int | None, _option(METHOD, "B", "Batch size B, split into K chunks (default: by model size and device).", min=1)
     ] = None,
     lr: Annotated[
-        float | None,
-        typer.Option(
-            rich_help_panel=METHOD, metavar="LR", help="Adam learning rate on the logits (default: 0.01, more for short runs)."
-        ),
+        float | None, _option(METHOD, "LR", "Adam learning rate on the logits (default: 0.01, more for short runs).")
     ] = None,
     beta: Annotated[
         str,
-        typer.Option(
-            rich_help_panel=METHOD,
-            metavar="BETA",
-            help="Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each. "
+        _option(
+            METHOD,
+            "BETA",
+            "Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each. "
             "Not given (nor --keep): 1e-4 up to 2M masked weights, --keep 0.97 past them (docs/method.md).",
         ),
     ] = str(D.beta),
     keep: Annotated[
         float | None,
-        typer.Option(
-            "--keep",
-            rich_help_panel=METHOD,
-            metavar="FRACTION",
-            help="Target instead of a fixed beta: keep this fraction of the unmasked metric (e.g. 0.95).",
+        _option(
+            METHOD, "FRACTION", "Target instead of a fixed beta: keep this fraction of the unmasked metric (e.g. 0.95).", "--keep"
         ),
     ] = None,
-    samples: Annotated[
-        int, typer.Option("--samples", "-k", min=1, rich_help_panel=METHOD, metavar="K", help="Mask samples K per step.")
-    ] = D.samples,
-    init: Annotated[
-        float, typer.Option(rich_help_panel=METHOD, metavar="LOGIT", help="Initial logit (keep probability sigmoid(init)).")
-    ] = D.init,
-    tau: Annotated[
-        float, typer.Option(rich_help_panel=METHOD, metavar="T", help="Gumbel-sigmoid temperature (gradient only).")
-    ] = D.tau,
-    clip: Annotated[
-        float, typer.Option(rich_help_panel=METHOD, metavar="NORM", help="Gradient-norm clip over the logits.")
-    ] = D.clip,
-    seed: Annotated[int, typer.Option(rich_help_panel=METHOD, metavar="N", help="Seed for data order and mask noise.")] = D.seed,
+    samples: Annotated[int, _option(METHOD, "K", "Mask samples K per step.", "--samples", "-k", min=1)] = D.samples,
+    init: Annotated[float, _option(METHOD, "LOGIT", "Initial logit (keep probability sigmoid(init)).")] = D.init,
+    tau: Annotated[float, _option(METHOD, "T", "Gumbel-sigmoid temperature (gradient only).")] = D.tau,
+    clip: Annotated[float, _option(METHOD, "NORM", "Gradient-norm clip over the logits.")] = D.clip,
+    seed: Annotated[int, _option(METHOD, "N", "Seed for data order and mask noise.")] = D.seed,
     seeds: Annotated[
-        str | None,
-        typer.Option(
-            "--seeds", rich_help_panel=METHOD, metavar="LIST", help="Several seeds, one mask each: 0,1,2 or 0-9; replaces --seed."
-        ),
+        str | None, _option(METHOD, "LIST", "Several seeds, one mask each: 0,1,2 or 0-9; replaces --seed.", "--seeds")
     ] = None,
     device: Device = "auto",
     threads: Threads = None,
@@ -113,129 +89,81 @@ def train(
     mask_norms: MaskNorms = Selection.mask_norms,
     fix_from: Annotated[
         Path | None,
-        typer.Option(
-            "--fix-from",
-            rich_help_panel=WEIGHTS,
-            metavar="MASK",
-            help="Copy tensors of this mask file into each mask and do not train them (class removal).",
+        _option(
+            WEIGHTS, "MASK", "Copy tensors of this mask file into each mask and do not train them (class removal).", "--fix-from"
         ),
     ] = None,
     fix: Annotated[
-        list[str],
-        typer.Option(
-            "--fix",
-            rich_help_panel=WEIGHTS,
-            metavar="GLOB",
-            help="With --fix-from: the tensors held fixed, globs or 'output' (the default).",
-        ),
+        list[str], _option(WEIGHTS, "GLOB", "With --fix-from: the tensors held fixed, globs or 'output' (the default).", "--fix")
     ] = [],
     allow_mismatch: Annotated[
-        bool,
-        typer.Option(
-            "--allow-mismatch",
-            rich_help_panel=WEIGHTS,
-            metavar="",
-            help="Use a --fix-from mask recorded from another checkpoint.",
-        ),
+        bool, _option(WEIGHTS, "", "Use a --fix-from mask recorded from another checkpoint.", "--allow-mismatch")
     ] = False,
     backend: Annotated[
         str,
-        typer.Option(
+        _option(
+            RUNNING,
+            "NAME",
+            "Mask-step kernels: auto (numba on the CPU when installed, compile on CUDA), numba, torch or compile.",
             "--backend",
-            rich_help_panel=RUNNING,
-            metavar="NAME",
-            help="Mask-step kernels: auto (numba on the CPU when installed, compile on CUDA), numba, torch or compile.",
         ),
     ] = D.backend,
     batched_samples: Annotated[
         bool,
-        typer.Option(
-            "--batched-samples",
-            rich_help_panel=RUNNING,
-            metavar="",
-            help="Run the K samples as one vmap where the task allows it (docs/benchmarks.md).",
-        ),
+        _option(RUNNING, "", "Run the K samples as one vmap where the task allows it (docs/benchmarks.md).", "--batched-samples"),
     ] = D.batched_samples,
     precision: Annotated[
         str,
-        typer.Option(
-            "--precision",
-            rich_help_panel=RUNNING,
-            metavar="NAME",
-            help="Forward and loss in fp32, tf32 (CUDA TF32 matmuls) or bf16 (autocast); gates, Adam and the final "
+        _option(
+            RUNNING,
+            "NAME",
+            "Forward and loss in fp32, tf32 (CUDA TF32 matmuls) or bf16 (autocast); gates, Adam and the final "
             "metric stay fp32 (docs/method.md).",
+            "--precision",
         ),
     ] = D.precision,
     adam_state: Annotated[
         str,
-        typer.Option(
+        _option(
+            RUNNING,
+            "DTYPE",
+            "Adam's moments of the logits in fp32 or bf16 (half the optimiser memory; docs/method.md).",
             "--adam-state",
-            rich_help_panel=RUNNING,
-            metavar="DTYPE",
-            help="Adam's moments of the logits in fp32 or bf16 (half the optimiser memory; docs/method.md).",
         ),
     ] = D.adam_state,
     together: Annotated[
         bool,
-        typer.Option(
+        _option(
+            RUNNING,
+            "",
+            "Train the masks of a sweep (--seeds, --beta) at once, their steps batched where they can be.",
             "--together",
-            rich_help_panel=RUNNING,
-            metavar="",
-            help="Train the masks of a sweep (--seeds, --beta) at once, their steps batched where they can be.",
         ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite existing mask files.")] = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume", rich_help_panel=RUNNING, metavar="", help="Continue interrupted runs from their .state.pt files."
-        ),
-    ] = False,
+    resume: Annotated[bool, _option(RUNNING, "", "Continue interrupted runs from their .state.pt files.", "--resume")] = False,
     save_every: Annotated[
         int,
-        typer.Option(
-            "--save-every",
-            min=0,
-            rich_help_panel=RUNNING,
-            metavar="N",
-            help="Snapshot the state every N steps (a kill loses at most N; 0: on signals only)",
+        _option(
+            RUNNING, "N", "Snapshot the state every N steps (a kill loses at most N; 0: on signals only)", "--save-every", min=0
         ),
     ] = 0,
     memory_limit: Annotated[
         str,
-        typer.Option(
-            "--memory-limit",
-            rich_help_panel=RUNNING,
-            metavar="SIZE",
-            help="Refuse to start above this estimated need, e.g. 8GiB; auto: free memory; off.",
+        _option(
+            RUNNING, "SIZE", "Refuse to start above this estimated need, e.g. 8GiB; auto: free memory; off.", "--memory-limit"
         ),
     ] = "auto",
     dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            rich_help_panel=RUNNING,
-            metavar="",
-            help="Print the memory estimate per process (1, 2, 4, 8 processes) and exit.",
-        ),
+        bool, _option(RUNNING, "", "Print the memory estimate per process (1, 2, 4, 8 processes) and exit.", "--dry-run")
     ] = False,
     shard: Annotated[
         bool,
-        typer.Option(
-            "--shard",
-            rich_help_panel=RUNNING,
-            metavar="",
-            help="Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).",
-        ),
+        _option(RUNNING, "", "Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).", "--shard"),
     ] = False,
     pack_bits: Annotated[
         bool,
-        typer.Option(
-            "--pack-bits",
-            rich_help_panel=RUNNING,
-            metavar="",
-            help="Store 8 weights per byte (read by every maskprobe command; docs/mask-format.md).",
-        ),
+        _option(RUNNING, "", "Store 8 weights per byte (read by every maskprobe command; docs/mask-format.md).", "--pack-bits"),
     ] = False,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -318,10 +246,7 @@ class CliReporter:
 
         if self.quiet:
             return
-        if self.verbose:
-            self.err.print(selection_table(rows, title=title))
-            return
-        for item in selection_summary(rows, title=title):
+        for item in [selection_table(rows, title=title)] if self.verbose else selection_summary(rows, title=title):
             if isinstance(item, str):
                 self.err.print(item, markup=False, highlight=False, soft_wrap=False)
             else:
