@@ -175,15 +175,9 @@ def check_roles_agree(readers: Sequence[MaskReader], names: Sequence[str]) -> No
     Raises:
         MaskFileError: the first tensor whose recorded role differs between two files.
     """
-    first: tuple[MaskReader, Layout] | None = None
-    for r in readers:
-        layout = recorded_layout(r.metadata, names)
-        if layout is None:
-            continue
-        if first is None:
-            first = (r, layout)
-            continue
-        r0, l0 = first
+    recorded = [(r, layout) for r in readers if (layout := recorded_layout(r.metadata, names)) is not None]
+    for r, layout in recorded[1:]:
+        r0, l0 = recorded[0]
         bad = [n for n in l0.names if l0.roles[n] != layout.roles[n]]
         if bad:
             raise MaskFileError(

@@ -112,15 +112,8 @@ def io_tensors(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
 
 def exclusive_masks(masks: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """``E_i = M_i minus the union of every other mask``, per tensor (bool tensors of the parameters' shapes)."""
-    names = list(masks[0])
-    out = []
-    for i, m in enumerate(masks):
-        others = {k: torch.zeros_like(m[k]) for k in names}
-        for j, o in enumerate(masks):
-            if j != i:
-                others = {k: others[k] | o[k] for k in names}
-        out.append({k: m[k] & ~others[k] for k in names})
-    return out
+    keepers = {k: sum(m[k].to(torch.int32) for m in masks) for k in masks[0]}  # how many masks keep each weight
+    return [{k: m[k] & (keepers[k] == 1) for k in keepers} for m in masks]
 
 
 def _random_like_counts(remove: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:

@@ -113,11 +113,12 @@ def compare(
     """
     if len(masks) < 2:
         raise BadInputError("compare needs at least two mask files")
-    if keep_io and checkpoint is None and open_checkpoint is None:
+    functional = checkpoint is not None or open_checkpoint is not None  # an ablation will run
+    if keep_io and not functional:
         raise BadInputError("--keep-io changes the ablation: it needs --checkpoint")
     if task_args and tasks:
         raise BadInputError("task_args apply to the tasks rebuilt from the masks; pass them to the tasks given instead")
-    if (task_args or trust_tasks) and checkpoint is None and open_checkpoint is None:
+    if (task_args or trust_tasks) and not functional:
         what = "--task-arg" if task_args else TRUST_FLAG
         raise BadInputError(f"{what} changes the ablation's tasks: it needs --checkpoint")
     say = progress or (lambda _msg: None)
@@ -126,10 +127,9 @@ def compare(
         names = check_compatible(readers, allow_mismatch)
         if thresholds is not None:  # a target that names no mask fails now, not after the ablation
             tasks_here = [r.task_name for r in readers]
-            functional = checkpoint is not None or open_checkpoint is not None
             thresholds.check_targets(tasks_here, mask_labels(tasks_here), functional)
         task_list = None
-        if checkpoint is not None or open_checkpoint is not None:
+        if functional:
             task_list = list(tasks) if tasks else tasks_from_metadata(readers, task_args, trust_tasks=trust_tasks)
             if len(task_list) != len(readers):
                 raise BadInputError(f"give one --task per mask ({len(readers)}), or none to use the masks' metadata")
@@ -142,7 +142,9 @@ def compare(
         layout = mask_layout(readers, names, module=checkpoint.model if checkpoint is not None else None, io=io)
         ablation = None
         if checkpoint is None:
-            ov = _count_streamed(readers, layout)
+            from .overlap import count_files
+
+            ov = count_files(readers, layout)
         else:
             ov, in_memory = _count_in_memory(readers, layout)
             say(f"ablating {len(readers)} masks on {checkpoint.path} ...")
@@ -161,12 +163,6 @@ def compare(
     return report
 
 
-def _count_streamed(readers: Sequence[MaskReader], layout: Layout) -> Any:
-    from .overlap import count_files
-
-    return count_files(readers, layout)
-
-
 def _count_in_memory(readers: Sequence[MaskReader], layout: Layout) -> tuple[Any, list[dict[str, Any]]]:
     """Read every mask tensor once, count from memory, and hand the same tensors to the ablation."""
     import torch
@@ -180,12 +176,7 @@ def _count_in_memory(readers: Sequence[MaskReader], layout: Layout) -> tuple[Any
 
 def mask_labels(tasks: Sequence[str]) -> list[str]:
     """The task name, or ``task#1``, ``task#2``, ... where several masks share a task name."""
-    seen: dict[str, int] = {}
-    out = []
-    for t in tasks:
-        seen[t] = seen.get(t, 0) + 1
-        out.append(t if tasks.count(t) == 1 else f"{t}#{seen[t]}")
-    return out
+    return [t if tasks.count(t) == 1 else f"{t}#{tasks[: k + 1].count(t)}" for k, t in enumerate(tasks)]
 
 
 def report_dict(readers: Sequence[MaskReader], ov: Any, ablation: Any, layout: Layout) -> dict[str, Any]:
@@ -229,10 +220,10 @@ def compare_groups(groups: Mapping[str, Sequence[Path]], **kwargs: Any) -> Compa
 
     thresholds = kwargs.pop("thresholds", None)
     say = kwargs.get("progress") or (lambda _msg: None)
+    names = list(groups)
     if thresholds is not None:  # the group names are the masks' names in the mean report
         functional = kwargs.get("checkpoint") is not None or kwargs.get("open_checkpoint") is not None
-        thresholds.check_targets(list(groups), list(groups), functional)
-    names = list(groups)
+        thresholds.check_targets(names, names, functional)
     if kwargs.get("task_args"):  # GROUP:key=value names a group: its place in every run
         kwargs["task_args"] = [_group_target(pair, names) for pair in kwargs["task_args"]]
     runs = match_runs(dict(groups))
@@ -241,10 +232,10 @@ def compare_groups(groups: Mapping[str, Sequence[Path]], **kwargs: Any) -> Compa
         say(f"run {k + 1}/{len(runs)}: {', '.join(p.name for p in run)}")
         reports.append(compare(run, **kwargs).data)
     mean, std = aggregate(reports)
-    for m, name in zip(mean["masks"], groups, strict=True):
+    for m, name in zip(mean["masks"], names, strict=True):
         m.update(path=f"{name} ({len(runs)} files)", task=name, label=name)
     if mean.get("ablation"):
-        mean["ablation"]["tasks"] = list(groups)
+        mean["ablation"]["tasks"] = names
     mean.update(
         std=std, runs=[[str(p) for p in run] for run in runs], groups={n: [str(p) for p in fs] for n, fs in groups.items()}
     )

@@ -15,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DEVICE, EVAL_BATCH_SIZE
+from ..devices import module_on
 from ..errors import PluginError
 from ..learning.batching import to_device
-from ..learning.masked import MaskedModel, frozen
-from ..tasks.contract import Task, describe_task
+from ..learning.masked import MaskedModel, frozen, masked_weights
+from ..tasks.contract import Task, describe_task, setup_tasks
 
 EVAL_SEED = 1234  # eval batches are drawn from a fixed seed so that every run scores on the same data
 
@@ -135,11 +136,8 @@ def evaluate_under_mask(
     Raises:
         MaskFileError: the mask does not fit the checkpoint (names, shapes, recorded identity).
     """
-    from ..devices import module_on
-    from ..learning.masked import masked_weights
     from ..masks.maskfile import load_masks, open_masks
     from ..masks.masksets import check_fits
-    from ..tasks.contract import setup_tasks
 
     setup_tasks(tasks, checkpoint)  # the contract: setup() with the checkpoint before any batches()
     module = module_on(checkpoint.model, device)  # a copy when elsewhere: the caller's checkpoint is never moved

@@ -99,13 +99,7 @@ class Counts:
             "density": [self.density(i) for i in range(self.n)],
             "intersection": self.intersection,
             "union": [[self.counts[i] + self.counts[j] - self.intersection[i][j] for j in range(self.n)] for i in range(self.n)],
-            "iou": self.matrix("iou"),
-            "iomin": self.matrix("iomin"),
-            "shared": self.matrix("shared"),
-            "chance_iou": self.matrix("chance_iou"),
-            "chance_iomin": self.matrix("chance_iomin"),
-            "excess_iou": self.matrix("excess_iou"),
-            "excess_iomin": self.matrix("excess_iomin"),
+            **{k: self.matrix(k) for k in ("iou", "iomin", "shared", "chance_iou", "chance_iomin", "excess_iou", "excess_iomin")},
             "share_of_others": [self.share_of_others(i) for i in range(self.n)],
             "by_k": self.by_k,
         }
@@ -122,8 +116,7 @@ def count_tensor(name: str, arrays: Sequence[np.ndarray], role: str = "hidden") 
         total += a
     by_k = np.bincount(total, minlength=n + 1)[: n + 1].tolist()
     in_others = [int(np.count_nonzero(flat[i] & (total > 1))) for i in range(n)]
-    shape = tuple(arrays[0].shape)
-    return Counts(name, shape, int(flat[0].size), counts, inter, in_others, [int(x) for x in by_k], role)
+    return Counts(name, tuple(arrays[0].shape), int(flat[0].size), counts, inter, in_others, [int(x) for x in by_k], role)
 
 
 def sum_counts(name: str, rows: Sequence[Counts], role: str = "total") -> Counts | None:
