@@ -29,23 +29,10 @@ from ..paths import input_kind
 FORMAT = "maskprobe.mask/1"
 _OBJECT, _INT, _NUMBER, _LIST = dict, int, (int, float), list
 # the JSON keys and the type each must decode to (validated by decode_metadata, documented in docs/mask-format.md)
-JSON_TYPES: dict[str, Any] = {
-    "task": _OBJECT,
-    "checkpoint": _OBJECT,
-    "hparams": _OBJECT,
-    "selection": _OBJECT,
-    "density": _OBJECT,
-    "metric_full": _OBJECT,
-    "metric_masked": _OBJECT,
-    "versions": _OBJECT,
-    "engine": _OBJECT,
-    "steps": _INT,
-    "seed": _INT,
-    "final_loss": _NUMBER,
-    "history": _LIST,
-    "layers": _LIST,
-    "packed": _OBJECT,
-}
+JSON_TYPES: dict[str, Any] = {"task": _OBJECT, "checkpoint": _OBJECT, "hparams": _OBJECT, "selection": _OBJECT,
+                              "density": _OBJECT, "metric_full": _OBJECT, "metric_masked": _OBJECT, "versions": _OBJECT,
+                              "engine": _OBJECT, "steps": _INT, "seed": _INT, "final_loss": _NUMBER, "history": _LIST,
+                              "layers": _LIST, "packed": _OBJECT}  # fmt: skip
 JSON_KEYS = frozenset(JSON_TYPES)
 _TYPE_WORDS = {_OBJECT: "a JSON object", _INT: "a JSON integer", _NUMBER: "a JSON number", _LIST: "a JSON array"}
 # packed-bit files (``save_masks(..., pack_bits=True)``): each tensor is uint8 holding ceil(numel/8) bytes of
@@ -174,16 +161,6 @@ def _sort_header_metadata(path: Path) -> None:
 def _check_readable(path: Path) -> None:
     if input_kind(path, f"mask file not found: {path}", MaskFileError) == "dir":  # a FIFO must not block open()
         raise MaskFileError(f"{path} is a folder, not a mask file")
-
-
-def _safe_open(path: Path, framework: str):
-    from safetensors import safe_open
-
-    _check_readable(path)
-    try:
-        return safe_open(str(path), framework=framework)
-    except Exception as exc:
-        raise MaskFileError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -332,12 +309,16 @@ class MaskReader:
         self.foreign = False
         self._npz: Any = None
         self._handle: Any = None
-        if foreign:
-            _check_readable(self.path)  # before _is_zip opens it: a FIFO would block open() forever
+        _check_readable(self.path)  # before anything opens it: a FIFO would block open() forever
         if foreign and _is_zip(self.path):
             self._open_npz()
             return
-        self._handle = _safe_open(self.path, "numpy")
+        from safetensors import safe_open
+
+        try:
+            self._handle = safe_open(str(self.path), framework="numpy")
+        except Exception as exc:
+            raise MaskFileError(f"{self.path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
         self._f = self._handle.__enter__()
         try:
             raw = self._f.metadata()
