@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError
+from ..errors import BadInputError, one_line
 
-TEXT_SUFFIXES = (".txt", ".text")
 JSON_LINES = (".jsonl", ".ndjson")
 EVAL_SPLITS = ("validation", "test", "eval", "dev")
 
@@ -58,10 +57,6 @@ class Records:
                 f"--task-arg {what}_column=NAME"
             )
         return self.columns[name]
-
-    def take(self, keep: list[int]) -> Records:
-        """The records at the indices ``keep`` (in that order)."""
-        return Records(self.source, {k: [v[i] for i in keep] for k, v in self.columns.items()})
 
 
 def read_records(path: str | Path, *, whole: bool = False) -> Records:
@@ -110,13 +105,6 @@ def _read_text(p: Path, whole: bool) -> Records:
     return Records(str(p), {"text": [line.strip() for line in text.splitlines() if line.strip()]})
 
 
-def _rows_to_columns(rows: list[dict[str, Any]], source: str) -> Records:
-    names: dict[str, None] = {}
-    for row in rows:
-        names.update(dict.fromkeys(row))
-    return Records(source, {n: [row.get(n) for row in rows] for n in names})
-
-
 def _read_json(p: Path) -> Records:
     text = _text(p)
     rows: list[Any]
@@ -137,7 +125,8 @@ def _read_json(p: Path) -> Records:
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise BadInputError(f"{p}, record {n}: a JSON object with named fields is needed, got {type(row).__name__}")
-    return _rows_to_columns(rows, str(p))
+    names = dict.fromkeys(n for row in rows for n in row)  # every field of any row, in order of appearance
+    return Records(str(p), {n: [row.get(n) for row in rows] for n in names})
 
 
 def _read_csv(p: Path, delimiter: str) -> Records:
@@ -160,14 +149,6 @@ def _read_csv(p: Path, delimiter: str) -> Records:
     return Records(str(p), {name: [r.get(name) for r in rows] for name in header})
 
 
-def _datasets(p: Path) -> Any:
-    try:
-        import datasets
-    except ImportError:
-        raise BadInputError(f"reading {p} needs the datasets library: pip install 'maskprobe[data]'") from None
-    return datasets
-
-
 def _read_parquet(p: Path) -> Records:
     try:
         import pyarrow.parquet as pq
@@ -176,8 +157,6 @@ def _read_parquet(p: Path) -> Records:
     try:
         table = pq.read_table(p)
     except Exception as exc:  # pyarrow's ArrowInvalid and friends: a damaged or non-parquet file
-        from ..errors import one_line
-
         raise BadInputError(f"{p} is not a readable parquet file ({one_line(exc)})") from None
     return Records(str(p), {name: list(values) for name, values in table.to_pydict().items()})
 
@@ -189,12 +168,13 @@ def _from_dataset(ds: Any, source: str) -> Records:
 def _read_hf_folder(p: Path) -> Records:
     if not any((p / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
         raise BadInputError(f"{p} is a folder but not a Hugging Face datasets folder (save_to_disk): give a data file")
-    datasets = _datasets(p)
+    try:
+        import datasets
+    except ImportError:
+        raise BadInputError(f"reading {p} needs the datasets library: pip install 'maskprobe[data]'") from None
     try:
         ds = datasets.load_from_disk(str(p))
     except Exception as exc:  # a damaged folder: datasets' own words, on one line
-        from ..errors import one_line
-
         raise BadInputError(f"{p}: datasets could not load it ({one_line(exc)})") from None
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)
