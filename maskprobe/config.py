@@ -39,8 +39,7 @@ class Selection:
     mask_norms: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"include": list(self.include), "exclude": list(self.exclude), "mask_biases": self.mask_biases,
-                "mask_norms": self.mask_norms}  # fmt: skip
+        return {**asdict(self), "include": list(self.include), "exclude": list(self.exclude)}
 
 
 @dataclass(frozen=True)
@@ -115,20 +114,10 @@ class TrainConfig:
         """What a mask file records (and a resumed run must agree on): every field but the selection and the
         progress cadence; ``keep``, ``chosen``, ``precision`` and ``adam_state`` only when set (a fixed-beta fp32
         run records what it always did, and its old mask and state files still match)."""
-        d = asdict(self)
-        for key in ("selection", "log_every", "eval_every"):
-            d.pop(key)
-        d["fixed"] = list(self.fixed)
-        if self.keep is None:
-            d.pop("keep")
-        if self.chosen:
-            d["chosen"] = list(self.chosen)
-        else:
-            d.pop("chosen")
-        for key in ("precision", "adam_state"):
-            if d[key] == "fp32":
-                d.pop(key)
-        return d
+        d = {k: v for k, v in asdict(self).items() if k not in ("selection", "log_every", "eval_every")}
+        d.update(fixed=list(self.fixed), chosen=list(self.chosen))
+        unset = {"keep": None, "chosen": [], "precision": "fp32", "adam_state": "fp32"}  # not recorded at these values
+        return {k: v for k, v in d.items() if k not in unset or v != unset[k]}
 
     def check(self) -> None:
         """Refuse settings that would make NaN logits or a different run than the one recorded.
@@ -204,10 +193,8 @@ def auto_settings(masked: int, device: str, given: TrainConfig, choose: tuple[st
     ``lr`` per step) within the first 8 % of the run (40 steps of 500 at lr 0.05, the MiniLM recipe), never below
     the default; ``beta`` (given neither --beta nor --keep) becomes ``keep=DEFAULT_KEEP`` from
     ``beta=KEEP_START_BETA`` past the first tier and stays the paper's within it. Settings not in ``choose`` stay."""
-    gpu = not str(device).startswith("cpu")
     tier = next(i for i, (limit, *_) in enumerate(AUTO_TIERS) if limit is None or masked <= limit)
-    _, cpu_steps, cpu_batch, gpu_steps, gpu_batch = AUTO_TIERS[tier]
-    steps, batch = (gpu_steps, gpu_batch) if gpu else (cpu_steps, cpu_batch)
+    steps, batch = AUTO_TIERS[tier][1:3] if str(device).startswith("cpu") else AUTO_TIERS[tier][3:]
     out: dict[str, Any] = {}
     if "beta" in choose and tier > 0:
         out["keep"], out["beta"] = DEFAULT_KEEP, KEEP_START_BETA
