@@ -62,6 +62,17 @@ def layer_column(table: Table, header: str = "parameter") -> None:
     table.add_column(header, overflow="fold", no_wrap=False, min_width=min(24, len(header) + 4))
 
 
+def table(title: str, *columns: str, right_from: int = 1, layers: str | None = None, **style: Any) -> Table:
+    """A table titled ``title`` (left-aligned): a first column of tensor names headed ``layers`` when given
+    (:func:`layer_column`), then ``columns``, right-justified (numbers) from the ``right_from``-th on."""
+    t = Table(title=title, title_justify="left", **style)
+    if layers is not None:
+        layer_column(t, layers)
+    for k, col in enumerate(columns):
+        t.add_column(col, justify="left" if k < right_from else "right")
+    return t
+
+
 def common_prefix(names: Sequence[str]) -> str:
     """The dotted prefix every name shares, ending in a dot (``bert.encoder.``); "" for fewer than two names or
     none shared. A whole name is never a prefix (``a.b`` and ``a.b.c`` share ``a.``)."""

@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from . import add_row, at, common_prefix, layer_column, names_fit, num, pct, plus_minus, signed
+from . import add_row, at, common_prefix, layer_column, names_fit, num, pct, plus_minus, signed, table
 
 ROLE_RANK = {"input": 0, "hidden": 1, "output": 2}
 REMOVALS = {
@@ -59,15 +59,12 @@ def _prefix_note(prefix: str) -> str:
 def _full_overlap_table(report: dict[str, Any], i: int, j: int, prefix: str) -> Table:
     masks, std = report["masks"], report.get("std")
     a, b = masks[i], masks[j]
-    t = Table(
-        title=f"Weight overlap per layer: A = {escape(a['label'])} ({escape(_file(a))}), "
-        f"B = {escape(b['label'])} ({escape(_file(b))}); "
-        "chance = independent random masks of the same per-layer densities" + _prefix_note(prefix),
-        title_justify="left",
+    title = (
+        f"Weight overlap per layer: A = {escape(a['label'])} ({escape(_file(a))}), B = {escape(b['label'])} "
+        f"({escape(_file(b))}); chance = independent random masks of the same per-layer densities" + _prefix_note(prefix)
     )
-    layer_column(t, "layer")
-    for col in ("role", "shape", "|A|", "|B|", "|A∩B|", "IoU", "chance", "IoMin", "chance", "IoU-chance", "shared A→B"):
-        t.add_column(col, justify="left" if col == "role" else "right")
+    cols = ("role", "shape", "|A|", "|B|", "|A∩B|", "IoU", "chance", "IoMin", "chance", "IoU-chance", "shared A→B")
+    t = table(title, *cols, layers="layer")
     indexed = sorted(enumerate(report["layers"]), key=lambda kc: ROLE_RANK.get(kc[1]["role"], 1))
     last = None
     for k, c in indexed:
@@ -142,10 +139,7 @@ def _overlap_cells(c: dict[str, Any], i: int, j: int, sd: Any, prefix: str = "")
 
 
 def matrix_table(title: str, labels: Sequence[str], cells: Sequence[Sequence[str]], corner: str = "") -> Table:
-    t = Table(title=title, title_justify="left")
-    t.add_column(corner)
-    for lab in labels:
-        t.add_column(escape(lab), justify="right")
+    t = table(title, corner, *map(escape, labels))
     for lab, row in zip(labels, cells, strict=True):
         add_row(t, lab, *row)
     return t
@@ -167,16 +161,12 @@ def pairwise_tables(report: dict[str, Any]) -> list[Table]:
             for r in range(n)
         ]
         out.append(matrix_table(f"Total {label}, pairwise (chance in brackets)", labels, cells))
-    t = Table(title="Each mask against the union of the others", title_justify="left")
-    for col in ("mask", "kept", "density", "share in others' union"):
-        t.add_column(col, justify="left" if col == "mask" else "right")
+    t = table("Each mask against the union of the others", "mask", "kept", "density", "share in others' union")
     for k, lab in enumerate(labels):
         add_row(t, lab, _count(c["counts"][k]), plus_minus(c["density"][k], at(sd, "density", k), pct),
                 plus_minus(c["share_of_others"][k], at(sd, "share_of_others", k), pct))  # fmt: skip
     out.append(t)
-    t2 = Table(title="Weights kept by exactly k masks", title_justify="left")
-    for col in ("k", "weights", "fraction"):
-        t2.add_column(col, justify="left" if col == "k" else "right")
+    t2 = table("Weights kept by exactly k masks", "k", "weights", "fraction")
     for k, v in enumerate(c["by_k"]):
         add_row(t2, str(k), _count(v), pct(v / c["numel"] if c["numel"] and v is not None else None))
     out.append(t2)
@@ -197,12 +187,8 @@ def paper_table(report: dict[str, Any]) -> Table:
     ab, sd = report["ablation"], at(report.get("std"), "ablation")
     labels = [m["label"] for m in report["masks"]]
     fmt = _metric_fmt(report)
-    t = Table(title="Task metric: full network, only mask i kept (i), mask i removed (¬i)", title_justify="left")
-    t.add_column("task")
-    t.add_column("Full", justify="right")
-    for lab in labels:
-        t.add_column(escape(lab), justify="right")
-        t.add_column(f"¬{escape(lab)}", justify="right")
+    heads = [head for lab in labels for head in (escape(lab), f"¬{escape(lab)}")]
+    t = table("Task metric: full network, only mask i kept (i), mask i removed (¬i)", "task", "Full", *heads)
     for j, task in enumerate(ab["tasks"]):
         cells = [plus_minus(ab["full"][j], at(sd, "full", j), lambda v, j=j: fmt(j, v))]
         for i in range(len(labels)):
@@ -217,11 +203,9 @@ def ablation_tables(report: dict[str, Any]) -> list[Table]:
     ab, sd = report["ablation"], at(report.get("std"), "ablation")
     labels = [m["label"] for m in report["masks"]]
     fmt = _metric_fmt(report)
-    t = Table(title="Task metric after removing weights (rows: whose weights; columns: task evaluated)", title_justify="left")
-    t.add_column("removal")
-    t.add_column("mask of")
-    for name, metric in zip(ab["tasks"], ab["metrics"], strict=True):
-        t.add_column(escape(f"{name}\n{metric}"), justify="right")
+    heads = [escape(f"{name}\n{metric}") for name, metric in zip(ab["tasks"], ab["metrics"], strict=True)]
+    t = table("Task metric after removing weights (rows: whose weights; columns: task evaluated)", "removal", "mask of",
+              *heads, right_from=2)  # fmt: skip
     cell = lambda kind, i, j: plus_minus(ab[kind][i][j], at(sd, kind, i, j), lambda v: fmt(j, v))  # noqa: E731
     add_row(
         t,
@@ -249,9 +233,7 @@ def ablation_tables(report: dict[str, Any]) -> list[Table]:
 
 def scores_table(report: dict[str, Any]) -> Table:
     s, sd = report["scores"], at(report.get("std"), "scores")
-    t = Table(title="Scores (docs/metrics.md)", title_justify="left")
-    t.add_column("score")
-    t.add_column("value", justify="right")
+    t = table("Scores (docs/metrics.md)", "score", "value")
     t.add_column("meaning")
     for i, m in enumerate(report["masks"]):
         add_row(t, f"S[{m['label']}]", plus_minus(s["specialization"][i], at(sd, "specialization", i)),
@@ -269,10 +251,9 @@ def scores_table(report: dict[str, Any]) -> Table:
 def class_removal_table(report: dict[str, Any]) -> Table:
     """Per removal mask: the removed classes' relative drop against the control mask, beside the largest drop of any
     other class (the paper's class-removal reading)."""
-    t = Table(title="Class removal: relative drop of each class's accuracy, mask kept vs the control mask kept",
-              title_justify="left")  # fmt: skip
-    for col in ("mask", "removed", "drop of removed", "largest other drop", "class with it"):
-        t.add_column(col, justify="left" if col in ("mask", "removed", "class with it") else "right")
+    t = table("Class removal: relative drop of each class's accuracy, mask kept vs the control mask kept", "mask", "removed",
+              "drop of removed", "largest other drop", right_from=2)  # fmt: skip
+    t.add_column("class with it")
     for row in report["ablation"]["class_removal"]:
         others = {k: v for k, v in row["drops"].items() if k not in row["removed"] and v is not None}
         worst = max(others, key=others.get) if others else "-"
@@ -281,9 +262,9 @@ def class_removal_table(report: dict[str, Any]) -> Table:
 
 
 def baseline_table(base: dict[str, Any], limit: int = 15) -> Table:
-    t = Table(title=f"Against the baseline {escape(str(base.get('path', '')))}: the largest moves", title_justify="left")
-    for col in ("number", "baseline", "now", "change"):
-        t.add_column(col, justify="left" if col == "number" else "right")
+    t = table(
+        f"Against the baseline {escape(str(base.get('path', '')))}: the largest moves", "number", "baseline", "now", "change"
+    )
     for m in base["moves"][:limit]:
         add_row(t, m["key"], num(m["old"]), num(m["new"]), signed(m["delta"]))
     return t

@@ -7,7 +7,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from . import add_row, dumps, layer_column, names_fit, pct, shape_str
+from . import add_row, dumps, names_fit, pct, shape_str, table
 from .train import selection_table
 
 
@@ -23,10 +23,7 @@ def mask_tables(summary: Any, width: int | None = None) -> list[Any]:
         if k in ("density", "layers"):
             continue
         add_row(m, k, v if isinstance(v, str) else dumps(v).replace("\n", " ").replace("  ", ""))
-    t = Table(title="Density per tensor (model order)", title_justify="left")
-    layer_column(t, "tensor")
-    for col in ("role", "shape", "kept", "density"):
-        t.add_column(col, justify="left" if col == "role" else "right")
+    t = table("Density per tensor (model order)", "role", "shape", "kept", "density", layers="tensor")
     for c in summary.layers:
         add_row(t, c["name"], c["role"], shape_str(c["shape"]), f"{c['kept']:,}", pct(c["density"]))
     t.add_section()

@@ -9,15 +9,15 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from . import add_row, layer_column, metric_text, num, pct, shape_str
+from . import add_row, metric_text, num, pct, shape_str, table
 
 
 def selection_table(rows: Sequence[Any], title: str = "Parameters") -> Table:
     """What would be masked: one row per parameter (:class:`maskprobe.learning.selection.SelectedParameter`)."""
-    t = Table(title=escape(title), title_justify="left")
-    layer_column(t)
-    for col, just in (("shape", "right"), ("dtype", "left"), ("numel", "right"), ("masked", "left")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    t = table(escape(title), "shape", right_from=0, layers="parameter")
+    t.add_column("dtype")
+    t.add_column("numel", justify="right")
+    t.add_column("masked")
     for r in rows:
         verdict = "yes" if r.masked else f"no ({r.reason})"
         tied = getattr(r, "tied", ())
@@ -127,10 +127,7 @@ def mask_table(result: Any, label: str | None = None) -> Table:
     """One trained mask: kept weights per tensor (in model order) and in total; ``label`` names the run (the task,
     plus ``beta=``/``seed=`` in a sweep: :meth:`maskprobe.learning.runs.TrainRequest.label`)."""
     dens = result.density()
-    t = Table(title=f"Mask for task {escape(label or result.task.name)}", title_justify="left")
-    layer_column(t)
-    for col in ("shape", "kept", "density"):
-        t.add_column(col, justify="right")
+    t = table(f"Mask for task {escape(label or result.task.name)}", "shape", "kept", "density", right_from=0, layers="parameter")
     for name, m in result.masks.items():
         add_row(t, name, shape_str(tuple(m.shape)), f"{int(m.sum()):,}", pct(dens["per_tensor"][name]))
     t.add_section()
@@ -141,11 +138,7 @@ def mask_table(result: Any, label: str | None = None) -> Table:
 def metric_table(title: str, rows: Sequence[tuple[str, dict[str, float], dict[str, float] | None]], ranges: Any = None) -> Table:
     """rows: (task, metrics unmasked, metrics masked or None); ``ranges`` maps a task to its metric's range
     (percent for [0, 1]); other metrics are plain numbers."""
-    t = Table(title=escape(title), title_justify="left")
-    t.add_column("task")
-    t.add_column("metric")
-    t.add_column("unmasked", justify="right")
-    t.add_column("masked", justify="right")
+    t = table(escape(title), "task", "metric", "unmasked", "masked", right_from=2)
     for task, full, masked in rows:
         for key, value in full.items():
             add_row(t, task, key, num(value, 4), num(masked.get(key), 4) if masked else "")
