@@ -48,13 +48,14 @@ def test_estimate_follows_the_documented_formulas():
     est = estimate(model, names, device="cpu", batch_size=16, samples=4, act_per_example=72)
     assert est.masked == 48
     assert est.logits == 8 * 48 and est.optimizer == 8 * 48
-    assert est.samples == 4 * 48 * (4 + 4)
+    assert est.samples == 4 * 48 * 4  # the gated weights of each sample; the noise is recomputed, never stored
     assert est.backward == 24 * 32
-    assert est.finish == 48 * (4 + 4)
     assert est.activations == 2 * 72 * 16
     assert est.weights == 0  # already resident on the CPU
-    assert est.grads == 48 * 4  # the gradient of every gated weight
-    assert est.total == est.logits + est.optimizer + est.samples + est.backward + est.finish + est.grads + est.activations
+    assert est.grads == 4 * 48 * 4  # the gradient of every sample's gated weights
+    # the end (the logits' copy and the evaluation's masked weights) fits in what the gradients and activations freed
+    assert est.end == 48 * (4 + 4) and est.finish == 0
+    assert est.total == est.logits + est.optimizer + est.samples + est.backward + est.grads + est.activations
     assert est.runtime > 0 and est.resident > 0 and est.peak == est.resident + est.runtime + est.total  # shown, not checked
     on_gpu = estimate(model, names, device="cuda", batch_size=16, samples=4, act_per_example=72)
     params = sum(p.numel() for p in model.parameters()) * 4
@@ -194,5 +195,34 @@ def test_masks_trained_together_are_counted_each():
     n = 42 * 256 + 256 * 20
     assert (three.logits, three.optimizer) == (3 * one.logits, 3 * one.optimizer) == (24 * n, 24 * n)
     assert three.activations == 3 * one.activations and three.grads == 3 * one.grads
-    assert three.samples == 4 * n * (4 + 4 + 4) * 3 and one.samples == 4 * n * (4 + 4)
-    assert three.backward == one.backward and three.finish == one.finish  # one tensor / one mask at a time
+    assert three.samples == 4 * n * (4 + 4) * 3 and one.samples == 4 * n * 4  # and the stacked copy
+    assert three.backward == one.backward  # one tensor at a time
+
+
+def test_the_end_of_a_run_counts_where_it_exceeds_what_the_step_released():
+    """One sample with no activations: the final logits' copy (CPU) and the evaluation's masked weights need more than
+    the one gradient the step freed, and the difference is counted; on a GPU the logits' copy is host memory."""
+    from maskprobe.learning.memory import estimate
+
+    model = mlp()
+    names = ["0.weight", "2.weight"]
+    cpu = estimate(model, names, device="cpu", batch_size=16, samples=1, act_per_example=0)
+    assert cpu.finish == 48 * (4 + 4) - 48 * 4
+    gpu = estimate(model, names, device="cuda", batch_size=16, samples=1, act_per_example=0)
+    assert gpu.finish == 0  # n w for the evaluation, n w of gradients released
+
+
+def test_the_step_releases_the_sample_gradients_once_the_update_read_them():
+    """The estimate counts K gradients of the gated weights for the step only: the engine must not hold them after."""
+    from maskprobe.config import TrainConfig
+    from maskprobe.learning.engine import FusedEngine
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    engine = FusedEngine(model, TrainConfig(samples=2, backend="torch"))
+    chunks = list(torch.randn(8, 64).chunk(2))
+    engine.backward(0, chunks, range(2), 2, lambda m, c: m(c).pow(2).mean())
+    assert engine._grads and all(g is not None for g in engine._grads[0].values())
+    engine.update(0, 1e-6, 1.0)
+    assert engine._grads == []

@@ -113,13 +113,14 @@ class FusedEngine:
 
         Lazy (:attr:`lazy`): the norm as a device tensor, the update skipped on the device when this step's loss
         or gradient is non-finite; :meth:`failure` reports it."""
+        grads, self._grads = self._grads, []  # consumed here: K gradients of n weights no longer held to the next step
         if self.lazy:
             total = self._total if self._total is not None else torch.zeros((), dtype=torch.float64, device=self.device)
             loss = torch.stack([total + reg * self.mask.logit_sum_value(), total])
-            return self.mask.update_lazy(step, self._grads, reg, clip, loss)
+            return self.mask.update_lazy(step, grads, reg, clip, loss)
         world = distributed.current()
         reduce = (lambda buf: distributed.reduce_gradient(buf, world)) if world.distributed else None
-        return self.mask.update(step, self._grads, reg if world.is_main else 0.0, clip, reduce=reduce)
+        return self.mask.update(step, grads, reg if world.is_main else 0.0, clip, reduce=reduce)
 
     def logit_sum(self) -> float | Tensor:
         return self.mask.logit_sum_value() if self.lazy else self.mask.logit_sum

@@ -8,16 +8,17 @@ refuses with the flags that would fit. With ``n`` masked weights, ``K`` samples 
 weights               every parameter and buffer of the module (counted on a GPU; already resident on the CPU)
 logits + gradients    ``8 n`` bytes (float32 logits and their ``.grad``)
 Adam state            ``8 n`` bytes (``exp_avg`` and ``exp_avg_sq``, float32)
-mask samples          ``K n (4 + w)`` bytes: per sample the uniform draw kept for backward (float32) and
-                      the gated weight ``w * m`` the layer keeps (``w`` bytes per element)
+mask samples          ``K n w`` bytes: per sample the gated weight ``w * m`` the layer keeps (``w`` bytes per
+                      element of the masked weights); the noise is a hash, recomputed in backward, never stored
 backward temporaries  ``24 x`` the largest masked tensor's element count (six float32 temporaries of the
                       gate's backward pass)
-gated-weight grads    ``n w`` bytes: the backward's gradient of every gated weight, alive until the gate's
-                      backward reads it
+gated-weight grads    ``K n w`` bytes: autograd's gradient of every sample's gated weights, alive until the
+                      update has read them (then released)
 runtime               on the CPU, :data:`CPU_RUNTIME` bytes: the mask kernels' compiled code, thread pools and
                       allocator caches, measured (independent of the model); shown, not checked (below)
-end of the run         ``n (4 + w)``: the final state's copy of the logits and the masked weights the
-                      evaluation of the mask builds, while the training buffers still exist
+end of the run        what the end adds beyond the step's gradients and activations, which are released by then:
+                      the final state's copy of the logits (``4 n`` per mask, host memory: counted on the CPU
+                      only) and the masked weights of the final evaluation (``n w``); usually 0
 activations           ``1.25 s B``: ``s`` = bytes autograd saves for backward per example, measured by one
                       forward pass of a single example with the masked weights requiring gradients
                       (:func:`saved_bytes_per_example`), plus a quarter for the gradients flowing back; where
@@ -109,7 +110,7 @@ class MemoryEstimate:
     optimizer: int
     samples: int
     backward: int
-    finish: int
+    end: int  # bytes the end of the run allocates: the final logits' copy (CPU) and the evaluation's masked weights
     activations: int
     activation_per_example: int
     batch_size: int
@@ -119,11 +120,28 @@ class MemoryEstimate:
     act_factor: float = ACT_FACTOR
     resident: int = 0  # the process's resident bytes when estimated (CPU); neither it nor runtime is in ``total``
     largest: int = 0  # elements of the largest masked tensor (sharded runs gather it whole)
+    masks: int = 1
 
     @property
     def fixed(self) -> int:
         """What does not shrink with the batch size or the number of samples."""
-        return self.weights + self.logits + self.optimizer + self.backward + self.finish + self.grads
+        return self.weights + self.logits + self.optimizer + self.backward
+
+    @property
+    def per_sample(self) -> int:
+        """Bytes of one more sample per step: its gated weights and their gradient (every mask's)."""
+        return (self.samples + self.grads) // self.num_samples if self.num_samples else 0
+
+    @property
+    def finish(self) -> int:
+        """What the end of the run adds beyond the step's gradients and activations, released by then."""
+        return max(0, self.end - self.grads - self.activations)
+
+    def total_for(self, samples: int, batch_size: int) -> int:
+        """:attr:`total` with ``samples`` samples per step and batch ``batch_size`` (the refusal's suggestions)."""
+        grads = self.grads // self.num_samples * samples if self.num_samples else 0
+        acts = int(self.act_factor * self.activation_per_example * batch_size * self.masks)
+        return self.fixed + samples * self.per_sample + acts + max(0, self.end - grads - acts)
 
     @property
     def peak(self) -> int:
@@ -132,7 +150,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.fixed + self.samples + self.activations
+        return self.fixed + self.samples + self.grads + self.activations + self.finish
 
     def parts(self) -> dict[str, int]:
         return {
@@ -240,8 +258,8 @@ def estimate(
 
     ``act_per_example`` is what :func:`activation_bytes_per_example` measured (``act_factor`` :data:`ACT_FACTOR`),
     or :func:`saved_bytes_per_example` (``act_factor`` :data:`SAVED_FACTOR`). ``masks`` masks trained at once
-    (``--together``) each hold their logits, Adam state, samples and activations, and their samples are copied
-    once more into the one stacked input of the shared forward (``w`` bytes per weight and sample).
+    (``--together``) each hold their logits, Adam state, samples, gradients and activations, and their samples are
+    copied once more into the one stacked input of the shared forward (``w`` bytes per weight and sample).
     ``state_bytes``: the bytes of each of Adam's two moments per weight (2 with ``--adam-state bf16``)."""
     device = torch.device(device)
     params = dict(module.named_parameters())
@@ -258,18 +276,19 @@ def estimate(
         weights=0 if device.type == "cpu" else resident,  # on the CPU the loaded checkpoint is already in memory
         logits=8 * n * masks,
         optimizer=2 * state_bytes * n * masks,
-        samples=int(k * n * (4 + wbytes + (wbytes if masks > 1 else 0)) * masks),
+        samples=int(k * n * wbytes * (2 if masks > 1 else 1) * masks),
         backward=BACKWARD_BYTES_PER_ELEMENT * largest,
-        finish=int(n * (4 + wbytes)),
+        end=int((4 * masks if on_cpu else 0) * n + n * wbytes),
         activations=int(act_factor * act_per_example * batch_size * masks),
         activation_per_example=act_per_example,
         batch_size=batch_size,
         num_samples=k,
-        grads=int(n * wbytes * masks),
+        grads=int(k * n * wbytes * masks),
         runtime=CPU_RUNTIME if on_cpu else 0,
         resident=resident_bytes() if on_cpu else 0,
         act_factor=act_factor,
         largest=largest,
+        masks=masks,
     )
 
 
@@ -279,8 +298,8 @@ def memory_plan(est: MemoryEstimate, processes: int = 1) -> dict[str, Any]:
     Data-parallel with ``R`` processes: each process holds the whole model, all logits, their gradient and
     Adam's moments (``16 n`` bytes, not sharded), but only ``K/R`` mask samples and the activations of
     ``B/R`` examples. Sharded (``--shard``, FSDP2): each process holds ``1/R`` of the weights and of the
-    ``16 n`` bytes, plus what one chunk's forward and backward keep whole: the noise and gated weight of one
-    sample (``n (4 + w)``), two gathered FSDP units (``2 x`` the largest masked tensor) and the activations
+    ``16 n`` bytes, plus what one chunk's forward and backward keep whole: the gated weight of one sample and its
+    gradient (``2 n w``), two gathered FSDP units (``2 x`` the largest masked tensor) and the activations
     of ``B/K`` examples. Shown for ``processes`` (under torchrun) or for 2, 4 and 8 (otherwise).
 
     Returns:
@@ -293,11 +312,12 @@ def memory_plan(est: MemoryEstimate, processes: int = 1) -> dict[str, Any]:
         k_each = -(-est.num_samples // r)  # --samples must be a multiple of r: rounded up
         parts = est.parts()
         parts["mask samples"] = est.samples // est.num_samples * k_each if est.num_samples else 0
+        parts["gated grads"] = est.grads // est.num_samples * k_each if est.num_samples else 0
         parts["activations"] = est.activations // r
         modes.append(_mode("one process" if r == 1 else "data-parallel", r, k_each, parts))
     k = max(1, est.num_samples)
     largest = est.largest
-    wbytes = est.samples / (k * est.masked) - 4 if est.masked else 4  # per-element bytes of a masked weight
+    wbytes = est.samples / (k * est.masked) if est.masked else 4  # per-element bytes of a masked weight
     for r in counts[1:]:
         parts = est.parts()  # parts not named here (e.g. end-of-run evaluation) are counted unchanged
         parts.update(
@@ -305,7 +325,10 @@ def memory_plan(est: MemoryEstimate, processes: int = 1) -> dict[str, Any]:
                 "weights": est.weights // r + int(2 * largest * wbytes),
                 "logits+grad": est.logits // r,
                 "adam": est.optimizer // r,
-                "mask samples": est.samples // k,  # one sample in flight: a chunk's backward runs before the next
+                # one sample in flight (a chunk's backward runs before the next), and its float32 noise: the sharded
+                # gate keeps it for backward (maskprobe/learning/sharded.py), the one-process engine recomputes it
+                "mask samples": est.samples // k + 4 * est.masked,
+                "gated grads": est.grads // k,
                 "activations": est.activations // k,
             }
         )
@@ -362,23 +385,26 @@ def available_bytes(device: torch.device | str) -> int | None:
 def suggestions(est: MemoryEstimate, budget: int) -> list[str]:
     """Flag changes that bring ``est`` under ``budget`` bytes (empty when nothing but fewer weights would)."""
     out = []
-    per_sample = est.samples // est.num_samples if est.num_samples else 0
-    room = budget - est.fixed
-    per_example = int(est.act_factor * est.activation_per_example)
+    k, batch = est.num_samples, est.batch_size
     # largest batch with the same samples (at least one example per sample)
-    if per_example and room - est.samples > 0:
-        b = (room - est.samples) // per_example
-        if est.num_samples <= b < est.batch_size:
-            out.append(f"--batch-size {int(b)}")
+    if k <= (b := _largest_batch(est, k, batch - 1, budget)):
+        out.append(f"--batch-size {b}")
     # fewest samples with the same batch
-    for k in range(est.num_samples - 1, 0, -1):
-        if est.fixed + k * per_sample + est.activations <= budget:
-            out.append(f"--samples {k}")
-            break
-    if not out and est.fixed + per_sample + per_example <= budget:
-        b = (room - per_sample) // per_example if per_example else est.batch_size
-        out.append(f"--samples 1 --batch-size {int(max(1, min(b, est.batch_size)))}")
+    fewer = next((j for j in range(k - 1, 0, -1) if est.total_for(j, batch) <= budget), None)
+    if fewer is not None:
+        out.append(f"--samples {fewer}")
+    if not out and (b := _largest_batch(est, 1, batch, budget)):
+        out.append(f"--samples 1 --batch-size {b}")
     return out
+
+
+def _largest_batch(est: MemoryEstimate, samples: int, most: int, budget: int) -> int:
+    """The largest batch up to ``most`` whose total with ``samples`` fits ``budget`` (0: none); totals grow with the batch."""
+    lo, hi = 0, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if est.total_for(samples, mid) <= budget else (lo, mid - 1)
+    return lo
 
 
 def check_fits(est: MemoryEstimate, budget: int | None) -> None:
