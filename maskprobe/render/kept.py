@@ -52,27 +52,25 @@ def unused_tensors(report: dict[str, Any]) -> list[str]:
     return [c["name"] for c in report["layers"] if not any(c["counts"])]
 
 
+def _image(*layers: tuple[np.ndarray, str]) -> tuple[np.ndarray, int, int]:
+    """``(rgb image, rows per pixel, columns per pixel)``: white minus what each boolean matrix of ``layers`` covers
+    in its colour; block averages beyond :data:`MAX_PIXELS` per side."""
+    from matplotlib.colors import to_rgb
+
+    shape = layers[0][0].shape
+    img = np.ones((*_blocks(layers[0][0]).shape, 3))
+    for mask, color in layers:
+        img = img - _blocks(mask)[..., None] * (1.0 - np.array(to_rgb(color)))
+    return np.clip(img, 0, 1), -(-shape[0] // img.shape[0]), -(-shape[1] // img.shape[1])
+
+
 def _kept_image(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, int, int]:
-    """``(rgb image, rows per pixel, columns per pixel)`` of which weights two masks keep: white none, blue A only,
-    orange B only, black both; block averages beyond :data:`MAX_PIXELS` per side."""
-    from matplotlib.colors import to_rgb
-
+    """Which weights two masks keep: white none, blue A only, orange B only, black both."""
     a, b = (np.asarray(x, dtype=bool) for x in arrays)
-    img = np.ones((*_blocks(a).shape, 3))
-    for mask, color in ((a & ~b, PALETTE[0]), (b & ~a, PALETTE[1]), (a & b, "#000000")):
-        img = img - _blocks(mask)[..., None] * (1.0 - np.array(to_rgb(color)))  # white minus what each covers
-    return np.clip(img, 0, 1), -(-a.shape[0] // img.shape[0]), -(-a.shape[1] // img.shape[1])
+    return _image((a & ~b, PALETTE[0]), (b & ~a, PALETTE[1]), (a & b, "#000000"))
 
 
-def _one_mask_image(arr: np.ndarray, color: str) -> tuple[np.ndarray, int, int]:
-    from matplotlib.colors import to_rgb
-
-    frac = _blocks(np.asarray(arr, dtype=bool))
-    rgb = np.clip(1.0 - frac[..., None] * (1.0 - np.array(to_rgb(color))), 0, 1)
-    return rgb, -(-arr.shape[0] // rgb.shape[0]), -(-arr.shape[1] // rgb.shape[1])
-
-
-def _show_matrix(ax: Any, img: np.ndarray, shape: Sequence[int], rows_per: int, cols_per: int) -> None:
+def _show_matrix(ax: Any, shape: Sequence[int], img: np.ndarray, rows_per: int, cols_per: int) -> None:
     """``img`` on axes in the matrix's own indices (a block-averaged pixel spans its rows and columns), with a few
     integer ticks that do not collide, however thin the panel."""
     from matplotlib.ticker import MaxNLocator
@@ -119,15 +117,14 @@ def kept_figure(name: str, arrays: Sequence[np.ndarray], tasks: Sequence[str]) -
     shape = tuple(arrays[0].shape)
     if len(arrays) == 2:
         ax = fig.add_axes((0.13, 0.12, 0.66, 0.72))
-        img, rp, cp = _kept_image(arrays)
-        _show_matrix(ax, img, shape, rp, cp)
+        _show_matrix(ax, shape, *_kept_image(arrays))
         _legend_two(fig, tasks, 0.8)
         axes = [ax]
     else:
         axes = [fig.add_subplot(1, len(arrays), k + 1) for k in range(len(arrays))]
         fig.subplots_adjust(left=0.1, right=0.98, top=0.8, bottom=0.12, wspace=0.35)
         for ax, arr, task, color in zip(axes, arrays, tasks, PALETTE, strict=False):
-            _show_matrix(ax, *_one_mask_image(arr, color)[:1], shape, *_one_mask_image(arr, color)[1:])
+            _show_matrix(ax, shape, *_image((np.asarray(arr, dtype=bool), color)))
             ax.set_title(task, fontsize=9)
     for ax in axes:
         ax.set_xlabel("input")
@@ -191,12 +188,8 @@ def kind_figure(kind: str, members: Sequence[Member], tasks: Sequence[str], tota
             if arrays is None:
                 _note_unused(ax)
                 continue
-            shape = tuple(arrays[0].shape)
-            if m is None:
-                _show_matrix(ax, *_kept_image(arrays)[:1], shape, *_kept_image(arrays)[1:])
-            else:
-                img, rp, cp = _one_mask_image(arrays[m], PALETTE[m % len(PALETTE)])
-                _show_matrix(ax, img, shape, rp, cp)
+            image = _kept_image(arrays) if m is None else _image((np.asarray(arrays[m], dtype=bool), PALETTE[m % len(PALETTE)]))
+            _show_matrix(ax, tuple(arrays[0].shape), *image)
     if len(tasks) == 2:
         _legend_two(fig, tasks, 0.85)
     more = f"; {len(shown)} of {total} shown" if len(shown) < total else ""
