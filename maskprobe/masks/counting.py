@@ -74,16 +74,6 @@ class TensorCounts:
     by_k: list[int]
 
 
-def _workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _read(fd: int, buf: np.ndarray, offset: int) -> None:
-    got = os.preadv(fd, [buf], offset)
-    if got != buf.nbytes:
-        raise MaskFileError(f"short read at byte {offset}: the file is truncated")
-
-
 def count_files(
     fds: Sequence[int],
     spans: Sequence[Span],
@@ -111,7 +101,7 @@ def count_files(
     if any(s.nbytes != nbytes for s in spans):
         raise MaskFileError(f"{label}: the mask files store this tensor in different sizes")
     starts = list(range(0, nbytes, CHUNK))
-    workers = max(1, min(workers or _workers(), len(starts)))
+    workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(starts)))
 
     def work(part: int) -> np.ndarray:
         # acc: [counts (n), intersections (n*n), in_others (n), by_k (n+1), bad (1)]
@@ -122,7 +112,8 @@ def count_files(
             size = min(CHUNK, nbytes - start)
             views = [b[:size] for b in bufs]
             for fd, span, v in zip(fds, spans, views, strict=True):
-                _read(fd, v, span.offset + start)
+                if os.preadv(fd, [v], span.offset + start) != v.nbytes:
+                    raise MaskFileError(f"short read at byte {span.offset + start}: the file is truncated")
             if packed:
                 _packed_chunk(views, tmp[:size], acc, n, numel - 8 * start)
             else:

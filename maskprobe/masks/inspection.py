@@ -40,7 +40,6 @@ class CheckpointSummary:
 
 def is_mask_file(path: str | os.PathLike[str]) -> bool:
     """A safetensors file whose metadata says ``maskprobe.mask/...`` (anything unreadable: False)."""
-    from ..errors import MaskprobeError
     from ..loading.checkpoints import detect_format
 
     path = Path(path)
@@ -51,9 +50,7 @@ def is_mask_file(path: str | os.PathLike[str]) -> bool:
 
         with safe_open(str(path), framework="numpy") as f:
             return (f.metadata() or {}).get("format", "").startswith("maskprobe.mask/")
-    except (MaskprobeError, OSError, ValueError, RuntimeError):
-        return False
-    except Exception:  # noqa: BLE001 - safetensors raises its own error types on damaged headers
+    except Exception:  # noqa: BLE001 - MaskprobeError, OSError, and safetensors' own error types on damaged headers
         return False
 
 

@@ -53,13 +53,12 @@ def natural_order(names: Sequence[str]) -> list[str]:
 
 
 def _module(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else ""
+    return name.rpartition(".")[0]
 
 
 def _in_block(module: str) -> bool:
     """``encoder.layer.3.attention`` is inside block 3; ``8`` (an ``nn.Sequential`` element) and ``head`` are not."""
-    parts = module.split(".") if module else []
-    return any(p.isdigit() for p in parts[:-1])
+    return any(p.isdigit() for p in module.split(".")[:-1])
 
 
 def model_layout(module: Any, names: Sequence[str]) -> Layout:
@@ -105,11 +104,8 @@ def model_layout(module: Any, names: Sequence[str]) -> Layout:
 def names_layout(names: Sequence[str], shapes: Mapping[str, Sequence[int]], order: Sequence[str] | None = None) -> Layout:
     """Without a model: ``order`` (or :func:`natural_order`), the module of the first and last tensor with two or more
     dimensions as input and output layer (masks written before roles were recorded)."""
-    if order:
-        rank = {n: i for i, n in enumerate(order)}
-        ordered = sorted(natural_order(names), key=lambda n: rank.get(n, len(rank)))
-    else:
-        ordered = natural_order(names)
+    rank = {n: i for i, n in enumerate(order or ())}
+    ordered = sorted(natural_order(names), key=lambda n: rank.get(n, len(rank)))  # stable: natural order within a rank
     roles = dict.fromkeys(ordered, "hidden")
     weights = [n for n in ordered if len(shapes.get(n, ())) >= 2]
     if len(weights) >= 2:

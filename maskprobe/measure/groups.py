@@ -88,7 +88,8 @@ def match_runs(groups: dict[str, list[Path]]) -> list[list[Path]]:
     return runs
 
 
-def _is_num(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+    """A JSON number (``True`` is an ``int`` to Python, not a number here)."""
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
@@ -107,8 +108,8 @@ def aggregate(reports: Sequence[Any]) -> tuple[Any, Any]:
             return first, None
         pairs_l = [aggregate([r[k] for r in reports]) for k in range(len(first))]
         return [p[0] for p in pairs_l], [p[1] for p in pairs_l]
-    if _is_num(first) or first is None:
-        vals = [float(r) for r in reports if _is_num(r) and math.isfinite(r)]
+    if is_number(first) or first is None:
+        vals = [float(r) for r in reports if is_number(r) and math.isfinite(r)]
         if not vals:
             return None, None
         mean = sum(vals) / len(vals)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import BadInputError
 from .compare import SCHEMA
+from .groups import is_number
 
 
 @dataclass(frozen=True)
@@ -259,10 +260,6 @@ def _shape_problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": ")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _baseline_score(baseline: dict[str, Any], key: str, path: str = "") -> float:
     """The baseline's ``scores[key]`` as a finite number.
 
@@ -274,7 +271,7 @@ def _baseline_score(baseline: dict[str, Any], key: str, path: str = "") -> float
     where = f"baseline {path}" if path else "the baseline"
     if not isinstance(scores, dict):
         raise BadInputError(f"--max-regression: {where} has no scores (made without --checkpoint); it cannot gate {key}")
-    if not _number(value) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise BadInputError(f"--max-regression: {where} has {key} = {value!r}, not a number; it cannot gate {key}")
     return float(value)
 
@@ -302,7 +299,7 @@ def _flat(report: dict[str, Any]) -> dict[str, float]:
         out["p_reuse"] = s.get("p_reuse")
         spec = s.get("specialization") or []
         out.update({f"specialization[{t}]": spec[i] for i, t in enumerate(labels[: len(spec)])})
-    return {k: v for k, v in out.items() if _number(v)}
+    return {k: v for k, v in out.items() if is_number(v)}
 
 
 # scores where a move in this direction is a regression of modularity
