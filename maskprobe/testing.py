@@ -63,19 +63,18 @@ def _check_stream(task: Task, report: TaskCheck, batch_size: int) -> None:
     if len(first[0]) < 2:
         report.problems.append("batches('train', ...) must be endless, it ended after fewer than 2 batches")
         return
-    if not _tensors(first[0][0]):
-        report.problems.append(f"a batch must be a tensor or a tuple/list/dict of tensors, got {type(first[0][0]).__name__}")
+    batch = first[0][0]
+    if not _tensors(batch):
+        report.problems.append(f"a batch must be a tensor or a tuple/list/dict of tensors, got {type(batch).__name__}")
         return
-    if batch_size_of(first[0][0]) != batch_size:
-        report.problems.append(
-            f"batches('train', batch_size={batch_size}) gave a batch of {batch_size_of(first[0][0])} along dim 0"
-        )
-    devices = {str(t.device) for t in _tensors(first[0][0])}
+    if batch_size_of(batch) != batch_size:
+        report.problems.append(f"batches('train', batch_size={batch_size}) gave a batch of {batch_size_of(batch)} along dim 0")
+    devices = {str(t.device) for t in _tensors(batch)}
     if devices != {"cpu"}:
         report.problems.append(
             f"batches are made on {sorted(devices)}; make them on the CPU (the engine moves them to its device)"
         )
-    if _same(first[0][0], first[1][0]):
+    if _same(batch, first[1][0]):
         report.passed.append("train stream: same seed, same batches")
     else:
         report.problems.append("batches('train') differ for the same seed: draw all randomness from the generator argument")
@@ -170,10 +169,8 @@ def check_task(
             steps=steps, batch_size=batch_size, seed=0, device=device, log_every=1, eval_batch_size=max(batch_size, 64)
         )
         result = train_mask(model, task, TaskRef(type(task).__name__, {}), config)
-        report.passed.append(
-            f"{steps} mask steps: scalar loss {result.final_loss:.4g}, "
-            f"masked {task.metric}={result.metric_masked[task.metric]:.4g}"
-        )
+        masked = result.metric_masked[task.metric]
+        report.passed.append(f"{steps} mask steps: scalar loss {result.final_loss:.4g}, masked {task.metric}={masked:.4g}")
     except BadInputError as exc:
         _bad_input(report, str(exc).removeprefix(f"{describe_task(task)}: "))
     except MaskprobeError as exc:
