@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import CONTROL_SEED
+from ..config import CONTROL_SEED, SEED_MAX, SEED_MIN
 from .options import AllowMismatch, Device, Model, ModelArgs, Quiet, TaskArgs, Trust
 
 
@@ -81,6 +81,7 @@ def compare(
     import sys
 
     from .. import console
+    from ..devices import resolve_device
     from ..errors import BadInputError, CheckFailed
     from ..measure.compare import compare as run_compare
     from ..measure.compare import compare_groups
@@ -93,8 +94,6 @@ def compare(
         raise BadInputError(f"--format must be table, json or markdown, got {output_format!r}")
     if group and task:
         raise BadInputError("--task gives one task per mask file; with --group the tasks come from the masks' metadata")
-    from ..config import SEED_MAX, SEED_MIN
-
     if not SEED_MIN <= seed <= SEED_MAX:  # beyond it, an overflow inside torch after the long work
         raise BadInputError(f"--seed must be an integer from {SEED_MIN} to {SEED_MAX}, got {seed}")
     checks = Thresholds(
@@ -126,7 +125,7 @@ def compare(
         refuse_writing_into_checkpoints("--plot", plot, [checkpoint, *_recorded_checkpoints(files)])
     say = status_line(console.err(), quiet or fmt != "table")
     tasks = [t for t, _ in resolve_tasks(task, task_arg)] if task else None
-    opener, run_device = None, _device(device)
+    opener, run_device = None, resolve_device(device)
     if checkpoint is not None:
         from ..loading.checkpoints import load_checkpoint, parse_model_args
 
@@ -208,9 +207,3 @@ def _recorded_checkpoints(masks: list[Path]) -> list[str]:
         if isinstance(path, str) and Path(path).is_absolute():
             out.append(path)
     return out
-
-
-def _device(name: str):
-    from ..devices import resolve_device
-
-    return resolve_device(name)
