@@ -43,12 +43,12 @@ def stats_text(room: int, task_loss: float | None, density: float | None, metric
     dens = "-" if density is None else f"{100 * density:.1f}%"
     met = "" if metric is None else (f"{metric:.4f}" if abs(metric) < 10 else f"{metric:.1f}")
     speed = "-" if rate is None else f"{rate:.1f}"
-    name = metric_name or "metric"
+    shown = f" {metric_name or 'metric'} {met:>7}" if met else ""
     forms = [
-        f"task loss {loss:>8}  density {dens:>6}" + (f"  {name} {met:>7}" if met else "") + f"  {speed:>6} it/s",
-        f"loss {loss:>8} dens {dens:>6}" + (f" {name} {met:>7}" if met else "") + f" {speed:>5}/s",
-        f"loss {loss:>8} dens {dens:>6}" + (f" {name} {met:>7}" if met else ""),
-        f"dens {dens:>6}" + (f" {name} {met:>7}" if met else ""),
+        f"task loss {loss:>8}  density {dens:>6}{' ' if met else ''}{shown}  {speed:>6} it/s",
+        f"loss {loss:>8} dens {dens:>6}{shown} {speed:>5}/s",
+        f"loss {loss:>8} dens {dens:>6}{shown}",
+        f"dens {dens:>6}{shown}",
         f"dens {dens:>6}",
     ]
     return next((f for f in forms if len(f) <= room), "")
@@ -107,24 +107,23 @@ class TrainProgress:
             if shared is not None and shared[0].console is self.console:
                 self._bar, self._bar_column = shared[0], shared[1]
                 shared[2] += 1
-                self._id = self._bar.add_task(self.task, total=self.steps, completed=self.start, **self._fields())
-                return self.update
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            from rich.table import Column
+            else:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                from rich.table import Column
 
-            counter = 2 * len(str(self.steps)) + 1
-            self._bar_column = BarColumn(bar_width=BAR_WIDTH[1])
-            self._bar = Progress(
-                TextColumn("{task.fields[label]}", markup=False, table_column=Column(no_wrap=True)),
-                self._bar_column,
-                MofNCompleteColumn(table_column=Column(width=counter, justify="right", no_wrap=True)),
-                TimeRemainingColumn(table_column=Column(width=ETA_WIDTH, no_wrap=True)),
-                TextColumn("{task.fields[stats]}", markup=False, table_column=Column(no_wrap=True)),
-                console=self.console,
-                transient=False,
-            )
-            self._bar.start()
-            TrainProgress._shared = [self._bar, self._bar_column, 1]
+                counter = 2 * len(str(self.steps)) + 1
+                self._bar_column = BarColumn(bar_width=BAR_WIDTH[1])
+                self._bar = Progress(
+                    TextColumn("{task.fields[label]}", markup=False, table_column=Column(no_wrap=True)),
+                    self._bar_column,
+                    MofNCompleteColumn(table_column=Column(width=counter, justify="right", no_wrap=True)),
+                    TimeRemainingColumn(table_column=Column(width=ETA_WIDTH, no_wrap=True)),
+                    TextColumn("{task.fields[stats]}", markup=False, table_column=Column(no_wrap=True)),
+                    console=self.console,
+                    transient=False,
+                )
+                self._bar.start()
+                TrainProgress._shared = [self._bar, self._bar_column, 1]
             self._id = self._bar.add_task(self.task, total=self.steps, completed=self.start, **self._fields())
         return self.update
 
