@@ -40,10 +40,8 @@ def _check_items(items: Any, annotation: Any, key: str, ref: str, value: str) ->
     if want not in _SCALARS:
         return
     for item in items:
-        ok = isinstance(item, want) and not (isinstance(item, bool) and want is not bool)
-        if want is float and isinstance(item, int) and not isinstance(item, bool):
-            ok = True
-        if not ok:
+        fits = isinstance(item, want) or (want is float and isinstance(item, int))  # an int is a float too, a bool neither
+        if not fits or (isinstance(item, bool) and want is not bool):
             raise BadInputError(f"task {ref!r}: argument {key}={value!r}: {item!r} is not of type {want.__name__}")
 
 

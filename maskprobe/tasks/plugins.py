@@ -97,10 +97,7 @@ def installed_task_name(ref: str) -> str | None:
     if ref in eps:
         return ref
     wanted = "".join(ref.split())
-    for name, ep in eps.items():
-        if "".join(ep.value.split()) == wanted:
-            return name
-    return None
+    return next((name for name, ep in eps.items() if "".join(ep.value.split()) == wanted), None)
 
 
 def task_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
@@ -110,12 +107,11 @@ def task_arguments(cls: type) -> dict[str, tuple[Any, Any]]:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:
         hints = {}
-    out = {}
-    for name, param in sig.parameters.items():
-        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        out[name] = (hints.get(name, param.annotation), param.default)
-    return out
+    return {
+        name: (hints.get(name, param.annotation), param.default)
+        for name, param in sig.parameters.items()
+        if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+    }
 
 
 NAME_ARG = "name"  # every task's reserved argument: --task-arg 2:name=legal renames that task's instance
@@ -152,10 +148,8 @@ def load_task(ref: str, args: dict[str, Any] | None = None) -> tuple[Task, TaskR
             raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) cannot be renamed: {exc}") from None
     if not getattr(task, "name", ""):
         raise PluginError(f"task plugin {ref!r} ({_describe_origin(cls)}) has no name")
-    stable_ref = ref
     mod_part, _, attr = ref.rpartition(":")
-    if mod_part.endswith(".py"):
-        stable_ref = f"{Path(mod_part).resolve()}:{attr}"
+    stable_ref = f"{Path(mod_part).resolve()}:{attr}" if mod_part.endswith(".py") else ref
     return task, TaskRef(stable_ref, args)
 
 
