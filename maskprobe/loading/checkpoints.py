@@ -35,23 +35,9 @@ from .formats import (
 from .hf_folder import hf_builder, hf_tokenizer, load_hf_folder
 from .weights import fit_state, floating_dtypes, load_fitted, misfit, one_dtype
 
-__all__ = [
-    "Checkpoint",
-    "detect_format",
-    "hf_tokenizer",
-    "load_checkpoint",
-    "load_factory",
-    "fit_state",
-    "identify",
-    "parse_model_args",
-    "read_contents",
-    "read_shard_index",
-    "read_state_dict",
-    "safetensors_files",
-    "sha256_of",
-    "torch_load",
-    "unwrap_state_dict",
-]
+__all__ = ["Checkpoint", "detect_format", "hf_tokenizer", "load_checkpoint", "load_factory", "fit_state", "identify",
+           "parse_model_args", "read_contents", "read_shard_index", "read_state_dict", "safetensors_files", "sha256_of",
+           "torch_load", "unwrap_state_dict"]  # fmt: skip
 
 
 @dataclass

@@ -22,16 +22,8 @@ from ..errors import one_line as _one_line
 from ..paths import input_kind
 from .hf_folder import HF_WEIGHT_FILES
 
-__all__ = [
-    "detect_format",
-    "mmap_files",
-    "read_shard_index",
-    "read_tensors",
-    "safetensors_on_meta",
-    "safetensors_files",
-    "torch_load",
-    "unwrap_state_dict",
-]
+__all__ = ["detect_format", "mmap_files", "read_shard_index", "read_tensors", "safetensors_on_meta", "safetensors_files",
+           "torch_load", "unwrap_state_dict"]  # fmt: skip
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80
@@ -86,6 +78,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise CheckpointError(f"{path} is not a checkpoint maskprobe can read (not torch.save, safetensors or TorchScript)")
 
 
+_SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "__builtin__.set")  # weights_only allows these: not named
+
+
 def _pickle_imports(path: Path, limit: int = 3) -> list[str]:
     """The ``module.name`` globals the pickle in ``path`` would import, read without running it.
 
@@ -113,10 +108,7 @@ def _pickle_imports(path: Path, limit: int = 3) -> list[str]:
                 if isinstance(arg, str):
                     strings.append(arg)
                 continue
-            if (
-                not name.startswith(("torch.", "collections.OrderedDict", "builtins.set", "__builtin__.set"))
-                and name not in found
-            ):
+            if not name.startswith(_SAFE_GLOBALS) and name not in found:
                 found.append(name)
                 if len(found) >= limit:
                     break
@@ -309,18 +301,15 @@ def read_tensors(path: Path, fmt: str, *, trust: bool = False, mmap: bool = Fals
     """
     from torch import nn
 
-    if mmap and fmt in ("safetensors", "safetensors-sharded", "hf-folder"):
-        files = mmap_files(path)
-        if fmt == "safetensors-sharded":
-            return _load_sharded(path, mmap=True)
+    if fmt == "safetensors-sharded":
+        return _load_sharded(path, mmap)
+    if mmap and fmt in ("safetensors", "hf-folder"):
         state: dict[str, Any] = {}
-        for file in files:
+        for file in mmap_files(path):
             state.update(_load_safetensors(file, mmap=True))
         return state
     if fmt == "safetensors":
         return _load_safetensors(path)
-    if fmt == "safetensors-sharded":
-        return _load_sharded(path)
     if fmt == "torch-zip" or (fmt == "torch-legacy" and not mmap):
         obj = _torch_load(path, trust, mmap)
         return obj if isinstance(obj, nn.Module) else unwrap_state_dict(obj)

@@ -169,13 +169,9 @@ def _packed_chunk(views: list[np.ndarray], tmp: np.ndarray, acc: np.ndarray, n: 
         if rem and any(int(v[-1]) >> rem for v in views):
             acc[-1] += 1
             return
-    if n > 2:
-        bits = [np.unpackbits(v, count=min(valid_bits, 8 * size), bitorder="little").view(bool) for v in views]
-        for i in range(n):
-            acc[i] += np.count_nonzero(bits[i])
-            for j in range(i + 1, n):
-                acc[n + i * n + j] += np.count_nonzero(bits[i] & bits[j])
-        _multi(bits, np.empty(bits[0].size, dtype=np.uint8), acc, n)
+    if n > 2:  # unpacked to one byte per weight, then counted as plain bytes
+        bits = [np.unpackbits(v, count=min(valid_bits, 8 * size), bitorder="little") for v in views]
+        _bool_chunk(bits, np.empty(bits[0].size, dtype=np.uint8), acc, n)
         return
     for i in range(n):
         acc[i] += _popcount(views[i])
