@@ -189,10 +189,6 @@ class MaskSet:
         return self.kept / self.numel if self.numel else 0.0
 
 
-# a bool byte other than 0/1 counts as 2, 7... in sums: a damaged or forged file, not a mask
-_NOT_BOOL = "{path}: tensor {name!r} holds bytes that are not 0 or 1; the file is damaged"
-
-
 def _check_format(path: Path, raw: Mapping[str, str] | None) -> None:
     fmt = (raw or {}).get("format")
     if fmt != FORMAT:
@@ -384,8 +380,8 @@ class MaskReader:
             return arr.view(bool)
         if arr.dtype != bool:
             raise MaskFileError(f"{self.path}: tensor {name!r} has dtype {arr.dtype}, expected bool")
-        if arr.size and int(arr.view("uint8").max()) > 1:
-            raise MaskFileError(_NOT_BOOL.format(path=self.path, name=name))
+        if arr.size and int(arr.view("uint8").max()) > 1:  # it counts as 2, 7... in sums: a damaged or forged file
+            raise MaskFileError(f"{self.path}: tensor {name!r} holds bytes that are not 0 or 1; the file is damaged")
         return arr
 
     def __iter__(self) -> Iterator[str]:

@@ -167,16 +167,15 @@ def ablate(
         "control": [without(_random_like_counts(m, gen)) for m in masks],
         "control_exclusive": [without(_random_like_counts(e, gen)) for e in exclusive],
     }
+    say = progress or (lambda _msg: None)
     full = []
     for t in tasks:
-        if progress:
-            progress(f"full network on {t.name}")
+        say(f"full network on {t.name}")
         full.append(run(t, None)[t.metric])
     results: dict[str, list[list[float]]] = {}
     kept_metrics: list[list[dict[str, float]]] = []
     for kind, keeps in removals.items():
-        if progress:
-            progress(f"{kind} removals")
+        say(f"{kind} removals")
         rows = [[run(t, keep) for t in tasks] for keep in keeps]
         results[kind] = [[m[t.metric] for m, t in zip(row, tasks, strict=True)] for row in rows]
         if kind == "kept":

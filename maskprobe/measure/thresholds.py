@@ -43,7 +43,7 @@ class Thresholds:
                 raise BadInputError(f"--max-regression must be finite, got {self.max_regression}")
             for key in WORSE_WHEN:  # a check that cannot be evaluated is a usage error, never a pass
                 _baseline_score(self.baseline, key, self.baseline_path)
-        for key, specs in self._specs().items():  # malformed numbers fail before any long work
+        for key, specs in self._specs().items():  # malformed numbers fail before any long work; min_* name a mask, max_* a pair
             parse_thresholds("--" + key.replace("_", "-"), specs, None, 1 if key.startswith("min_") else 2)
 
     def _specs(self) -> dict[str, Sequence[str]]:
