@@ -118,3 +118,45 @@ def test_a_stop_keeps_every_masks_state_and_resume_finishes_them(tiny_addmul, tm
                            together=True, memory_limit=None, resume=True)  # fmt: skip
     assert len(train_masks(resumed).written) == 2
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["arith-add.seed0.safetensors", "arith-add.seed1.safetensors"]
+    # resumed together (both stopped at the same step), and each is the mask of a run that was never stopped
+    whole = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "w", config=config, seeds=(0, 1),
+                         together=True, memory_limit=None)  # fmt: skip
+    train_masks(whole)
+    for seed in (0, 1):
+        got = load_masks(tmp_path / "o" / f"arith-add.seed{seed}.safetensors")
+        assert got.metadata["engine"]["masks"] == "together"
+        assert _agreement(got.masks, load_masks(tmp_path / "w" / f"arith-add.seed{seed}.safetensors").masks) == 1.0
+
+
+def test_together_resume_skips_a_finished_mask_and_resumes_the_other(tiny_addmul, tmp_path, monkeypatch):
+    """One mask finished, one stopped: --together --resume skips the first and finishes the second alone in the
+    together path (no one-by-one fallback), equal to the uninterrupted run's mask."""
+    from maskprobe.config import TrainConfig
+    from maskprobe.learning import together
+    from maskprobe.learning.runs import TrainRequest, train_masks
+    from maskprobe.tasks import load_task
+
+    ckpt, _, hidden = tiny_addmul
+    task = load_task("arith-add", {"hidden": hidden, "eval_size": 64})
+    config = TrainConfig(steps=12, batch_size=16, device="cpu")
+    full = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "o", config=config, seeds=(0, 1), together=True,
+                        memory_limit=None, save_every=5)  # fmt: skip
+    train_masks(full)
+    (tmp_path / "o" / "arith-add.seed1.safetensors").rename(uninterrupted := tmp_path / "seed1.safetensors")
+    # make seed 1 "interrupted at step 5": its mask gone, a state file of step 5 from a run stopped there
+    stopped = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "s", config=config, seeds=(0, 1),
+                           together=True, memory_limit=None, save_every=5)  # fmt: skip
+    polls = []
+    with pytest.raises(Exception):  # noqa: B017 - Interrupted; only the saved state matters here
+        train_masks(stopped, should_stop=lambda: polls.append(1) or len(polls) > 12)
+    (tmp_path / "s" / "arith-add.seed1.state.pt").rename(tmp_path / "o" / "arith-add.seed1.state.pt")
+    sizes = []
+    real = together.train_together
+    monkeypatch.setattr(together, "train_together", lambda *a, **k: sizes.append(len(a[1])) or real(*a, **k))
+    resumed = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "o", config=config, seeds=(0, 1),
+                           together=True, memory_limit=None, resume=True)  # fmt: skip
+    assert [p.name for _, p in train_masks(resumed).written] == ["arith-add.seed1.safetensors"]
+    assert sizes == [1]
+    resumed_mask = load_masks(tmp_path / "o" / "arith-add.seed1.safetensors")
+    assert "masks" not in resumed_mask.metadata["engine"]  # the one mask left ran as alone, and says so
+    assert _agreement(resumed_mask.masks, load_masks(uninterrupted).masks) == 1.0

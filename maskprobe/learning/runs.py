@@ -41,7 +41,7 @@ class TrainRequest:
         dry_run: estimate memory only.
         allow_mismatch: accept a ``--fix-from`` mask recorded from another checkpoint.
         together: train the masks at once, their backward passes batched where they can be
-            (:mod:`maskprobe.learning.together`); not with ``shard``, torchrun or ``resume``.
+            (:mod:`maskprobe.learning.together`), resumed ones too; not with ``shard`` or torchrun.
     """
 
     checkpoint: Path
@@ -212,7 +212,7 @@ def _train_locked(
     reporter.selection(rows, f"{request.checkpoint} ({ckpt.format}); parameters to mask")
     masked = [r.name for r in rows if r.masked]
     task0 = request.tasks[0][0]
-    at_once = len(jobs) if request.together and not shard and not world.distributed and not request.resume else 1
+    at_once = len(jobs) if request.together and not shard and not world.distributed else 1
     if request.dry_run:
         from .memory import memory_plan
 
@@ -231,26 +231,40 @@ def _train_locked(
     configs = [dataclasses.replace(c, device=str(dev), **auto) for _, _, c, _ in jobs]
     labels = [request.label(t.name, c) for (t, *_), c in zip(jobs, configs, strict=True)]
     keys = [resume_key(c, ref, ckpt.identity_key) for (_, ref, *_), c in zip(jobs, configs, strict=True)]
+
+    def resume_of(i: int) -> Any:
+        """``--resume``: ``"done"`` (a finished mask, skipped), the saved state to go on from, or None."""
+        plan, ref = plans[i], jobs[i][1]
+        if request.resume and plan.mask.exists() and not plan.state.exists():
+            check_finished(plan.mask, configs[i], ref, ckpt)  # skipped only when made with these settings
+            reporter.status(f"{labels[i]}: {plan.mask} already complete, skipped")
+            return "done"
+        state = load_state(plan.state, keys[i], shapes) if request.resume and plan.state.exists() else None
+        if state is not None:
+            reporter.status(f"{labels[i]}: resuming at step {state.step} from {plan.state}")
+        return state
+
     ahead = None  # --together: every mask trained at once (together.py), then written below in order
     if at_once > 1:
         from .together import train_together
 
-        snapshots = [Snapshots(p.state, k, reporter.warning) for p, k in zip(plans, keys, strict=True)]
-        ahead = train_together(ckpt.model, [(t, ref) for t, ref, *_ in jobs], configs, labels, reporter, should_stop,
-                               request.save_every, snapshots)  # fmt: skip
-        for r, plan, key in zip(ahead, plans, keys, strict=True):  # a signal stopped them all: every state is kept
-            if not isinstance(r, BaseException) and not r.completed:
+        # resumed masks train together again: those stopped by one signal go on from the same step, in lockstep
+        resumes = [resume_of(i) for i in range(len(jobs))]
+        todo = [i for i, r in enumerate(resumes) if r != "done"]
+        results = train_together(ckpt.model, [jobs[i][:2] for i in todo], [configs[i] for i in todo],
+                                 [labels[i] for i in todo], reporter, should_stop, request.save_every,
+                                 [Snapshots(plans[i].state, keys[i], reporter.warning) for i in todo],
+                                 [resumes[i] for i in todo])  # fmt: skip
+        ahead = dict.fromkeys(range(len(jobs)), "done") | dict(zip(todo, results, strict=True))
+        for r, plan, key in zip(ahead.values(), plans, keys, strict=True):  # a signal stopped them all: every state is kept
+            if r != "done" and not isinstance(r, BaseException) and not r.completed:
                 save_state(plan.state, r.state, key)
     failed: BaseException | None = None  # --together: the first mask that failed, raised once the others are written
     for i, ((task, ref, _, _), plan) in enumerate(zip(jobs, plans, strict=True)):
         cfg, label, key = configs[i], labels[i], keys[i]
-        if request.resume and plan.mask.exists() and not plan.state.exists():
-            check_finished(plan.mask, cfg, ref, ckpt)  # skipped only when made with these settings
-            reporter.status(f"{label}: {plan.mask} already complete, skipped")
+        state = resume_of(i) if ahead is None else None
+        if state == "done" or (ahead is not None and ahead[i] == "done"):
             continue
-        state = load_state(plan.state, key, shapes) if request.resume and plan.state.exists() else None
-        if state is not None:
-            reporter.status(f"{label}: resuming at step {state.step} from {plan.state}")
         try:
             if ahead is not None:
                 if isinstance(ahead[i], BaseException):
@@ -270,7 +284,8 @@ def _train_locked(
             failed = failed or exc
             continue
         if not result.completed:
-            others = sum(1 for r in (ahead or [])[i + 1 :] if not isinstance(r, BaseException) and not r.completed)
+            later = list((ahead or {}).values())[i + 1 :]
+            others = sum(1 for r in later if r != "done" and not isinstance(r, BaseException) and not r.completed)
             _save_interrupted(result, plan, key, should_stop, written, others)
         try:
             with held(should_stop):  # a signal now waits for the mask (a second or two): it is what the run is for

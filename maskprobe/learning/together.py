@@ -23,9 +23,11 @@ from .engine import FusedEngine, stack_chunks, vmap_backward
 
 
 def train_together(module: Any, tasks: Sequence[tuple[Any, Any]], configs: Sequence[Any], labels: Sequence[str],
-                   reporter: Any, should_stop: Any, save_every: int, snapshots: Sequence[Any]) -> list[Any]:  # fmt: skip
+                   reporter: Any, should_stop: Any, save_every: int, snapshots: Sequence[Any],
+                   resumes: Sequence[Any] | None = None) -> list[Any]:  # fmt: skip
     """Train one mask per ``(task, ref)`` with its config on ``module``, together; one result (a MaskResult, or the
-    exception its loop raised) per mask, in order. Each mask's progress bar, snapshots and stop are its own."""
+    exception its loop raised) per mask, in order. Each mask's progress bar, snapshots and stop are its own;
+    ``resumes``: per mask the saved :class:`~maskprobe.learning.statefile.TrainState` to go on from, or None."""
     from ..devices import module_on
     from ..interrupts import polled
     from .masked import frozen
@@ -40,11 +42,15 @@ def train_together(module: Any, tasks: Sequence[tuple[Any, Any]], configs: Seque
         for precision in sorted({c.precision for c in configs}):
             stack.enter_context(tf32_for(precision))
         loops = []
-        for (task, ref), cfg, label, snapshot in zip(tasks, configs, labels, snapshots, strict=True):
+        resumes = resumes or [None] * len(tasks)
+        for (task, ref), cfg, label, snapshot, state in zip(tasks, configs, labels, snapshots, resumes, strict=True):
             engine = FusedEngine(module, cfg)
-            engine.together = "alone (--fix-from tensors are held fixed)" if engine.fixed else "together"
-            callback = stack.enter_context(reporter.progress(label, cfg.steps, 0))
-            loops.append(steps(engine, task, ref, cfg, callback=callback, should_stop=should_stop,
+            # one mask left (the others finished before a --resume) runs, and is recorded, as alone
+            engine.together = (
+                "alone (--fix-from tensors are held fixed)" if engine.fixed else "together" if len(tasks) > 1 else None
+            )
+            callback = stack.enter_context(reporter.progress(label, cfg.steps, state.step if state else 0))
+            loops.append(steps(engine, task, ref, cfg, callback=callback, should_stop=should_stop, resume=state,
                                save_every=save_every, on_snapshot=snapshot))  # fmt: skip
         return run_together(loops)
 
