@@ -14,14 +14,11 @@ __all__ = ["fit_state", "floating_dtypes", "load_fitted", "misfit", "one_dtype"]
 def _strip_prefixes(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
     if set(state) == expected:
         return state
-    best = state
-    best_hits = len(set(state) & expected)
-    for prefix in ("module.", "model.", "_orig_mod.", "model.module.", "module.model.", "net."):
-        cand = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
-        hits = len(set(cand) & expected)
-        if hits > best_hits:
-            best, best_hits = cand, hits
-    return best
+    stripped = [
+        {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+        for prefix in ("module.", "model.", "_orig_mod.", "model.module.", "module.model.", "net.")
+    ]
+    return max([state, *stripped], key=lambda s: len(set(s) & expected))  # the first with the most hits: state on a tie
 
 
 def _tied_names(model: Any) -> list[list[str]]:

@@ -43,9 +43,8 @@ PACKED_BITORDER = "little"
 def encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
     out = {"format": FORMAT}
     for key, value in metadata.items():
-        if key == "format":
-            continue
-        out[key] = value if (isinstance(value, str) and key not in JSON_KEYS) else json.dumps(value, sort_keys=True)
+        if key != "format":
+            out[key] = value if (isinstance(value, str) and key not in JSON_KEYS) else json.dumps(value, sort_keys=True)
     out.setdefault("created", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     return out
 
