@@ -21,6 +21,10 @@ def _train(ckpt, hidden, out, *extra):
     assert run(argv) == 0
 
 
+def _density(masks):
+    return sum(int(t.sum()) for t in masks.values()) / sum(t.numel() for t in masks.values())
+
+
 def _agreement(a, b):
     same = sum(int((a[n] == b[n]).sum()) for n in a)
     return same / sum(t.numel() for t in a.values())
@@ -108,7 +112,7 @@ def test_a_stop_keeps_every_masks_state_and_resume_finishes_them(tiny_addmul, tm
         polls.append(1)
         return len(polls) > 8
 
-    config = TrainConfig(steps=20, batch_size=16, device="cpu")
+    config = TrainConfig(steps=20, batch_size=16, device="cpu", lr=0.2, beta=1e-3)  # a mask that prunes by step 20
     request = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "o", config=config, seeds=(0, 1),
                            together=True, memory_limit=None)  # fmt: skip
     with pytest.raises(Interrupted, match="and 1 more"):
@@ -125,6 +129,7 @@ def test_a_stop_keeps_every_masks_state_and_resume_finishes_them(tiny_addmul, tm
     for seed in (0, 1):
         got = load_masks(tmp_path / "o" / f"arith-add.seed{seed}.safetensors")
         assert got.metadata["engine"]["masks"] == "together"
+        assert 0.05 < _density(got.masks) < 0.95  # two all-kept masks would agree whatever was resumed
         assert _agreement(got.masks, load_masks(tmp_path / "w" / f"arith-add.seed{seed}.safetensors").masks) == 1.0
 
 
@@ -138,7 +143,7 @@ def test_together_resume_skips_a_finished_mask_and_resumes_the_other(tiny_addmul
 
     ckpt, _, hidden = tiny_addmul
     task = load_task("arith-add", {"hidden": hidden, "eval_size": 64})
-    config = TrainConfig(steps=12, batch_size=16, device="cpu")
+    config = TrainConfig(steps=12, batch_size=16, device="cpu", lr=0.2, beta=1e-3)
     full = TrainRequest(checkpoint=ckpt, tasks=[task], out=tmp_path / "o", config=config, seeds=(0, 1), together=True,
                         memory_limit=None, save_every=5)  # fmt: skip
     train_masks(full)
@@ -159,4 +164,5 @@ def test_together_resume_skips_a_finished_mask_and_resumes_the_other(tiny_addmul
     assert sizes == [1]
     resumed_mask = load_masks(tmp_path / "o" / "arith-add.seed1.safetensors")
     assert "masks" not in resumed_mask.metadata["engine"]  # the one mask left ran as alone, and says so
+    assert 0.05 < _density(resumed_mask.masks) < 0.95
     assert _agreement(resumed_mask.masks, load_masks(uninterrupted).masks) == 1.0

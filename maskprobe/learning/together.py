@@ -45,6 +45,8 @@ def train_together(module: Any, tasks: Sequence[tuple[Any, Any]], configs: Seque
         resumes = resumes or [None] * len(tasks)
         for (task, ref), cfg, label, snapshot, state in zip(tasks, configs, labels, snapshots, resumes, strict=True):
             engine = FusedEngine(module, cfg)
+            if state is not None:
+                engine.load_state(state)
             # one mask left (the others finished before a --resume) runs, and is recorded, as alone
             engine.together = (
                 "alone (--fix-from tensors are held fixed)" if engine.fixed else "together" if len(tasks) > 1 else None
