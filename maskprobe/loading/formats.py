@@ -263,16 +263,10 @@ def _load_sharded(path: Path, mmap: bool = False) -> dict[str, Any]:
     return state
 
 
-def _is_tensor_dict(obj: Any) -> bool:
-    import torch
-
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def unwrap_state_dict(obj: Any) -> dict[str, Any]:
     """Find the tensor dict inside what ``torch.load`` returned (``state_dict``/``model``/... nesting)."""
-    if _is_tensor_dict(obj):
-        return dict(obj)
+    import torch
+
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights"):
             inner = obj.get(key)
@@ -281,9 +275,7 @@ def unwrap_state_dict(obj: Any) -> dict[str, Any]:
                     return unwrap_state_dict(inner)
                 except CheckpointError:
                     continue
-        # Lightning and friends mix tensors with other entries: keep the tensors
-        import torch
-
+        # a plain state dict, or Lightning and friends mixing tensors with other entries: keep the tensors
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
             return tensors
