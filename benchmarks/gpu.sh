@@ -12,7 +12,8 @@
 #      the gate passes' bandwidth vs a device copy (JSON in the log folder)
 #   4. benchmarks/paper_run.py: a short paper-size add/mul run (base network on the GPU, add mask, both backends)
 #   5. benchmarks/together.py: 10 paper-size masks alone vs train --together
-#   6. the whole suite with -n 8, in what time is left
+#   6. benchmarks/memory_check.py: --dry-run's estimate vs the measured CUDA peak (FNN, GPT-2 6x768; K 1/4, Adam fp32/bf16)
+#   7. the whole suite with -n 8, in what time is left
 set -u
 BUDGET=${GPU_SH_BUDGET:-530}   # seconds for everything
 SMOKE=0
@@ -69,6 +70,7 @@ step train-step 170 "$PY" benchmarks/train_step.py "${BENCH[@]}" --backend compi
 step paper-run 100 "$PY" benchmarks/paper_run.py "${PAPER[@]}" --backends compile,torch
 step together 120 "$PY" benchmarks/together.py "${TOGETHER[@]}"
 if [ $SMOKE -eq 0 ]; then
+  step memory 90 "$PY" benchmarks/memory_check.py --device cuda --gpt2
   step suite 400 "$PY" -m pytest -q -n 8 -p no:cacheprovider
 fi
 
@@ -84,5 +86,6 @@ echo "--- paper-size add/mul:"
 grep -E '^\{' "$LOG/paper-run.log" 2>/dev/null | sed 's/^/  /'
 echo "--- masks alone vs together:"
 grep -E '^\{' "$LOG/together.log" 2>/dev/null | sed 's/^/  /'
+[ $SMOKE -eq 0 ] && { echo "--- --dry-run vs the measured peak:"; grep -E '^\|' "$LOG/memory.log" 2>/dev/null | sed 's/^/  /'; }
 [ $SMOKE -eq 0 ] && { echo "--- whole suite (-n 8):"; tail -n 2 "$LOG/suite.log" 2>/dev/null | sed 's/^/  /'; }
 exit 0
