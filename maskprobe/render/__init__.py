@@ -62,14 +62,16 @@ def layer_column(table: Table, header: str = "parameter") -> None:
     table.add_column(header, overflow="fold", no_wrap=False, min_width=min(24, len(header) + 4))
 
 
-def table(title: str, *columns: str, right_from: int = 1, layers: str | None = None, **style: Any) -> Table:
+def table(title: str, *columns: str, right_from: int = 1, layers: str | None = None, no_wrap: bool = False,
+          **style: Any) -> Table:  # fmt: skip
     """A table titled ``title`` (left-aligned): a first column of tensor names headed ``layers`` when given
-    (:func:`layer_column`), then ``columns``, right-justified (numbers) from the ``right_from``-th on."""
+    (:func:`layer_column`), then ``columns``, right-justified (numbers) from the ``right_from``-th on, each cell on
+    one line with ``no_wrap``."""
     t = Table(title=title, title_justify="left", **style)
     if layers is not None:
         layer_column(t, layers)
     for k, col in enumerate(columns):
-        t.add_column(col, justify="left" if k < right_from else "right")
+        t.add_column(col, justify="left" if k < right_from else "right", no_wrap=no_wrap)
     return t
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from . import add_row, at, common_prefix, layer_column, names_fit, num, pct, plus_minus, signed, table
+from . import add_row, at, common_prefix, names_fit, num, pct, plus_minus, shape_str, signed, table
 
 ROLE_RANK = {"input": 0, "hidden": 1, "output": 2}
 REMOVALS = {
@@ -48,80 +48,75 @@ def overlap_table(report: dict[str, Any], i: int = 0, j: int = 1, width: int | N
     return names_fit(build(report, i, j, prefix), width)
 
 
-def _short(name: str, prefix: str) -> str:
-    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
-
-
 def _prefix_note(prefix: str) -> str:
     return f"; names after {escape(prefix)}" if prefix else ""
-
-
-def _full_overlap_table(report: dict[str, Any], i: int, j: int, prefix: str) -> Table:
-    masks, std = report["masks"], report.get("std")
-    a, b = masks[i], masks[j]
-    title = (
-        f"Weight overlap per layer: A = {escape(a['label'])} ({escape(_file(a))}), B = {escape(b['label'])} "
-        f"({escape(_file(b))}); chance = independent random masks of the same per-layer densities" + _prefix_note(prefix)
-    )
-    cols = ("role", "shape", "|A|", "|B|", "|A∩B|", "IoU", "chance", "IoMin", "chance", "IoU-chance", "shared A→B")
-    t = table(title, *cols, layers="layer")
-    indexed = sorted(enumerate(report["layers"]), key=lambda kc: ROLE_RANK.get(kc[1]["role"], 1))
-    last = None
-    for k, c in indexed:
-        if last is not None and c["role"] != last:
-            t.add_section()
-        last = c["role"]
-        add_row(t, *_overlap_cells(c, i, j, at(std, "layers", k), prefix))
-    t.add_section()
-    for key in ("hidden", "total"):
-        if report.get(key):
-            add_row(t, *_overlap_cells(report[key], i, j, at(std, key)))
-    return t
-
-
-def _compact_overlap_table(report: dict[str, Any], i: int, j: int, prefix: str) -> Table:
-    masks, std = report["masks"], report.get("std")
-    a, b = masks[i], masks[j]
-
-    def named(m: dict[str, Any]) -> str:  # task#1, task#2 (one task's runs of a sweep): their files tell them apart
-        return escape(m["label"]) + (f" ({escape(_file(m))})" if m["label"] != m["task"] else "")
-
-    t = Table(
-        title=f"Weight overlap per layer: A = {named(a)}, B = {named(b)}; (chance) = random masks "
-        "of the same per-layer densities" + _prefix_note(prefix),
-        title_justify="left",
-    )
-    layer_column(t, "layer")
-    for col in ("role", "A", "B", "IoU (chance)", "IoMin (chance)", "A→B"):
-        t.add_column(col, justify="left" if col == "role" else "right", no_wrap=True)
-    indexed = sorted(enumerate(report["layers"]), key=lambda kc: ROLE_RANK.get(kc[1]["role"], 1))
-    rows = [(c, at(std, "layers", k)) for k, c in indexed]
-    rows += [(report[key], at(std, key)) for key in ("hidden", "total") if report.get(key)]
-    last = None
-    for c, sd in rows:
-        role = c["role"]
-        if last is not None and role != last:
-            t.add_section()
-        last = role
-        head = [_short(c["name"], prefix) if role != "total" else c["name"], "" if role == "total" else role[:3]]
-        dens = [plus_minus(c["density"][k], at(sd, "density", k), pct) for k in (i, j)]
-        if not c["counts"][i] or not c["counts"][j]:
-            add_row(t, *head, *dens, "empty", "empty", "empty")
-            continue
-        add_row(t, *head, *dens,
-                f"{plus_minus(c['iou'][i][j], at(sd, 'iou', i, j))} ({num(c['chance_iou'][i][j])})",
-                f"{plus_minus(c['iomin'][i][j], at(sd, 'iomin', i, j))} ({num(c['chance_iomin'][i][j])})",
-                plus_minus(c["shared"][i][j], at(sd, "shared", i, j)))  # fmt: skip
-    return t
 
 
 def _file(mask: dict[str, Any]) -> str:
     return str(mask["path"]).rsplit("/", 1)[-1]
 
 
+def _overlap_rows(report: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+    """``(entry, std)`` of every layer, input layers first and output layers last, then of the hidden-layer total
+    and the total (role ``total``)."""
+    std = report.get("std")
+    indexed = sorted(enumerate(report["layers"]), key=lambda kc: ROLE_RANK.get(kc[1]["role"], 1))
+    rows = [(c, at(std, "layers", k)) for k, c in indexed]
+    return rows + [(report[key], at(std, key)) for key in ("hidden", "total") if report.get(key)]
+
+
+def _by_role(t: Table, rows: list[list[str]]) -> Table:
+    """``rows`` added to ``t``, a section line wherever the role (the second cell) changes."""
+    for k, row in enumerate(rows):
+        if k and row[1] != rows[k - 1][1]:
+            t.add_section()
+        add_row(t, *row)
+    return t
+
+
+def _head(c: dict[str, Any], prefix: str, role_width: int | None = None) -> list[str]:
+    """A row's name (after ``prefix``) and role; a total's name whole and its role blank."""
+    if c["role"] == "total":
+        return [c["name"], ""]
+    return [c["name"][len(prefix) :] if prefix and c["name"].startswith(prefix) else c["name"], c["role"][:role_width]]
+
+
+def _full_overlap_table(report: dict[str, Any], i: int, j: int, prefix: str) -> Table:
+    a, b = report["masks"][i], report["masks"][j]
+    title = (
+        f"Weight overlap per layer: A = {escape(a['label'])} ({escape(_file(a))}), B = {escape(b['label'])} "
+        f"({escape(_file(b))}); chance = independent random masks of the same per-layer densities" + _prefix_note(prefix)
+    )
+    cols = ("role", "shape", "|A|", "|B|", "|A∩B|", "IoU", "chance", "IoMin", "chance", "IoU-chance", "shared A→B")
+    return _by_role(table(title, *cols, layers="layer"), [_overlap_cells(c, i, j, sd, prefix) for c, sd in _overlap_rows(report)])
+
+
+def _compact_overlap_table(report: dict[str, Any], i: int, j: int, prefix: str) -> Table:
+    a, b = report["masks"][i], report["masks"][j]
+
+    def named(m: dict[str, Any]) -> str:  # task#1, task#2 (one task's runs of a sweep): their files tell them apart
+        return escape(m["label"]) + (f" ({escape(_file(m))})" if m["label"] != m["task"] else "")
+
+    title = (
+        f"Weight overlap per layer: A = {named(a)}, B = {named(b)}; (chance) = random masks of the same per-layer densities"
+        + _prefix_note(prefix)
+    )
+    t = table(title, "role", "A", "B", "IoU (chance)", "IoMin (chance)", "A→B", layers="layer", no_wrap=True)
+    return _by_role(t, [_compact_cells(c, i, j, sd, prefix) for c, sd in _overlap_rows(report)])
+
+
+def _compact_cells(c: dict[str, Any], i: int, j: int, sd: Any, prefix: str) -> list[str]:
+    head = [*_head(c, prefix, 3), *(plus_minus(c["density"][k], at(sd, "density", k), pct) for k in (i, j))]
+    if not c["counts"][i] or not c["counts"][j]:
+        return [*head, "empty", "empty", "empty"]
+    return [*head,
+            f"{plus_minus(c['iou'][i][j], at(sd, 'iou', i, j))} ({num(c['chance_iou'][i][j])})",
+            f"{plus_minus(c['iomin'][i][j], at(sd, 'iomin', i, j))} ({num(c['chance_iomin'][i][j])})",
+            plus_minus(c["shared"][i][j], at(sd, "shared", i, j))]  # fmt: skip
+
+
 def _overlap_cells(c: dict[str, Any], i: int, j: int, sd: Any, prefix: str = "") -> list[str]:
-    shape = "x".join(str(s) for s in c["shape"]) if c["shape"] else "-"
-    head = [_short(c["name"], prefix) if c["role"] != "total" else c["name"], "" if c["role"] == "total" else c["role"], shape]
+    head = [*_head(c, prefix), shape_str(c["shape"])]
     sizes = [f"{_count(c['counts'][k])} ({plus_minus(c['density'][k], at(sd, 'density', k), pct)})" for k in (i, j)]
     if not c["counts"][i] or not c["counts"][j]:
         return [*head, *sizes, f"{_count(c['intersection'][i][j])}", *["empty"] * 6]
