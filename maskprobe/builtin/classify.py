@@ -18,6 +18,7 @@ evaluation labels must follow the same rule.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class TextClassify(TextTask):
         if classes and exclude_classes:
             raise ArgError("give classes= (train on these only) or exclude_classes= (train on all but these), not both")
         self.label_column = label_column
+        self.label_names: dict[str, list[str]] = {}  # per split: each example's label, and its output unit
+        self.targets: dict[str, list[int]] = {}
         self.only = [str(c) for c in classes or []]
         self.excluded = [str(c) for c in exclude_classes or []]
         for flag, given in (("classes", self.only), ("exclude_classes", self.excluded)):
@@ -134,10 +137,7 @@ class TextClassify(TextTask):
         return f" in the task's classes (all but exclude_classes={','.join(self.excluded)})" if self.excluded else ""
 
     def _keep(self, split: str, extra: list[Any]) -> None:
-        if not hasattr(self, "label_names"):
-            self.label_names: dict[str, list[str]] = {}
         self.label_names[split] = extra
-        self.targets = getattr(self, "targets", {})
         self.targets[split] = [self._label_index(lab) for lab in extra]
 
     def _extend(self, batch: dict[str, Tensor], split: str, indices: list[int], generator: Any) -> dict:
@@ -156,17 +156,17 @@ class TextClassify(TextTask):
     def evaluate(self, model: Any, batches: Iterable[Any]) -> dict[str, float]:
         self.ensure_setup(model)
         names = self.label_names["eval"]
-        right: dict[str, int] = {}
-        seen: dict[str, int] = {}
+        right: Counter[str] = Counter()
+        seen: Counter[str] = Counter()
         for batch in batches:
             hits = (self._logits(model, batch).argmax(-1) == batch["labels"]).tolist()
             for i, hit in zip(batch["index"].tolist(), hits, strict=True):
-                seen[names[i]] = seen.get(names[i], 0) + 1
-                right[names[i]] = right.get(names[i], 0) + int(hit)
+                seen[names[i]] += 1
+                right[names[i]] += int(hit)
 
         def acc(labels: list[str]) -> float:
-            n = sum(seen.get(lab, 0) for lab in labels)
-            return sum(right.get(lab, 0) for lab in labels) / n if n else float("nan")
+            n = sum(seen[lab] for lab in labels)
+            return sum(right[lab] for lab in labels) / n if n else float("nan")
 
         mine = [lab for lab in seen if self.in_task(lab)]
         out = {"accuracy": acc(mine), "accuracy_all": acc(list(seen))}

@@ -78,14 +78,10 @@ class KeepOutputs(TextTask):
         hf = text.is_hf(getattr(model, "module", model))
         out = text.run(model, batch, hidden_states=hf and self.kind != "logits", unmasked=unmasked)
         mask = batch["attention_mask"]
-        if self.kind == "logits":
+        if self.kind == "logits" or not hf:  # a plain module gives only its output
             values = text.logits_of(out).float()
-        elif not hf:
-            values = text.logits_of(out).float()
-        elif self.kind == "hidden":
-            values = out.hidden_states[self.layer].float()
         else:
-            values = out.hidden_states[-1].float()
+            values = out.hidden_states[self.layer if self.kind == "hidden" else -1].float()
         if self.kind == "embedding":
             if values.dim() == 3:
                 w = mask.unsqueeze(-1).to(values.dtype)
