@@ -45,8 +45,10 @@ def _layer_labels(layers: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _separate_io(ax: Any, layers: Sequence[dict[str, Any]]) -> None:
-    """Dashed lines between the input, hidden and output layers; I/O tick labels in grey."""
+def _label_bars(ax: Any, labels: Sequence[str], layers: Sequence[dict[str, Any]]) -> None:
+    """A slanted tick label under each bar group, dashed lines between the input, hidden and output layers, I/O
+    labels in grey."""
+    ax.set_xticks(np.arange(len(labels), dtype=float), labels, rotation=30, ha="right")
     roles = [c.get("role", "hidden") for c in layers]
     for k in range(1, len(roles)):
         if roles[k] != roles[k - 1]:
@@ -113,25 +115,24 @@ def plot_overlap(report: dict[str, Any], i: int, j: int, path: Path) -> Path:
     levels as black ticks."""
     plt = pyplot()
     layers, pooled = grouped(_ordered(report["layers"]))
-    rows = [*layers, *([report["hidden"]] if report.get("hidden") else []), report["total"]]
+    totals = ["hidden", "total"] if report.get("hidden") else ["total"]
+    rows = [*layers, *(report[key] for key in totals)]
     tasks = [m.get("label", m["task"]) for m in report["masks"]]
     x = np.arange(len(rows), dtype=float)
     fig, ax = plt.subplots(figsize=FIGSIZE["overlap"])
     width = 0.38
     std = None if pooled else report.get("std")  # error bars per tensor only
-    std_rows = None
     if std:  # a --group report: error bars of one standard deviation over runs
         by_name = {c["name"]: s for c, s in zip(report["layers"], std["layers"], strict=True)}
-        std_rows = [by_name[c["name"]] for c in layers] + ([std["hidden"]] if report.get("hidden") else []) + [std["total"]]
+        std = [by_name[c["name"]] for c in layers] + [std[key] for key in totals]
     for k, (key, label) in enumerate((("iou", "IoU"), ("iomin", "IoMin"))):
         vals = [c[key][i][j] for c in rows]
         chance = [c[f"chance_{key}"][i][j] for c in rows]
         xs = x + (k - 0.5) * width
-        err = [s[key][i][j] or 0.0 for s in std_rows] if std_rows else None
+        err = [s[key][i][j] or 0.0 for s in std] if std else None
         ax.bar(xs, vals, width * 0.95, color=PALETTE[k], label=label, yerr=err, capsize=2 if err else 0)
         ax.hlines(chance, xs - width / 2, xs + width / 2, colors="black", linewidth=1.6, label="chance" if k == 0 else None)
-    ax.set_xticks(x, [*_layer_labels(layers), *(["hidden"] if report.get("hidden") else []), "total"], rotation=30, ha="right")
-    _separate_io(ax, [*layers, {"role": "total"}, *([{"role": "total"}] if report.get("hidden") else [])])
+    _label_bars(ax, [*_layer_labels(layers), *totals], [*layers, *({"role": "total"} for _ in totals)])
     ax.set_ylim(0, 1)
     ax.set_ylabel("overlap")
     per = "block (tensors pooled)" if pooled else "layer"
@@ -156,8 +157,7 @@ def plot_density(report: dict[str, Any], path: Path) -> Path:
     positive = dens[dens > 0]
     if positive.size and positive.max() / positive.min() > 100:
         ax.set_yscale("log")
-    ax.set_xticks(x, _layer_labels(layers), rotation=30, ha="right")
-    _separate_io(ax, layers)
+    _label_bars(ax, _layer_labels(layers), layers)
     ax.set_ylabel("density (kept / weights)")
     ax.set_title(f"Weights each mask keeps, per {'block (tensors pooled)' if pooled else 'layer'}")
     ax.legend(ncol=min(n, 4), loc="upper center")
