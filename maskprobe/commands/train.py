@@ -183,6 +183,7 @@ def train(
     from ..learning.selection import parse_globs
     from ..loading.checkpoints import parse_model_args
     from ..render import dumps
+    from ..render.train import memory_plan_table, train_payload
     from ..tasks.args import resolve_tasks
 
     if fix and fix_from is None:
@@ -218,12 +219,8 @@ def train(
     if not distributed.current().is_main:
         return
     if result.memory_plan is not None:
-        from ..render.train import memory_plan_table
-
         console.print_json(dumps(result.memory_plan)) if json_out else console.out().print(memory_plan_table(result.memory_plan))
     elif json_out:
-        from ..render.train import train_payload
-
         console.print_json(dumps(train_payload(result.checkpoint, result.written)))
 
 
@@ -238,7 +235,7 @@ class CliReporter:
         self.err = console.err()
         self.quiet, self.tables, self.verbose = quiet, tables, verbose
         self.label = label or (lambda name, config: name)  # the run's name: TrainRequest.label
-        self.say = status_line(self.err, quiet)
+        self.status = status_line(self.err, quiet)  # Reporter.status(message): a dim line on stderr unless --quiet
 
     def selection(self, rows: list[Any], title: str) -> None:
         """One screen per block and kind (render.train.selection_summary); one row per tensor with --verbose."""
@@ -251,9 +248,6 @@ class CliReporter:
                 self.err.print(item, markup=False, highlight=False, soft_wrap=False)
             else:
                 self.err.print(item)
-
-    def status(self, message: str) -> None:
-        self.say(message)
 
     def warning(self, message: str) -> None:
         self.err.print(f"maskprobe: warning: {message}", markup=False, highlight=False)
