@@ -35,13 +35,8 @@ def layer_row(c: dict[str, Any], i: int, j: int, sd: dict[str, Any] | None = Non
               _pm(c["iomin"][i][j], _at(sd, "iomin", i, j)), _n(c["chance_iomin"][i][j]),
               _pm(c["excess_iou"][i][j], _at(sd, "excess_iou", i, j), _sign)]
     )  # fmt: skip
-    return [
-        c["name"],
-        "" if c.get("role") == "total" else c.get("role", ""),
-        _pm(c["density"][i], _at(sd, "density", i), _pct),
-        _pm(c["density"][j], _at(sd, "density", j), _pct),
-        *pair,
-    ]
+    dens = [_pm(c["density"][k], _at(sd, "density", k), _pct) for k in (i, j)]
+    return [c["name"], "" if c.get("role") == "total" else c.get("role", ""), *dens, *pair]
 
 
 LAYER_HEADER = ["layer", "role", "density A", "density B", "IoU", "chance", "IoMin", "chance", "IoU − chance"]
@@ -101,10 +96,8 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
             "control": "random removal of |M| per layer (control)",
         }
         for kind, label in removals.items():
-            out.append(f"*{label}*")
-            out.append(
-                table(["removed \\ task", *tasks], [[tasks[i], *[_n(v) for v in row]] for i, row in enumerate(ab["drops"][kind])])
-            )
+            rows = [[tasks[i], *[_n(v) for v in row]] for i, row in enumerate(ab["drops"][kind])]
+            out += [f"*{label}*", table(["removed \\ task", *tasks], rows)]
         sd = _at(report.get("std"), "scores")
         rows = [[f"S[{t}]", _pm(s["specialization"][k], _at(sd, "specialization", k))] for k, t in enumerate(tasks)]
         labels = {"p_specialize": "P_specialize", "p_specialize_control": "P_specialize, control", "p_reuse": "P_reuse"}
@@ -118,11 +111,6 @@ def compare_markdown(report: dict[str, Any], title: str = "maskprobe compare") -
     base = report.get("baseline")
     if base:
         out.append(f"### Against the baseline {base.get('path', '')}")
-        moves = base["moves"][:15]
-        out.append(
-            table(
-                ["number", "baseline", "now", "change"],
-                [[m["key"], _n(m["old"]), _n(m["new"]), _sign(m["delta"])] for m in moves],
-            )
-        )
+        rows = [[m["key"], _n(m["old"]), _n(m["new"]), _sign(m["delta"])] for m in base["moves"][:15]]
+        out.append(table(["number", "baseline", "now", "change"], rows))
     return "\n\n".join(out) + "\n"
