@@ -50,9 +50,7 @@ class MaskprobeError(Exception):
 
 
 class BadInputError(MaskprobeError):
-    """A file, argument or combination of them that cannot be used."""
-
-    exit_code = EXIT_BAD_INPUT
+    """A file, argument or combination of them that cannot be used (exit 2, MaskprobeError's)."""
 
 
 class CheckpointError(BadInputError):

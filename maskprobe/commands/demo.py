@@ -136,14 +136,12 @@ def weak_masks(full: list[float], kept: list[list[float]], names: tuple[str, ...
     metric: the removals then measure a network the mask no longer fully explains."""
     from ..render import pct
 
-    out = []
-    for i, name in enumerate(names):
-        if full[i] > 0 and kept[i][i] < WEAK * full[i]:
-            out.append(
-                f"  note: the {name} mask alone keeps {name} at {pct(kept[i][i])} of {pct(full[i])} unmasked "
-                f"({kept[i][i] / full[i]:.0%}): it misses weights {name} uses; more --steps or a smaller --beta keep more"
-            )
-    return out
+    return [
+        f"  note: the {name} mask alone keeps {name} at {pct(kept[i][i])} of {pct(full[i])} unmasked "
+        f"({kept[i][i] / full[i]:.0%}): it misses weights {name} uses; more --steps or a smaller --beta keep more"
+        for i, name in enumerate(names)
+        if full[i] > 0 and kept[i][i] < WEAK * full[i]
+    ]
 
 
 def _check_outputs(out: Path, hidden: str, force: bool) -> None:
