@@ -124,7 +124,6 @@ class TextClassify(TextTask):
                     f"({', '.join(labels)}): no class is left to train on"
                 )
             return [e for e in examples if self.in_task(e[1])]
-        self.eval_labels = labels
         return examples
 
     def in_task(self, label: str) -> bool:
