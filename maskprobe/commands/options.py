@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,29 +11,20 @@ METHOD = "Method (docs/method.md)"
 WEIGHTS = "Which weights get a mask"
 RUNNING = "Running, resuming, storing"
 
+
+def in_panel(panel: str, metavar: str, help: str, *flags: str, **extra: Any) -> Any:
+    """An option of ``panel`` in --help (``metavar`` "": an on/off switch, no type printed after it)."""
+    return typer.Option(*flags, rich_help_panel=panel, metavar=metavar, help=help, **extra)
+
+
 # which parameters get a mask (train, inspect); defaults: config.Selection's
 Include = Annotated[
-    list[str],
-    typer.Option(
-        "--include",
-        rich_help_panel=WEIGHTS,
-        metavar="GLOB",
-        help="Glob(s) of parameter names to mask (replaces the default rule).",
-    ),
+    list[str], in_panel(WEIGHTS, "GLOB", "Glob(s) of parameter names to mask (replaces the default rule).", "--include")
 ]
-Exclude = Annotated[
-    list[str],
-    typer.Option("--exclude", rich_help_panel=WEIGHTS, metavar="GLOB", help="Glob(s) of parameter names not to mask."),
-]
-MaskBiases = Annotated[bool, typer.Option("--mask-biases", rich_help_panel=WEIGHTS, metavar="", help="Mask biases too.")]
+Exclude = Annotated[list[str], in_panel(WEIGHTS, "GLOB", "Glob(s) of parameter names not to mask.", "--exclude")]
+MaskBiases = Annotated[bool, in_panel(WEIGHTS, "", "Mask biases too.", "--mask-biases")]
 MaskNorms = Annotated[
-    bool,
-    typer.Option(
-        "--mask-norms/--no-mask-norms",
-        rich_help_panel=WEIGHTS,
-        metavar="",
-        help="Mask norm gains (off by default: docs/method.md).",
-    ),
+    bool, in_panel(WEIGHTS, "", "Mask norm gains (off by default: docs/method.md).", "--mask-norms/--no-mask-norms")
 ]
 Json = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object on stdout instead of tables.")]
 Tasks = Annotated[

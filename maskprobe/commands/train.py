@@ -28,14 +28,10 @@ from .options import (
     Tasks,
     Threads,
     Trust,
+    in_panel,
 )
 
 D = TrainConfig()  # every default comes from the config, once
-
-
-def _option(panel: str, metavar: str, help: str, *flags: str, **extra: Any) -> Any:
-    """An option of ``panel`` in train --help (``metavar`` "": an on/off switch, no type printed after it)."""
-    return typer.Option(*flags, rich_help_panel=panel, metavar=metavar, help=help, **extra)
 
 
 def train(
@@ -50,17 +46,18 @@ def train(
     model_arg: ModelArgs = [],
     trust_checkpoint: Trust = False,
     steps: Annotated[
-        int | None, _option(METHOD, "N", "Optimiser steps per mask (paper: 20000; default: by model size and device).", min=1)
+        int | None,
+        in_panel(METHOD, "N", "Optimiser steps per mask (paper: 20000; default: by model size and device).", min=1),
     ] = None,
     batch_size: Annotated[
-        int | None, _option(METHOD, "B", "Batch size B, split into K chunks (default: by model size and device).", min=1)
+        int | None, in_panel(METHOD, "B", "Batch size B, split into K chunks (default: by model size and device).", min=1)
     ] = None,
     lr: Annotated[
-        float | None, _option(METHOD, "LR", "Adam learning rate on the logits (default: 0.01, more for short runs).")
+        float | None, in_panel(METHOD, "LR", "Adam learning rate on the logits (default: 0.01, more for short runs).")
     ] = None,
     beta: Annotated[
         str,
-        _option(
+        in_panel(
             METHOD,
             "BETA",
             "Regulariser strength: loss += beta/B * sum(logits); a comma list (1e-5,1e-4) trains one mask each. "
@@ -69,17 +66,17 @@ def train(
     ] = str(D.beta),
     keep: Annotated[
         float | None,
-        _option(
+        in_panel(
             METHOD, "FRACTION", "Target instead of a fixed beta: keep this fraction of the unmasked metric (e.g. 0.95).", "--keep"
         ),
     ] = None,
-    samples: Annotated[int, _option(METHOD, "K", "Mask samples K per step.", "--samples", "-k", min=1)] = D.samples,
-    init: Annotated[float, _option(METHOD, "LOGIT", "Initial logit (keep probability sigmoid(init)).")] = D.init,
-    tau: Annotated[float, _option(METHOD, "T", "Gumbel-sigmoid temperature (gradient only).")] = D.tau,
-    clip: Annotated[float, _option(METHOD, "NORM", "Gradient-norm clip over the logits.")] = D.clip,
-    seed: Annotated[int, _option(METHOD, "N", "Seed for data order and mask noise.")] = D.seed,
+    samples: Annotated[int, in_panel(METHOD, "K", "Mask samples K per step.", "--samples", "-k", min=1)] = D.samples,
+    init: Annotated[float, in_panel(METHOD, "LOGIT", "Initial logit (keep probability sigmoid(init)).")] = D.init,
+    tau: Annotated[float, in_panel(METHOD, "T", "Gumbel-sigmoid temperature (gradient only).")] = D.tau,
+    clip: Annotated[float, in_panel(METHOD, "NORM", "Gradient-norm clip over the logits.")] = D.clip,
+    seed: Annotated[int, in_panel(METHOD, "N", "Seed for data order and mask noise.")] = D.seed,
     seeds: Annotated[
-        str | None, _option(METHOD, "LIST", "Several seeds, one mask each: 0,1,2 or 0-9; replaces --seed.", "--seeds")
+        str | None, in_panel(METHOD, "LIST", "Several seeds, one mask each: 0,1,2 or 0-9; replaces --seed.", "--seeds")
     ] = None,
     device: Device = "auto",
     threads: Threads = None,
@@ -89,19 +86,20 @@ def train(
     mask_norms: MaskNorms = Selection.mask_norms,
     fix_from: Annotated[
         Path | None,
-        _option(
+        in_panel(
             WEIGHTS, "MASK", "Copy tensors of this mask file into each mask and do not train them (class removal).", "--fix-from"
         ),
     ] = None,
     fix: Annotated[
-        list[str], _option(WEIGHTS, "GLOB", "With --fix-from: the tensors held fixed, globs or 'output' (the default).", "--fix")
+        list[str],
+        in_panel(WEIGHTS, "GLOB", "With --fix-from: the tensors held fixed, globs or 'output' (the default).", "--fix"),
     ] = [],
     allow_mismatch: Annotated[
-        bool, _option(WEIGHTS, "", "Use a --fix-from mask recorded from another checkpoint.", "--allow-mismatch")
+        bool, in_panel(WEIGHTS, "", "Use a --fix-from mask recorded from another checkpoint.", "--allow-mismatch")
     ] = False,
     backend: Annotated[
         str,
-        _option(
+        in_panel(
             RUNNING,
             "NAME",
             "Mask-step kernels: auto (numba on the CPU when installed, compile on CUDA), numba, torch or compile.",
@@ -110,11 +108,13 @@ def train(
     ] = D.backend,
     batched_samples: Annotated[
         bool,
-        _option(RUNNING, "", "Run the K samples as one vmap where the task allows it (docs/benchmarks.md).", "--batched-samples"),
+        in_panel(
+            RUNNING, "", "Run the K samples as one vmap where the task allows it (docs/benchmarks.md).", "--batched-samples"
+        ),
     ] = D.batched_samples,
     precision: Annotated[
         str,
-        _option(
+        in_panel(
             RUNNING,
             "NAME",
             "Forward and loss in fp32, tf32 (CUDA TF32 matmuls) or bf16 (autocast); gates, Adam and the final "
@@ -124,7 +124,7 @@ def train(
     ] = D.precision,
     adam_state: Annotated[
         str,
-        _option(
+        in_panel(
             RUNNING,
             "DTYPE",
             "Adam's moments of the logits in fp32 or bf16 (half the optimiser memory; docs/method.md).",
@@ -133,7 +133,7 @@ def train(
     ] = D.adam_state,
     together: Annotated[
         bool,
-        _option(
+        in_panel(
             RUNNING,
             "",
             "Train the masks of a sweep (--seeds, --beta) at once, their steps batched where they can be.",
@@ -141,29 +141,29 @@ def train(
         ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite existing mask files.")] = False,
-    resume: Annotated[bool, _option(RUNNING, "", "Continue interrupted runs from their .state.pt files.", "--resume")] = False,
+    resume: Annotated[bool, in_panel(RUNNING, "", "Continue interrupted runs from their .state.pt files.", "--resume")] = False,
     save_every: Annotated[
         int,
-        _option(
+        in_panel(
             RUNNING, "N", "Snapshot the state every N steps (a kill loses at most N; 0: on signals only)", "--save-every", min=0
         ),
     ] = 0,
     memory_limit: Annotated[
         str,
-        _option(
+        in_panel(
             RUNNING, "SIZE", "Refuse to start above this estimated need, e.g. 8GiB; auto: free memory; off.", "--memory-limit"
         ),
     ] = "auto",
     dry_run: Annotated[
-        bool, _option(RUNNING, "", "Print the memory estimate per process (1, 2, 4, 8 processes) and exit.", "--dry-run")
+        bool, in_panel(RUNNING, "", "Print the memory estimate per process (1, 2, 4, 8 processes) and exit.", "--dry-run")
     ] = False,
     shard: Annotated[
         bool,
-        _option(RUNNING, "", "Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).", "--shard"),
+        in_panel(RUNNING, "", "Under torchrun: shard weights, logits and Adam state (FSDP2; docs/distributed.md).", "--shard"),
     ] = False,
     pack_bits: Annotated[
         bool,
-        _option(RUNNING, "", "Store 8 weights per byte (read by every maskprobe command; docs/mask-format.md).", "--pack-bits"),
+        in_panel(RUNNING, "", "Store 8 weights per byte (read by every maskprobe command; docs/mask-format.md).", "--pack-bits"),
     ] = False,
     json_out: Json = False,
     quiet: Quiet = False,
