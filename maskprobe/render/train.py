@@ -100,8 +100,8 @@ def selection_summary(rows: Sequence[Any], title: str = "Parameters") -> list[An
         kinds: dict[str, list[Any]] = {}
         for r in members:
             kinds.setdefault(r.kind or "vector", []).append(r)
-        first = True
-        for kind, rs in sorted(kinds.items(), key=lambda kv: list(KINDS).index(kv[0]) if kv[0] in KINDS else len(KINDS)):
+        order = sorted(kinds.items(), key=lambda kv: list(KINDS).index(kv[0]) if kv[0] in KINDS else len(KINDS))
+        for n, (kind, rs) in enumerate(order):
             masked = [r for r in rs if r.masked]
             numel = sum(r.numel for r in rs)
             kept = sum(r.numel for r in masked)
@@ -110,8 +110,7 @@ def selection_summary(rows: Sequence[Any], title: str = "Parameters") -> list[An
                 verdict = "all" if kept == numel else pct(kept / numel if numel else 0)
             else:
                 verdict = "no (" + ", ".join(dict.fromkeys(r.reason for r in rs)) + ")"
-            add_row(t, label if first else "", KINDS.get(kind, kind), tensors, f"{numel:,}", verdict)
-            first = False
+            add_row(t, "" if n else label, KINDS.get(kind, kind), tensors, f"{numel:,}", verdict)
     masked_rows = [r for r in rows if r.masked]
     kept, total = sum(r.numel for r in masked_rows), sum(r.numel for r in rows)
     notes = [
