@@ -20,9 +20,7 @@ from ..jsonable import jsonable  # the library's; re-exported here for the rende
 
 
 def num(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def pct(x: float | None) -> str:

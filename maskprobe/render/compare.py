@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from . import add_row, at, common_prefix, names_fit, num, pct, plus_minus, shape_str, signed, table
+from . import add_row, at, common_prefix, metric_text, names_fit, num, pct, plus_minus, shape_str, signed, table
 
 ROLE_RANK = {"input": 0, "hidden": 1, "output": 2}
 REMOVALS = {
@@ -169,11 +169,10 @@ def pairwise_tables(report: dict[str, Any]) -> list[Table]:
 
 
 def _metric_fmt(report: dict[str, Any]) -> Any:
-    """A metric whose range is [0, 1] (accuracy) in percent; others (cosine, perplexity, loss) as plain numbers."""
+    """Task j's metric as :func:`~maskprobe.render.metric_text` writes it (a report without ranges: all in [0, 1])."""
     ab = report["ablation"]
     ranges = ab.get("metric_ranges") or [[0.0, 1.0]] * len(ab["tasks"])
-    percent = [r is not None and list(r) == [0.0, 1.0] for r in ranges]
-    return lambda j, v: pct(v) if percent[j] else num(v, 4)
+    return lambda j, v: metric_text(v, ranges[j])
 
 
 def paper_table(report: dict[str, Any]) -> Table:
