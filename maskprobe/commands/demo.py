@@ -19,12 +19,11 @@ import typer
 from .options import Device, Json, Quiet, Threads
 
 DEMO_TASKS = ("arith-add", "arith-mul")
+DEMO_OUT = Path("maskprobe-demo")
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's checkpoint and masks.")] = Path(
-        "maskprobe-demo"
-    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's checkpoint and masks.")] = DEMO_OUT,
     hidden: Annotated[str, typer.Option(help="Hidden sizes of the FNN (paper: 2000,2000,2000,2000).")] = "256,256,256,256",
     base_steps: Annotated[
         int | None, typer.Option(min=1, help="Steps to train the base network (default: the task's recipe, 10000).")
