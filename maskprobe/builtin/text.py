@@ -106,14 +106,11 @@ def run(model: Any, batch: Batch, *, hidden_states: bool = False, unmasked: bool
     ``output_hidden_states``), any other module as ``model(input_ids)``. ``unmasked``: the frozen network without
     the masks (``model.unmasked``), no gradient."""
     module = getattr(model, "module", model)
-    call = model
-    if unmasked:
-        call = getattr(model, "unmasked", None) or torch.no_grad()(module)  # a bare module: itself, no gradient
+    # unmasked on a bare module: the module itself, without gradient
+    call = (getattr(model, "unmasked", None) or torch.no_grad()(module)) if unmasked else model
     if is_hf(module):
-        kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        if hidden_states:
-            kwargs["output_hidden_states"] = True
-        return call(**kwargs)
+        extra = {"output_hidden_states": True} if hidden_states else {}
+        return call(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
     return call(batch["input_ids"])
 
 
