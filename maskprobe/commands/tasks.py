@@ -54,10 +54,9 @@ def tasks(
     if checkpoint is not None:
         from ..loading.checkpoints import load_checkpoint, parse_model_args
 
-        ckpt = load_checkpoint(
+        module = load_checkpoint(
             checkpoint, tasks=[task], model=model, model_args=parse_model_args(model_arg), trust=trust_checkpoint
-        )
-        module = ckpt.model
+        ).model
     report = check_task(task, model=module)
     if json_out:
         console.print_json(dumps(show.check_payload(report)))
