@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from maskprobe.learning.footprint import saved_bytes_per_example  # noqa: E402
 from maskprobe.learning.masked import MaskedModel, frozen  # noqa: E402
-from maskprobe.learning.memory import SAVED_FACTOR, estimate, human, saved_bytes_per_example  # noqa: E402
+from maskprobe.learning.memory import SAVED_FACTOR, estimate, human  # noqa: E402
 from maskprobe.learning.selection import select_parameters  # noqa: E402
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from maskprobe.cli import run
 from maskprobe.errors import BadInputError
-from maskprobe.learning.memory import activation_bytes_per_example, check_fits, estimate, human, parse_size, suggestions
+from maskprobe.learning.footprint import activation_bytes_per_example
+from maskprobe.learning.memory import check_fits, estimate, human, parse_size, suggestions
 
 
 @pytest.mark.parametrize(
@@ -149,8 +150,8 @@ def test_the_estimate_is_near_the_measured_peak(tmp_path):
 
 
 def test_saved_probe_counts_what_autograd_keeps_not_the_weights():
+    from maskprobe.learning.footprint import saved_bytes_per_example
     from maskprobe.learning.masked import MaskedModel
-    from maskprobe.learning.memory import saved_bytes_per_example
 
     model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
     for p in model.parameters():
@@ -169,8 +170,8 @@ def test_saved_probe_of_one_example_cut_from_a_large_batch_is_not_the_whole_batc
     """The run probes one example split off the task's first batch (a view of it): the per-example bytes must not
     grow with the batch the view was cut from (they did: the batch's whole storage, counted per example)."""
     from maskprobe.learning.batching import split_batch
+    from maskprobe.learning.footprint import saved_bytes_per_example
     from maskprobe.learning.masked import MaskedModel
-    from maskprobe.learning.memory import saved_bytes_per_example
 
     model = nn.Sequential(nn.Linear(42, 256), nn.ReLU(), nn.Linear(256, 20))
     for p in model.parameters():

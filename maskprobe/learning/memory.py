@@ -21,9 +21,9 @@ end of the run        what the end adds beyond the step's gradients and activati
                       only) and the masked weights of the final evaluation (``n w``); usually 0
 activations           ``1.25 s B``: ``s`` = bytes autograd saves for backward per example, measured by one
                       forward pass of a single example with the masked weights requiring gradients
-                      (:func:`saved_bytes_per_example`), plus a quarter for the gradients flowing back; where
-                      that cannot run (it fails, or saves nothing), ``2 a B`` with ``a`` = bytes of every leaf
-                      module's outputs per example (:func:`activation_bytes_per_example`)
+                      (``footprint.saved_bytes_per_example``), plus a quarter for the gradients flowing back;
+                      where that cannot run (it fails, or saves nothing), ``2 a B`` with ``a`` = bytes of every
+                      leaf module's outputs per example (``footprint.activation_bytes_per_example``)
 ====================  ==================================================================================
 
 It is an estimate, not a bound (allocator fragmentation, a task's own temporaries and fused kernels move
@@ -46,21 +46,8 @@ from torch import nn
 
 from ..errors import BadInputError
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
+_UNITS = {"": 1, "b": 1} | {  # k kb kib m mb mib g gb gib t tb tib
+    p + suffix: base ** (i + 1) for i, p in enumerate("kmgt") for suffix, base in (("", 1000), ("b", 1000), ("ib", 1024))
 }
 
 
@@ -165,83 +152,6 @@ class MemoryEstimate:
         }
 
 
-def _dispatched_bytes(run_one: Any) -> int:
-    """Bytes of the floating outputs of every aten op ``run_one()`` runs (TorchScript included).
-
-    An upper bound of the leaf-module count (it also counts intermediates such as transposes).
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class _Count(TorchDispatchMode):
-        total = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-            out = func(*args, **(kwargs or {}))
-            for o in out if isinstance(out, list | tuple) else (out,):
-                if isinstance(o, torch.Tensor) and o.is_floating_point():
-                    self.total += o.numel() * o.element_size()
-            return out
-
-    with torch.no_grad(), _Count() as count:
-        run_one()
-    return count.total
-
-
-def activation_bytes_per_example(module: nn.Module, run_one: Any, examples: int) -> int:
-    """Bytes of all leaf modules' outputs when ``run_one()`` runs ``examples`` examples, per example.
-
-    ``run_one`` is called once under ``torch.no_grad()``; forward hooks add up floating tensor outputs.
-    """
-    total = 0
-
-    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-        nonlocal total
-        stack = [out]
-        while stack:
-            o = stack.pop()
-            if isinstance(o, torch.Tensor):
-                total += o.numel() * o.element_size() if o.is_floating_point() else 0
-            elif isinstance(o, list | tuple):
-                stack.extend(o)
-            elif isinstance(o, dict):
-                stack.extend(o.values())
-
-    if isinstance(module, torch.jit.ScriptModule):  # compiled modules take no hooks: count every op's output
-        return _dispatched_bytes(run_one) // max(1, examples)
-    handles = [m.register_forward_hook(hook) for m in module.modules() if not any(True for _ in m.children())]
-    try:
-        with torch.no_grad():
-            run_one()
-    finally:
-        for h in handles:
-            h.remove()
-    return total // max(1, examples)
-
-
-def saved_bytes_per_example(module: nn.Module, names: list[str], run_with: Any, examples: int) -> int:
-    """Bytes autograd saves for backward when ``run_with(overrides)`` runs ``examples`` examples with ``overrides``
-    (the masked weights, as tensors sharing the parameters' storage, requiring gradients, as in training), per
-    example. A saved tensor counts its own elements, once per view (a view of a larger batch would otherwise
-    count the whole batch's storage per example); the module's own parameters and buffers are not counted.
-    """
-    from torch.autograd.graph import saved_tensors_hooks
-
-    params = dict(module.named_parameters())
-    own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
-    seen: dict[tuple, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.is_floating_point() and t.device.type != "meta" and t.untyped_storage().data_ptr() not in own:
-            key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-            seen[key] = t.numel() * t.element_size()
-        return t
-
-    overrides = {n: params[n].detach().requires_grad_() for n in names}
-    with torch.enable_grad(), saved_tensors_hooks(pack, lambda t: t):
-        run_with(overrides)
-    return sum(seen.values()) // max(1, examples)
-
-
 def estimate(
     module: nn.Module,
     names: list[str],
@@ -256,8 +166,9 @@ def estimate(
 ) -> MemoryEstimate:
     """The estimate for masking ``names`` of ``module`` with batch ``batch_size`` and ``samples`` samples per step.
 
-    ``act_per_example`` is what :func:`activation_bytes_per_example` measured (``act_factor`` :data:`ACT_FACTOR`),
-    or :func:`saved_bytes_per_example` (``act_factor`` :data:`SAVED_FACTOR`). ``masks`` masks trained at once
+    ``act_per_example`` is what :func:`~maskprobe.learning.footprint.activation_bytes_per_example` measured
+    (``act_factor`` :data:`ACT_FACTOR`), or :func:`~maskprobe.learning.footprint.saved_bytes_per_example`
+    (``act_factor`` :data:`SAVED_FACTOR`). ``masks`` masks trained at once
     (``--together``) each hold their logits, Adam state, samples, gradients and activations, and their samples are
     copied once more into the one stacked input of the shared forward (``w`` bytes per weight and sample).
     ``state_bytes``: the bytes of each of Adam's two moments per weight (2 with ``--adam-state bf16``)."""
@@ -359,27 +270,6 @@ def resident_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError, AttributeError):
         return 0
-
-
-def available_bytes(device: torch.device | str) -> int | None:
-    """Free memory on ``device``: CUDA's free bytes, the CPU's MemAvailable; None where unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    return None
 
 
 def suggestions(est: MemoryEstimate, budget: int) -> list[str]:

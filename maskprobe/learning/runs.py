@@ -214,13 +214,16 @@ def _train_locked(
     task0 = request.tasks[0][0]
     at_once = len(jobs) if request.together and not shard and not world.distributed else 1
     if request.dry_run:
+        from .footprint import estimate_run
         from .memory import memory_plan
 
-        plan = memory_plan(_estimate_memory(ckpt.model, task0, config, masked, at_once), world.size)
+        plan = memory_plan(estimate_run(ckpt.model, task0, config, masked, at_once), world.size)
         return RunResult(ckpt.to_dict(), memory_plan=plan)
     if not shard:  # a meta-device model has no activations to measure
+        from .footprint import check_run
+
         per_process = dataclasses.replace(config, samples=config.samples // world.size)  # K/R samples each
-        _check_memory(ckpt.model, task0, per_process, masked, request.memory_limit, at_once)
+        check_run(ckpt.model, task0, per_process, masked, request.memory_limit, at_once)
     shapes = {r.name: tuple(r.shape) for r in rows if r.masked}
     if config.fixed_from and not shard:  # the fixed tensors keep no logits in a state file
         from .engine import fixed_masks
@@ -492,44 +495,3 @@ def refuse_existing(plans: list) -> None:
     stale = [str(p.state) for p in plans if p.state.exists()]
     if stale:  # hours of an interrupted run must not be overwritten by accident
         raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")
-
-
-def _check_memory(module: Any, task: Any, config: TrainConfig, names: list[str], limit: int | str | None,
-                  masks: int = 1) -> None:  # fmt: skip
-    """Refuse before the first step when the estimate for ``masks`` masks at once exceeds ``limit`` (``"auto"``:
-    the device's free memory)."""
-    from .memory import available_bytes, check_fits
-
-    if limit is None:  # --memory-limit off
-        return
-    budget = available_bytes(config.device) if limit == "auto" else int(limit)
-    if budget is not None:
-        check_fits(_estimate_memory(module, task, config, names, masks), budget)
-
-
-def _estimate_memory(module: Any, task: Any, config: TrainConfig, names: list[str], masks: int = 1) -> Any:
-    """memory.estimate for this run; ``config.samples`` is what one process runs, ``masks`` how many masks train
-    at once (``--together``)."""
-    import torch
-
-    from ..measure.evaluation import task_loss
-    from .batching import batch_size_of, split_batch
-    from .masked import MaskedModel, frozen
-    from .memory import ACT_FACTOR, SAVED_FACTOR, activation_bytes_per_example, estimate, saved_bytes_per_example
-
-    batch = next(iter(task.batches("train", config.batch_size, torch.Generator().manual_seed(config.seed))))
-    one = split_batch(batch, max(1, batch_size_of(batch)))[0]  # a single example: cheap even for a large model
-
-    def run_with(overrides: dict) -> Any:
-        return task_loss(task, MaskedModel(module, overrides), one, 0)
-
-    with frozen(module):
-        try:  # what autograd keeps, as in training; a model or task where that cannot run: the leaf outputs
-            act, factor = saved_bytes_per_example(module, names, run_with, 1), SAVED_FACTOR
-        except Exception:  # noqa: BLE001 - only the estimate's precision is at stake; the run reports real failures
-            act = 0
-        if act <= 0:
-            act, factor = activation_bytes_per_example(module, lambda: run_with({}), 1), ACT_FACTOR
-    return estimate(module, names, device=config.device, batch_size=config.batch_size, samples=config.samples,
-                    act_per_example=act, act_factor=factor, masks=masks,
-                    state_bytes=2 if config.adam_state == "bf16" else 4)  # fmt: skip
