@@ -116,7 +116,7 @@ def compare(
     if plot_tensors and plot is None:
         raise BadInputError("--plot-tensors needs --plot DIR (the folder the figures go to)")
     if plot is not None:
-        from ..learning.runs import refuse_writing_into_checkpoints
+        from ..learning.outputs import refuse_writing_into_checkpoints
         from ..render.plots import check_plot_folder, require_matplotlib
 
         require_matplotlib()

@@ -2,10 +2,10 @@
 
 A run is one mask per (task, seed, beta), sharing the loaded checkpoint, the process and the compiled kernels.
 This module owns what lies around :func:`maskprobe.learning.training.train_mask`: where each mask and its state file go
-(:func:`maskprobe.paths.output_paths`), that no output overwrites the checkpoint or an earlier result, the lock
-that keeps a second run out, the memory check, resuming, the state saved on a signal, a NaN or a full disk,
-and writing the mask files. It reports through a :class:`Reporter` (the CLI's draws tables and progress; a
-notebook may pass none) and never prints.
+(:func:`maskprobe.paths.output_paths`, checked by :mod:`maskprobe.learning.outputs`), the lock that keeps a second run
+out, the settings chosen for the model, the memory check (:mod:`maskprobe.learning.footprint`), resuming and the state
+saved on a signal, a NaN or a full disk (:mod:`maskprobe.learning.statefile`), and writing the mask files. It reports
+through a :class:`Reporter` (the CLI's draws tables and progress; a notebook may pass none) and never prints.
 """
 
 from __future__ import annotations
@@ -136,9 +136,11 @@ def train_masks(
         NumericalError: NaN/inf; the last good state is saved when there is one.
         CheckpointError, PluginError: as :func:`maskprobe.loading.checkpoints.load_checkpoint` and the task.
     """
+    from ..atomic import check_writable
     from ..locking import OutputLock
     from ..paths import output_paths
     from . import distributed
+    from .outputs import refuse_existing, refuse_overwriting_checkpoint
 
     reporter = reporter or Silent()
     jobs = request.jobs()
@@ -146,8 +148,6 @@ def train_masks(
     refuse_overwriting_checkpoint(request.checkpoint, plans)
     if not (request.force or request.resume or request.dry_run):
         refuse_existing(plans)
-    from ..atomic import check_writable
-
     for p in plans:  # before the checkpoint is loaded and hours are spent
         check_writable(p.mask)
     if request.save_every < 0:
@@ -191,7 +191,7 @@ def _train_locked(
     from ..tasks.contract import setup_tasks
     from . import distributed
     from .selection import describe_selection
-    from .statefile import Snapshots, check_finished, load_state, resume_key, save_state
+    from .statefile import Snapshots, check_finished, load_state, resume_key, save_interrupted, save_on_nan, save_state
 
     world, dev = distributed.setup(resolve_device(request.config.device))
     distributed.sample_share(request.config.samples, world)  # refuse a K that does not split, up front
@@ -199,6 +199,8 @@ def _train_locked(
     shard = request.shard and not request.dry_run  # --dry-run estimates every mode from the loaded model
     ckpt = _open_checkpoint(request, world, shard)
     if config.fixed_from and not request.allow_mismatch:
+        from .outputs import refuse_other_checkpoint
+
         refuse_other_checkpoint("--fix-from", config.fixed_from, ckpt)
     setup_tasks([t for t, _ in request.tasks], ckpt)
     rows = describe_selection(ckpt.model, config.selection, stored_dtypes=ckpt.dtypes)
@@ -276,7 +278,7 @@ def _train_locked(
             else:
                 result = _train_one(request, ckpt, task, ref, cfg, plan, key, state, label, shard, reporter, should_stop)
         except NumericalError as exc:
-            error = _with_saved_state(exc, plan, key, save_state)
+            error = save_on_nan(exc, plan, key)
             if ahead is None:
                 raise error from None
             failed = failed or error
@@ -289,7 +291,7 @@ def _train_locked(
         if not result.completed:
             later = list((ahead or {}).values())[i + 1 :]
             others = sum(1 for r in later if r != "done" and not isinstance(r, BaseException) and not r.completed)
-            _save_interrupted(result, plan, key, should_stop, written, others)
+            save_interrupted(result, plan, key, should_stop, written, others)
         try:
             with held(should_stop):  # a signal now waits for the mask (a second or two): it is what the run is for
                 distributed.on_main(world, lambda plan=plan, result=result: _write_mask(plan, result, ckpt, request.pack_bits))
@@ -364,45 +366,6 @@ def _open_checkpoint(request: TrainRequest, world: Any, shard: bool) -> Any:
                            trust=request.trust, meta=shard)  # fmt: skip
 
 
-def _with_saved_state(exc: NumericalError, plan: Any, key: dict[str, str], save_state: Any) -> NumericalError:
-    if exc.state is not None:
-        try:
-            save_state(plan.state, exc.state, key)
-        except BadInputError as write_error:
-            return NumericalError(f"{exc}; the last good state could not be saved ({write_error})")
-    where = (
-        f"the last good state is in {plan.state} (--resume continues from it)" if plan.state.exists() else "no state was saved"
-    )
-    return NumericalError(f"{exc}; {where}")
-
-
-def _save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any, written: list[Path],
-                      others: int = 0) -> None:  # fmt: skip
-    """Save the state of a run a signal stopped (no further signal interrupts the save) and raise Interrupted,
-    whose one line says where it stopped, what was kept and how to continue (``others``: the states of that many
-    more masks, stopped with it under ``--together``, already saved)."""
-    import shlex
-    import sys
-
-    from ..interrupts import by, signum_of
-    from .statefile import save_state
-
-    signum = signum_of(should_stop)
-    steps = f"step {result.steps_run}/{result.config.steps}"
-    where = f"at {steps} of {result.task.name}"
-    if result.steps_run >= result.config.steps:
-        where = f"after training {result.task.name} ({steps}), before its final evaluation finished"
-    where = f"by {by(should_stop)} {where}" + (f" (kept: {', '.join(str(p) for p in written)})" if written else "")
-    try:
-        with held(should_stop):
-            save_state(plan.state, result.state, key)
-    except BadInputError as write_error:
-        raise Interrupted(f"interrupted {where}; the state could not be saved ({write_error})", signum) from None
-    cmd = " ".join(shlex.quote(a) for a in ["maskprobe", *sys.argv[1:]] if a not in ("--force", "--resume"))
-    more = f" (and {others} more beside their masks)" if others else ""
-    raise Interrupted(f"interrupted {where}; state saved to {plan.state}{more}; continue with: {cmd} --resume", signum)
-
-
 def _write_mask(plan: Any, result: Any, ckpt: Any, pack_bits: bool = False) -> None:
     """Save the mask, then drop the run's state file (rank 0 only under torchrun)."""
     from ..masks.maskfile import save_masks
@@ -410,88 +373,3 @@ def _write_mask(plan: Any, result: Any, ckpt: Any, pack_bits: bool = False) -> N
     save_masks(plan.mask, result.masks, result.metadata(ckpt.to_dict()), pack_bits=pack_bits)
     if plan.state.exists():
         plan.state.unlink()
-
-
-def refuse_overwriting_checkpoint(checkpoint: Any, plans: list) -> None:
-    """No output (mask, state or lock file) may be the checkpoint, one of its shards, or lie in its folder,
-    whatever the flags: ``--force`` overwrites masks, never the network they were learned on."""
-    import os
-
-    from ..locking import lock_path
-
-    path = Path(checkpoint)
-    if not path.exists():
-        return  # loading reports it
-    files = [] if path.is_dir() else [path.resolve()]
-    if not path.is_dir() and path.name.endswith(".index.json"):
-        from ..errors import CheckpointError
-        from ..loading.checkpoints import read_shard_index
-
-        try:
-            files += read_shard_index(path)[2]
-        except CheckpointError:
-            pass  # loading reports it
-    for plan in plans:
-        for target in (plan.mask, plan.state, lock_path(plan.mask)):
-            resolved = target.resolve()
-            if inside_checkpoint_folder(checkpoint, target):
-                raise BadInputError(f"--out: {target} lies inside the checkpoint folder {checkpoint}; write the masks elsewhere")
-            if resolved in files or (target.exists() and any(os.path.samefile(target, f) for f in files)):
-                raise BadInputError(
-                    f"--out: {target} is the checkpoint {checkpoint}; refusing to overwrite it, choose another --out"
-                )
-
-
-def inside_checkpoint_folder(checkpoint: Any, target: Any) -> bool:
-    """``target`` is a checkpoint folder (a Hugging Face folder, whose files are its identity) or lies inside it."""
-    path = Path(checkpoint)
-    if not path.is_dir():
-        return False
-    folder, resolved = path.resolve(), Path(target).resolve()
-    return resolved == folder or folder in resolved.parents
-
-
-def refuse_writing_into_checkpoints(option: str, target: Any, checkpoints: Sequence[Any]) -> None:
-    """Nothing but train's own outputs is written where a checkpoint lives: a file added to a checkpoint folder
-    changes its identity (SHA-256), and every mask of it would then read as trained on another checkpoint.
-
-    Raises:
-        BadInputError: ``target`` is one of ``checkpoints`` or lies inside a checkpoint folder.
-    """
-    import os
-
-    for ckpt in checkpoints:
-        if ckpt is None or not Path(ckpt).exists():
-            continue
-        if inside_checkpoint_folder(ckpt, target):
-            raise BadInputError(f"{option}: {target} lies inside the checkpoint folder {ckpt}; write it elsewhere")
-        if Path(target).exists() and os.path.samefile(target, ckpt):
-            raise BadInputError(f"{option}: {target} is the checkpoint {ckpt}; choose another {option}")
-
-
-def refuse_other_checkpoint(option: str, mask: Any, checkpoint: Any) -> None:
-    """The mask file ``mask`` was trained on ``checkpoint`` (by the identity it records, as evaluate and compare
-    check it).
-
-    Raises:
-        BadInputError: it records another checkpoint (pass --allow-mismatch), or it cannot be read.
-    """
-    from ..masks.maskfile import open_masks
-    from ..masks.masksets import fits_recorded
-
-    with open_masks(mask) as reader:
-        recorded = reader.metadata.get("checkpoint")
-    differ = fits_recorded(recorded if isinstance(recorded, dict) else {}, checkpoint)
-    if differ:
-        raise BadInputError(
-            f"{option} {mask} was trained on another checkpoint ({differ}); pass --allow-mismatch if that is intended"
-        )
-
-
-def refuse_existing(plans: list) -> None:
-    existing = [str(p.mask) for p in plans if p.mask.exists()]
-    if existing:
-        raise BadInputError(f"{existing[0]} exists; pass --force to overwrite or --resume to continue")
-    stale = [str(p.state) for p in plans if p.state.exists()]
-    if stale:  # hours of an interrupted run must not be overwritten by accident
-        raise BadInputError(f"{stale[0]} holds an interrupted run; pass --resume to continue it or --force to start over")

@@ -2,7 +2,8 @@
 
 Written on SIGINT/SIGTERM, on a NaN (the last good state), every ``--save-every`` steps and when the final mask
 cannot be written; read by ``--resume``. A ``torch.save`` dict (read back with ``weights_only=True``): the
-format tag, the resume key (:func:`resume_key`) and :meth:`TrainState.to_dict`.
+format tag, the resume key (:func:`resume_key`) and :meth:`TrainState.to_dict`. :func:`save_interrupted` and
+:func:`save_on_nan` save it when a run stops and give the one line that says where it is and how to go on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadInputError
+from ..errors import BadInputError, Interrupted, NumericalError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -159,6 +160,45 @@ def load_state(path: Path, key: dict[str, str], shapes: dict[str, tuple[int, ...
     if bad:
         raise BadInputError(f"cannot resume from {path}: its logits do not fit the masked parameters (first: {bad[0]!r})")
     return state
+
+
+def save_on_nan(exc: NumericalError, plan: Any, key: dict[str, str]) -> NumericalError:
+    """Save the last good state a NaN/inf left (``exc.state``) beside the mask; the error to raise, saying where it is."""
+    if exc.state is not None:
+        try:
+            save_state(plan.state, exc.state, key)
+        except BadInputError as write_error:
+            return NumericalError(f"{exc}; the last good state could not be saved ({write_error})")
+    where = (
+        f"the last good state is in {plan.state} (--resume continues from it)" if plan.state.exists() else "no state was saved"
+    )
+    return NumericalError(f"{exc}; {where}")
+
+
+def save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any, written: list[Path],
+                      others: int = 0) -> None:  # fmt: skip
+    """Save the state of a run a signal stopped (no further signal interrupts the save) and raise Interrupted,
+    whose one line says where it stopped, what was kept and how to continue (``others``: the states of that many
+    more masks, stopped with it under ``--together``, already saved)."""
+    import shlex
+    import sys
+
+    from ..interrupts import by, held, signum_of
+
+    signum = signum_of(should_stop)
+    steps = f"step {result.steps_run}/{result.config.steps}"
+    where = f"at {steps} of {result.task.name}"
+    if result.steps_run >= result.config.steps:
+        where = f"after training {result.task.name} ({steps}), before its final evaluation finished"
+    where = f"by {by(should_stop)} {where}" + (f" (kept: {', '.join(str(p) for p in written)})" if written else "")
+    try:
+        with held(should_stop):
+            save_state(plan.state, result.state, key)
+    except BadInputError as write_error:
+        raise Interrupted(f"interrupted {where}; the state could not be saved ({write_error})", signum) from None
+    cmd = " ".join(shlex.quote(a) for a in ["maskprobe", *sys.argv[1:]] if a not in ("--force", "--resume"))
+    more = f" (and {others} more beside their masks)" if others else ""
+    raise Interrupted(f"interrupted {where}; state saved to {plan.state}{more}; continue with: {cmd} --resume", signum)
 
 
 class Snapshots:
