@@ -16,6 +16,7 @@ DEVICE = "cpu"  # the library's: a notebook gets what it asks for; the CLI's --d
 EVAL_BATCH_SIZE = 1024  # batch size of every evaluation (training's final ones, evaluate, compare's ablation)
 CONTROL_SEED = 0  # seed of compare's random-removal controls
 PRECISIONS = ("fp32", "tf32", "bf16")  # TrainConfig.precision's values (docs/method.md, "Precision")
+REGULARISER = "beta / batch_size * sum(logits)"  # the objective's regulariser, recorded in every mask file's hparams
 ADAM_STATES = ("fp32", "bf16")  # TrainConfig.adam_state's values (docs/method.md, "Adam's state in bf16")
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a seed is a 64-bit signed integer (beyond it, an overflow deep inside torch)
 

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
-from maskprobe.config import TrainConfig
-from maskprobe.learning.training import REGULARISER, regulariser_grad, train_mask
+from maskprobe.config import REGULARISER, TrainConfig
+from maskprobe.learning.training import regulariser_grad, train_mask
 from maskprobe.tasks import TaskRef
 from sample_tasks.arithmetic import AddTask
 
