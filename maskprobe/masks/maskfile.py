@@ -6,10 +6,9 @@ string-to-string map; the keys in :data:`JSON_KEYS` hold JSON.
 
 API: :func:`save_masks`, :func:`load_masks`, :func:`open_masks` (streaming, tensor by tensor).
 
-``open_masks(path, foreign=True)`` (what ``compare`` opens) also reads masks from other tools: a safetensors file
-without maskprobe metadata holding bool or uint8 (0/1) tensors, or a numpy ``.npz`` archive of such arrays keyed by
-parameter name (read with ``allow_pickle=False``: an archive holding Python objects is refused, never unpickled).
-Such a reader has no metadata (``foreign`` is True): its label is the file name, its task must be given.
+``open_masks(path, foreign=True)`` (what ``compare`` opens) also reads masks from other tools
+(:mod:`maskprobe.masks.foreign`: bool/uint8 safetensors without our metadata, ``.npz`` never unpickled). Such a
+reader has no metadata (``foreign`` is True): its label is the file name, its task must be given.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 from ..atomic import atomic_write
 from ..errors import MaskFileError
 from ..paths import input_kind
+from .foreign import check_foreign_safetensors, is_zip, open_npz, uint8_as_bool
 
 FORMAT = "maskprobe.mask/1"
 _OBJECT, _INT, _NUMBER, _LIST = dict, int, (int, float), list
@@ -239,60 +239,6 @@ def load_masks(path: str | os.PathLike[str]) -> MaskSet:
         return MaskSet(Path(path), masks, reader.metadata)
 
 
-def _is_zip(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"PK\x03\x04"
-    except OSError:
-        return False
-
-
-_FOREIGN_DTYPES = ("BOOL", "U8")
-_NOT_A_MASK = "{path}: {what} {name!r} is {dtype}: not a mask (a mask from another tool holds bool or uint8 0/1 {kind})"
-
-
-def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """``{name: (shape, dtype)}`` of a ``.npz`` archive, from each array's ``.npy`` header (no data read, nothing
-    unpickled).
-
-    Raises:
-        MaskFileError: not a zip of ``.npy`` members, an unreadable header, Python objects, or a non-mask dtype.
-    """
-    import zipfile
-
-    import numpy as np
-
-    fmt = np.lib.format
-    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
-    out: dict[str, tuple[tuple[int, ...], Any]] = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.namelist():
-                name = member.removesuffix(".npy")
-                if name == member:
-                    raise MaskFileError(f"{path} is a zip archive but not a .npz of arrays (it holds {member!r})")
-                with zf.open(member) as fh:
-                    version = fmt.read_magic(fh)
-                    if version not in readers:
-                        raise MaskFileError(f"{path}: array {name!r} is in .npy format {version}, which maskprobe does not read")
-                    shape, _fortran, dtype = readers[version](fh)
-                if dtype.hasobject:
-                    raise MaskFileError(
-                        f"{path}: array {name!r} holds Python objects (dtype {dtype}); refused: maskprobe never unpickles "
-                        "a mask file (save bool or uint8 arrays)"
-                    )
-                if dtype not in (np.dtype(bool), np.dtype(np.uint8)):
-                    raise MaskFileError(_NOT_A_MASK.format(path=path, what="array", name=name, dtype=dtype, kind="arrays"))
-                out[name] = (tuple(int(d) for d in shape), dtype)
-    except MaskFileError:
-        raise
-    except Exception as exc:  # zipfile and numpy raise BadZipFile, OSError, ValueError ... on damaged archives
-        raise MaskFileError(f"{path} is not a readable .npz archive ({type(exc).__name__}: {exc})") from None
-    if not out:
-        raise MaskFileError(f"{path} holds no arrays")
-    return out
-
-
 class MaskReader:
     """Streaming access to a mask file, one tensor at a time as numpy bool arrays.
 
@@ -305,8 +251,9 @@ class MaskReader:
         self._npz: Any = None
         self._handle: Any = None
         _check_readable(self.path)  # before anything opens it: a FIFO would block open() forever
-        if foreign and _is_zip(self.path):
-            self._open_npz()
+        if foreign and is_zip(self.path):
+            self._npz_shapes, self._npz = open_npz(self.path)
+            self.foreign, self.metadata, self.packed_shapes, self.names = True, {}, None, list(self._npz_shapes)
             return
         from safetensors import safe_open
 
@@ -318,7 +265,8 @@ class MaskReader:
         try:
             raw = self._f.metadata()
             if foreign and not str((raw or {}).get("format", "")).startswith("maskprobe."):
-                self._open_foreign_safetensors()
+                self.foreign, self.metadata, self.packed_shapes = True, {}, None
+                self.names = check_foreign_safetensors(self.path, self._f)
                 return
             _check_format(self.path, raw)
             self.metadata = decode_metadata(raw, self.path)
@@ -329,28 +277,6 @@ class MaskReader:
         except BaseException:
             self.close()
             raise
-
-    def _open_foreign_safetensors(self) -> None:
-        """A safetensors file without maskprobe metadata: bool or uint8 tensors, no metadata."""
-        self.foreign, self.metadata, self.packed_shapes = True, {}, None
-        self.names = list(self._f.keys())
-        for name in self.names:
-            dtype = self._f.get_slice(name).get_dtype()
-            if dtype not in _FOREIGN_DTYPES:
-                raise MaskFileError(_NOT_A_MASK.format(path=self.path, what="tensor", name=name, dtype=dtype, kind="tensors"))
-        if not self.names:
-            raise MaskFileError(f"{self.path} holds no tensors")
-
-    def _open_npz(self) -> None:
-        import numpy as np
-
-        self._npz_shapes = {n: shape for n, (shape, _) in _npz_headers(self.path).items()}
-        self.foreign, self.metadata, self.packed_shapes = True, {}, None
-        self.names = list(self._npz_shapes)
-        try:
-            self._npz = np.load(self.path, allow_pickle=False)
-        except Exception as exc:
-            raise MaskFileError(f"{self.path} is not a readable .npz archive ({type(exc).__name__}: {exc})") from None
 
     @property
     def packed(self) -> bool:
@@ -374,9 +300,7 @@ class MaskReader:
         if self.packed_shapes is not None:
             return unpack_bits(self.path, name, arr, self.packed_shapes[name])
         if self.foreign and arr.dtype == "uint8":
-            if arr.size and int(arr.max()) > 1:
-                raise MaskFileError(f"{self.path}: {name!r} holds values other than 0 and 1: not a mask")
-            return arr.view(bool)
+            return uint8_as_bool(self.path, name, arr)
         if arr.dtype != bool:
             raise MaskFileError(f"{self.path}: tensor {name!r} has dtype {arr.dtype}, expected bool")
         if arr.size and int(arr.view("uint8").max()) > 1:  # it counts as 2, 7... in sums: a damaged or forged file
