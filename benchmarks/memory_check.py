@@ -6,7 +6,7 @@ the free memory), then the same command for a few steps in this process, and the
 change the memory): the paper's FNN 42-2000x4-20 (12.1M masked weights) and a GPT-2-shaped LM (``--gpt2``, 6
 layers of width 768, ``text-lm`` on generated text; needs transformers).
 
-Run (on a GPU; on the CPU the same comparison is ``MASKPROBE_MEASURE_PEAK=1 python -m pytest -q tests/test_memory.py
+Run (on a GPU; on the CPU the same comparison is ``python -m pytest -q tests/test_memory.py
 -k measured_peak``, by peak resident memory)::
 
     python benchmarks/memory_check.py --device cuda
