@@ -176,7 +176,7 @@ def save_on_nan(exc: NumericalError, plan: Any, key: dict[str, str]) -> Numerica
 
 
 def save_interrupted(result: Any, plan: Any, key: dict[str, str], should_stop: Any, written: list[Path],
-                      others: int = 0) -> None:  # fmt: skip
+                     others: int = 0) -> None:  # fmt: skip
     """Save the state of a run a signal stopped (no further signal interrupts the save) and raise Interrupted,
     whose one line says where it stopped, what was kept and how to continue (``others``: the states of that many
     more masks, stopped with it under ``--together``, already saved)."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import REGULARISER, TrainConfig
+from ..config import REGULARISER, TrainConfig  # REGULARISER re-exported: its path before config.py held it
 from ..errors import NumericalError, PluginError
 from ..interrupts import held, polled
 from ..measure.evaluation import evaluate_task, plugin_failure, scalar_loss, task_loss
