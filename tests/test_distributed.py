@@ -222,23 +222,36 @@ class _WithRotary(torch.nn.Module):
         return self.lin(x) * self.freq
 
 
-def test_build_sharded_keeps_computed_buffers_and_reads_a_sharded_safetensors_set(tmp_path):
-    """One-process gloo group: meta build, fully_shard, weights from a two-file safetensors index."""
+def test_build_sharded_keeps_computed_buffers_and_reads_a_sharded_safetensors_set(tmp_path, monkeypatch):
+    """One-process gloo group: meta build, fully_shard, weights from a two-file safetensors index with a prefix; the
+    engine fills its shards from the checkpoint as ``load_checkpoint(meta=True)`` opened it: nothing read or fitted
+    again (issue 22: ``--shard`` read and fitted the file twice)."""
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from maskprobe.learning.sharded import build_sharded
-    from maskprobe.loading.checkpoints import read_state_dict
+    from maskprobe.config import TrainConfig
+    from maskprobe.learning.sharded import ShardedEngine
+    from maskprobe.loading import checkpoints, formats, weights
 
     src = _WithRotary()
-    save_file({"lin.weight": src.lin.weight.detach().clone()}, tmp_path / "a.safetensors")
-    save_file({"lin.bias": src.lin.bias.detach().clone()}, tmp_path / "b.safetensors")
-    index = {"weight_map": {"lin.weight": "a.safetensors", "lin.bias": "b.safetensors"}}
+    save_file({"model.lin.weight": src.lin.weight.detach().clone()}, tmp_path / "a.safetensors")
+    save_file({"model.lin.bias": src.lin.bias.detach().clone()}, tmp_path / "b.safetensors")
+    index = {"weight_map": {"model.lin.weight": "a.safetensors", "model.lin.bias": "b.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    ckpt = checkpoints.load_checkpoint(tmp_path, _WithRotary, meta=True)
+    assert sorted(ckpt.tensors()) == ["lin.bias", "lin.weight"]  # the prefix stripped when it was opened
+
+    def again(*args, **kwargs):
+        raise AssertionError("the checkpoint was read or fitted a second time")
+
+    for module, name in ((checkpoints, "fit_state"), (weights, "fit_state"), (checkpoints, "read_tensors"),
+                         (formats, "read_tensors"), (checkpoints, "safetensors_on_meta"),
+                         (formats, "safetensors_on_meta"), (checkpoints, "read_state_dict")):  # fmt: skip
+        monkeypatch.setattr(module, name, again)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
-        _, state = read_state_dict(tmp_path, mmap=True)
-        model, gates = build_sharded(_WithRotary, state, lambda m: ["lin.weight"], device=torch.device("cpu"), init=2.0)
+        engine = ShardedEngine(ckpt, TrainConfig(device="cpu", init=2.0, steps=1, batch_size=4, samples=1))
+        model, gates = engine.model, engine.gates
         assert list(gates) == ["lin.weight"]
         assert torch.equal(model.freq, src.freq)  # recomputed in __init__, not left uninitialised by to_empty
         x = torch.randn(5, 4)

@@ -329,8 +329,7 @@ def _train_one(request: TrainRequest, ckpt: Any, task: Any, ref: Any, cfg: Train
         if shard:
             from .sharded import train_mask_sharded
 
-            return train_mask_sharded(ckpt.build, request.checkpoint, task, ref, cfg, callback=callback,
-                                      should_stop=should_stop)  # fmt: skip
+            return train_mask_sharded(ckpt, task, ref, cfg, callback=callback, should_stop=should_stop)
         snapshots = Snapshots(plan.state, key, reporter.warning)
         return train_mask(ckpt.model, task, ref, cfg, callback=callback, should_stop=should_stop, resume=state,
                           save_every=request.save_every, on_snapshot=snapshots)  # fmt: skip

@@ -3,10 +3,11 @@
 Each masked weight gets a parametrization, ``weight = w * gate(logit)``, whose ``logit`` is an
 ``nn.Parameter`` on the module of the weight it gates; ``fully_shard`` then shards weights and logits alike
 (every module that owns a masked weight is its own FSDP unit, then the root). The model is built on the
-``meta`` device, sharded, materialised empty on this rank's device and filled from the checkpoint, read
-memory-mapped (safetensors' ``safe_open`` or ``torch.load(mmap=True)``), so no rank ever holds the whole
-model. Adam's moments live beside each rank's shard of the logits: per rank ``16 n / R`` bytes of mask state.
-The final mask gathers each logit (``full_tensor()``) and rank 0 writes the usual safetensors mask file.
+``meta`` device, sharded, materialised empty on this rank's device and filled from the checkpoint as
+:func:`maskprobe.loading.checkpoints.load_checkpoint` opened and checked it (``meta=True``: memory-mapped,
+safetensors' ``safe_open`` or ``torch.load(mmap=True)``, fitted once), so no rank ever holds the whole model.
+Adam's moments live beside each rank's shard of the logits: per rank ``16 n / R`` bytes of mask state. The final
+mask gathers each logit (``full_tensor()``) and rank 0 writes the usual safetensors mask file.
 
 The step is the fused engine's (:class:`ShardedEngine` runs inside :func:`maskprobe.learning.training.run`, the one
 training loop): the same hash noise for (seed, step, sample, tensor), the same regulariser, clip and Adam
@@ -22,14 +23,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, CheckpointError, Interrupted
-from ..loading.checkpoints import read_state_dict
 from ..measure.evaluation import evaluate_task
 from ..tasks.contract import Task, TaskRef
 from . import distributed, kernels
@@ -102,10 +101,9 @@ def build_sharded(
     init: float = DEFAULTS.init,
     tau: float = DEFAULTS.tau,
     seed: int = 0,
-    source: str = "checkpoint",
-    extra_ok: bool = False,
 ) -> tuple[nn.Module, dict[str, LogitGate]]:
-    """Build on ``meta``, gate the selected weights, ``fully_shard``, materialise on ``device``, load ``state``.
+    """Build on ``meta``, gate the selected weights, ``fully_shard``, materialise on ``device``, load ``state``
+    (``{name: tensor}`` under the module's own names, as ``Checkpoint.tensors()`` gives them: fitted when opened).
 
     Returns:
         the sharded root module and ``{weight name: its LogitGate}`` (names as in the unmasked model).
@@ -115,11 +113,8 @@ def build_sharded(
     from torch.distributed.fsdp import fully_shard
     from torch.nn.utils import parametrize
 
-    from ..loading.weights import fit_state
-
     with _parameters_on_meta():
         model = build()
-    state = fit_state(model, state, source, extra_ok=extra_ok)  # prefixes, tied names, the file's names checked
     kept = {n: b.detach().clone() for n, b in model.named_buffers() if b.device.type != "meta"}
     with torch.device("meta"):
         names = names_of(model)
@@ -177,7 +172,7 @@ class ShardedEngine:
     :func:`maskprobe.learning.kernels.adam_step` (the same formulas as the torch backend).
     """
 
-    def __init__(self, build: Callable[[], nn.Module], checkpoint: str | Path, config: Any):
+    def __init__(self, checkpoint: Any, config: Any):
         if config.fixed_from:
             raise BadInputError("--fix-from does not run with --shard yet: train those masks without --shard")
         if config.adam_state != "fp32":
@@ -185,16 +180,15 @@ class ShardedEngine:
         self.world = distributed.current()
         self.device = torch.device(config.device)
         self.config = config
-        fmt, state = read_state_dict(checkpoint, mmap=True)
         self.model, self.gates = build_sharded(
-            build, state, lambda m: select_parameters(m, config.selection), device=self.device, init=config.init,
-            tau=config.tau, seed=config.seed, source=str(checkpoint), extra_ok=fmt == "hf-folder",
+            checkpoint.build, checkpoint.tensors(), lambda m: select_parameters(m, config.selection), device=self.device,
+            init=config.init, tau=config.tau, seed=config.seed,
         )  # fmt: skip
         self.logits = [g.logit for g in self.gates.values()]
         self.moments = [(torch.zeros_like(p.to_local()), torch.zeros_like(p.to_local())) for p in self.logits]
         self.adam_step = 0
         self.numel = sum(g.logit.numel() for g in self.gates.values())
-        self.build = build
+        self.build = checkpoint.build
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
@@ -276,8 +270,7 @@ class ShardedEngine:
 
 
 def train_mask_sharded(
-    build: Callable[[], nn.Module],
-    checkpoint: str | Path,
+    checkpoint: Any,
     task: Task,
     task_ref: TaskRef,
     config: Any,
@@ -289,8 +282,9 @@ def train_mask_sharded(
     with a :class:`ShardedEngine`.
 
     Args:
-        build: builds the architecture (called under ``torch.device("meta")``).
-        checkpoint: single-file or sharded safetensors, or a ``torch.save`` state dict.
+        checkpoint: a :class:`maskprobe.loading.checkpoints.Checkpoint` opened with ``meta=True`` (single-file or
+            sharded safetensors, a Hugging Face folder's safetensors, or a ``torch.save`` state dict): its ``build``
+            gives the architecture, its ``tensors()`` the weights, read memory-mapped from that one opening.
         config: a :class:`maskprobe.config.TrainConfig`; ``samples`` must be a multiple of the process count.
 
     Raises:
@@ -300,7 +294,7 @@ def train_mask_sharded(
     from .training import run
 
     distributed.require_group()
-    result = run(ShardedEngine(build, checkpoint, config), task, task_ref, config, callback=callback, should_stop=should_stop)
+    result = run(ShardedEngine(checkpoint, config), task, task_ref, config, callback=callback, should_stop=should_stop)
     if not result.completed:
         where = f"step {result.steps_run}/{config.steps} of {task.name}"
         raise Interrupted(f"interrupted at {where}; --shard keeps no state to resume")

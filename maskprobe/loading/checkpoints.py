@@ -50,7 +50,10 @@ class Checkpoint:
         identity: ``{"scheme", "weights", "architecture"}`` (digest.py): what a mask records and is checked
             against; the same weights in another folder, file or format have the same identity.
         build: ``meta=True`` only: a zero-argument callable building a fresh module of the same architecture and
-            dtype (the sharded engine builds its own, sharded copy and fills it from :func:`read_state_dict`).
+            dtype (the sharded engine builds its own, sharded copy and fills it from ``tensors``).
+        tensors: ``meta=True`` only: a zero-argument callable giving the file's tensors as ``{name: tensor}`` under
+            the module's names (prefixes stripped, tied names filled), memory-mapped, in their stored dtypes: the
+            file as it was opened and checked, not read or fitted again.
         dtypes: ``{parameter or buffer name: dtype}`` as the file stores them (weights-only files; empty when the
             file holds its module, whose dtypes are the stored ones).
     """
@@ -60,6 +63,7 @@ class Checkpoint:
     format: str
     identity: dict[str, str] = field(default_factory=dict)
     build: Callable[[], Any] | None = None
+    tensors: Callable[[], dict[str, Any]] | None = None
     dtypes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -100,38 +104,35 @@ def _identity_of_loaded(path: Path, module: Any) -> IdentityDigest:
     return IdentityDigest(path, _state_key(module), architecture_name(module), lambda: state)
 
 
-def _mapped_source(path: Path, module: Any, fitted: Mapping[str, Any], file_keys: Mapping[int, tuple[Path, str]]) -> Callable:
-    """``(name, tensor)`` of a module opened on the meta device, read one tensor at a time (memory-mapped) and cast
-    to the module's dtype for that name as loading would: the same pairs as the loaded module's state dict."""
-    dtypes = {k: v.dtype for k, v in module.state_dict().items()}
+def _mapped(
+    path: Path, names: list[str], fitted: Mapping[str, Any], file_keys: Mapping[int, tuple[Path, str]], purpose: str
+) -> Iterator[tuple[str, Any]]:
+    """``(name, tensor)`` of the fitted state for ``names`` in their order, memory-mapped: a safetensors tensor still
+    on the meta device (only its header read) is taken from its file here, one at a time."""
+    from safetensors import safe_open
 
-    def source() -> Iterator[tuple[str, Any]]:
-        from safetensors import safe_open
-
-        handles: dict[Path, Any] = {}
-        try:
-            for name in sorted(dtypes):
-                t = fitted[name]
-                if t.device.type == "meta":  # safetensors: only the header was read
-                    file, key = file_keys[id(t)]
-                    if file not in handles:
-                        handles[file] = safe_open(str(file), "pt").__enter__()
-                    t = handles[file].get_tensor(key)
-                yield name, (t.to(dtypes[name]) if t.dtype != dtypes[name] else t)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {path} to identify it: {_one_line(exc)}") from None
-        finally:
-            for h in handles.values():
-                h.__exit__(None, None, None)
-
-    return source
+    handles: dict[Path, Any] = {}
+    try:
+        for name in names:
+            t = fitted[name]
+            if t.device.type == "meta":
+                file, key = file_keys[id(t)]
+                if file not in handles:
+                    handles[file] = safe_open(str(file), "pt").__enter__()
+                t = handles[file].get_tensor(key)
+            yield name, t
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} {purpose}: {_one_line(exc)}") from None
+    finally:
+        for h in handles.values():
+            h.__exit__(None, None, None)
 
 
-def _open_meta(path: Path, fmt: str, build: Callable[[], Any]) -> tuple[Any, Callable[[], Any], dict[str, str], IdentityDigest]:
-    """``(module on meta, fresh builder, stored dtypes, identity)``: the architecture of a file that
+def _open_meta(path: Path, fmt: str, build: Callable[[], Any]) -> tuple[Any, Callable, Callable, dict[str, str], IdentityDigest]:
+    """``(module on meta, fresh builder, its tensors, stored dtypes, identity)``: the architecture of a file that
     ``read_state_dict(mmap=True)`` can read, checked against the file's names and shapes and cast to its dtype; only
-    headers are read (safetensors) or the file memory-mapped (``torch.load(mmap=True)``); the identity reads the
-    weights memory-mapped, one tensor at a time.
+    headers are read (safetensors) or the file memory-mapped (``torch.load(mmap=True)``), once; the identity and
+    the tensors (``{name: tensor}`` under the module's names, memory-mapped) read from that one opening.
 
     Raises:
         CheckpointError: what ``read_state_dict(mmap=True)`` refuses, or names and shapes that do not fit.
@@ -159,8 +160,17 @@ def _open_meta(path: Path, fmt: str, build: Callable[[], Any]) -> tuple[Any, Cal
         return module.to(dtype) if dtype is not None else module
 
     module = module.to(dtype) if dtype is not None else module
-    source = _mapped_source(path, module, fitted, file_keys)
-    return module, fresh, dtypes, IdentityDigest(path, _state_key(module), architecture_name(module), source)
+    cast = {k: v.dtype for k, v in module.state_dict().items()}
+
+    def source() -> Iterator[tuple[str, Any]]:  # what loading would give: each tensor in the module's dtype
+        for name, t in _mapped(path, sorted(cast), fitted, file_keys, "to identify it"):
+            yield name, (t.to(cast[name]) if t.dtype != cast[name] else t)
+
+    def tensors() -> dict[str, Any]:  # as stored: the sharded engine's copy into its shards casts
+        return dict(_mapped(path, sorted(cast), fitted, file_keys, "to fill the shards"))
+
+    digest = IdentityDigest(path, _state_key(module), architecture_name(module), source)
+    return module, fresh, tensors, dtypes, digest
 
 
 def _load_hf(path: Path) -> Any:
@@ -230,9 +240,9 @@ def load_checkpoint(
     digest = None
     try:
         if meta:
-            module, fresh, dtypes, digest = _open_meta(path, fmt, build)
+            module, fresh, tensors, dtypes, digest = _open_meta(path, fmt, build)
         else:
-            fresh = None
+            fresh = tensors = None
             module, fmt, dtypes = _load(path, fmt, build, trust)
             digest = _identity_of_loaded(path, module)  # hashed while the module moves to the device
             if torch.device(device) != torch.device("cpu"):
@@ -242,7 +252,7 @@ def load_checkpoint(
         if digest is not None:
             digest.cancel()
         raise
-    return Checkpoint(model=module, path=path, format=fmt, identity=identity, build=fresh, dtypes=dtypes)
+    return Checkpoint(model=module, path=path, format=fmt, identity=identity, build=fresh, tensors=tensors, dtypes=dtypes)
 
 
 def read_contents(path: str | os.PathLike[str], *, trust: bool = False) -> tuple[str, Any]:
