@@ -81,8 +81,10 @@ def assert_same_mask(a: Path, b: Path) -> None:
     for name in ta:
         assert torch.equal(ta[name], tb[name]), name
     ma, mb = load_masks(a).metadata, load_masks(b).metadata
-    for key in ("steps", "final_loss", "density", "metric_masked", "hparams", "seed", "task"):
+    for key in ("steps", "final_loss", "history", "density", "metric_masked", "hparams", "seed", "task"):
         assert ma[key] == mb[key], key
+    steps = [row[0] for row in ma["history"]]  # the whole run's progress rows, the resumed part included
+    assert steps == sorted(steps) and steps[-1] == ma["steps"] and len(steps) >= 2
 
 
 def interrupt(ckpt: Path, tmp_path: Path, sig: int) -> tuple[Path, Path, str]:

@@ -134,6 +134,7 @@ class MaskResult:
             "seed": self.config.seed,
             "steps": self.steps_run,
             "final_loss": self.final_loss,
+            "history": [[int(step), float(loss), float(d)] for step, loss, d in self.state.history],
             "density": self.density(),
             "metric_full": self.metric_full,
             "metric_masked": self.metric_masked,
