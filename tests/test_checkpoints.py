@@ -479,6 +479,28 @@ def test_meta_builds_the_architecture_without_reading_weights(tmp_path, monkeypa
     assert {p.device.type for p in load_checkpoint(path, fnn, meta=True).model.parameters()} == {"meta"}
 
 
+def test_meta_tensors_are_the_opened_files_weights_and_refuse_a_file_replaced_since(tmp_path):
+    """``Checkpoint.tensors()`` (what ``--shard`` fills its shards from): the stored tensors under the module's names,
+    equal to the file's, for every memory-mappable format; a safetensors file rewritten after it was opened (and
+    hashed) is refused, not silently trained on under the old identity."""
+    import os
+
+    model = fnn()
+    expected = {k: v.detach() for k, v in model.state_dict().items()}
+    for kind in ("safetensors", "sharded-index", "torch-zip"):
+        (folder := tmp_path / kind).mkdir()
+        ckpt = load_checkpoint(_save(kind, model, folder), fnn, meta=True)
+        got = ckpt.tensors()
+        assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in expected), kind
+    (folder := tmp_path / "replaced").mkdir()
+    path = _save("safetensors", model, folder)
+    ckpt = load_checkpoint(path, fnn, meta=True)
+    save_file({k: v + 1 for k, v in expected.items()}, str(path.with_suffix(".new")))
+    os.replace(path.with_suffix(".new"), path)  # the same names and shapes, other weights, a new inode
+    with pytest.raises(CheckpointError, match="changed since it was opened"):
+        ckpt.tensors()
+
+
 def test_meta_refuses_what_cannot_be_memory_mapped_and_what_does_not_fit(tmp_path, hf_folders):
     from checkpoint_helpers import fnn as make
 

@@ -104,11 +104,22 @@ def _identity_of_loaded(path: Path, module: Any) -> IdentityDigest:
     return IdentityDigest(path, _state_key(module), architecture_name(module), lambda: state)
 
 
+def _stat_key(file: Path) -> tuple[int, int, int, int]:
+    st = file.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _mapped(
-    path: Path, names: list[str], fitted: Mapping[str, Any], file_keys: Mapping[int, tuple[Path, str]], purpose: str
+    path: Path,
+    names: list[str],
+    fitted: Mapping[str, Any],
+    file_keys: Mapping[int, tuple[Path, str]],
+    purpose: str,
+    opened: Mapping[Path, tuple[int, int, int, int]],
 ) -> Iterator[tuple[str, Any]]:
     """``(name, tensor)`` of the fitted state for ``names`` in their order, memory-mapped: a safetensors tensor still
-    on the meta device (only its header read) is taken from its file here, one at a time."""
+    on the meta device (only its header read) is taken from its file here, one at a time, from the file whose header
+    was read (``opened``: its device, inode, size and mtime then): a file replaced or rewritten since is refused."""
     from safetensors import safe_open
 
     handles: dict[Path, Any] = {}
@@ -118,6 +129,8 @@ def _mapped(
             if t.device.type == "meta":
                 file, key = file_keys[id(t)]
                 if file not in handles:
+                    if _stat_key(file) != opened[file]:
+                        raise CheckpointError(f"{file} changed since it was opened; run again on a file that stays put")
                     handles[file] = safe_open(str(file), "pt").__enter__()
                 t = handles[file].get_tensor(key)
             yield name, t
@@ -140,9 +153,11 @@ def _open_meta(path: Path, fmt: str, build: Callable[[], Any]) -> tuple[Any, Cal
     import torch
 
     file_keys: dict[int, tuple[Path, str]] = {}  # id of a meta tensor -> the file and name that hold its bytes
+    opened: dict[Path, tuple[int, int, int, int]] = {}  # each file as its header was read
     if fmt in ("safetensors", "safetensors-sharded", "hf-folder"):
         state: dict[str, Any] = {}
         for file in mmap_files(path):
+            opened[file] = _stat_key(file)
             part = safetensors_on_meta([file])
             file_keys.update({id(t): (file, k) for k, t in part.items()})
             state.update(part)
@@ -163,11 +178,11 @@ def _open_meta(path: Path, fmt: str, build: Callable[[], Any]) -> tuple[Any, Cal
     cast = {k: v.dtype for k, v in module.state_dict().items()}
 
     def source() -> Iterator[tuple[str, Any]]:  # what loading would give: each tensor in the module's dtype
-        for name, t in _mapped(path, sorted(cast), fitted, file_keys, "to identify it"):
+        for name, t in _mapped(path, sorted(cast), fitted, file_keys, "to identify it", opened):
             yield name, (t.to(cast[name]) if t.dtype != cast[name] else t)
 
     def tensors() -> dict[str, Any]:  # as stored: the sharded engine's copy into its shards casts
-        return dict(_mapped(path, sorted(cast), fitted, file_keys, "to fill the shards"))
+        return dict(_mapped(path, sorted(cast), fitted, file_keys, "to fill the shards", opened))
 
     digest = IdentityDigest(path, _state_key(module), architecture_name(module), source)
     return module, fresh, tensors, dtypes, digest
