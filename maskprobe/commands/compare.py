@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..config import CONTROL_SEED, SEED_MAX, SEED_MIN
-from .options import AllowMismatch, Device, Model, ModelArgs, Quiet, TaskArgs, Trust
+from .options import AllowMismatch, Device, Model, ModelArgs, Quiet, TaskArgs, Trust, TrustMaskTasks
 
 
 def compare(
@@ -26,14 +26,7 @@ def compare(
         list[str], typer.Option("--task", "-t", help="Task per mask, in order (default: from each mask's metadata).")
     ] = [],
     task_arg: TaskArgs = [],
-    trust_mask_tasks: Annotated[
-        bool,
-        typer.Option(
-            "--trust-mask-tasks",
-            help="Rebuild tasks whose recorded ref is a file path or a module not installed as a task (imports code "
-            "named inside the mask files!).",
-        ),
-    ] = False,
+    trust_mask_tasks: TrustMaskTasks = False,
     model: Model = None,
     model_arg: ModelArgs = [],
     trust_checkpoint: Trust = False,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import AllowMismatch, Device, Json, Model, ModelArgs, TaskArgs, Trust
+from .options import AllowMismatch, Device, Json, Model, ModelArgs, TaskArgs, Trust, TrustMaskTasks
 
 
 def evaluate(
@@ -19,14 +19,7 @@ def evaluate(
     mask: Annotated[Path | None, typer.Option("--mask", "-m", help="Apply this mask (keep only its weights).")] = None,
     invert: Annotated[bool, typer.Option("--invert", help="Remove the mask's weights instead of keeping only them.")] = False,
     task_arg: TaskArgs = [],
-    trust_mask_tasks: Annotated[
-        bool,
-        typer.Option(
-            "--trust-mask-tasks",
-            help="Without --task: rebuild the mask's task even if its recorded ref is a file path or a module not "
-            "installed as a task (imports code named inside the mask file!).",
-        ),
-    ] = False,
+    trust_mask_tasks: TrustMaskTasks = False,
     model: Model = None,
     model_arg: ModelArgs = [],
     trust_checkpoint: Trust = False,

@@ -51,6 +51,15 @@ ModelArgs = Annotated[
 Trust = Annotated[
     bool, typer.Option("--trust-checkpoint", metavar="", help="Allow unpickling arbitrary objects (runs code from the file!).")
 ]
+TrustMaskTasks = Annotated[
+    bool,
+    typer.Option(
+        "--trust-mask-tasks",
+        metavar="",
+        help="Rebuild a mask's recorded task even if its ref is a file path or a module not installed as a task "
+        "(imports code named inside the mask file!).",
+    ),
+]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress output.")]
 AllowMismatch = Annotated[
