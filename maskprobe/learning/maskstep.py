@@ -111,7 +111,9 @@ class MaskLogits:
         self._nonfinite: str | None = None
         self.fused = self.backend == "compile"  # the fused step: device-side numbers (maskprobe/learning/fused.py)
         if self.fused:
-            self._fail = torch.zeros(7, dtype=torch.float64, device=self.device)  # fused.FAIL_FIELDS
+            from .fused import FAIL_FIELDS
+
+            self._fail = torch.zeros(FAIL_FIELDS, dtype=torch.float64, device=self.device)
             self._kept: Tensor | None = None
             self._keys: tuple[tuple[int, int], Tensor] | None = None
             self._sums: Tensor | None = None
