@@ -29,7 +29,6 @@ from .formats import (
     read_tensors,
     safetensors_files,
     safetensors_on_meta,
-    torch_load,
     unwrap_state_dict,
 )
 from .hf_folder import hf_builder, hf_tokenizer, load_hf_folder
@@ -37,7 +36,7 @@ from .weights import fit_state, floating_dtypes, load_fitted, misfit, one_dtype
 
 __all__ = ["Checkpoint", "detect_format", "hf_tokenizer", "load_checkpoint", "load_factory", "fit_state", "identify",
            "parse_model_args", "read_contents", "read_shard_index", "read_state_dict", "safetensors_files", "sha256_of",
-           "torch_load", "unwrap_state_dict"]  # fmt: skip
+           "unwrap_state_dict"]  # fmt: skip
 
 
 @dataclass
@@ -95,13 +94,6 @@ def identify(module: Any) -> dict[str, str]:
 def _state_key(module: Any) -> tuple:
     """Names, dtypes and shapes of a module's state: part of the cache key of its identity."""
     return tuple((k, str(v.dtype), tuple(v.shape)) for k, v in sorted(module.state_dict().items()))
-
-
-def _identity_of_loaded(path: Path, module: Any) -> IdentityDigest:
-    """The identity of a loaded module, hashed in a thread (its tensors taken now: moving the module later does not
-    change what is hashed)."""
-    state = sorted(module.state_dict().items())
-    return IdentityDigest(path, _state_key(module), architecture_name(module), lambda: state)
 
 
 def _stat_key(file: Path) -> tuple[int, int, int, int]:
@@ -206,16 +198,6 @@ def _load_torchscript(path: Path) -> Any:
         raise CheckpointError(f"{path} is a damaged TorchScript archive ({_one_line(exc)})") from None
 
 
-def _load(path: Path, fmt: str, build: Callable[[], Any], trust: bool) -> tuple[Any, str, dict[str, str]]:
-    """``(module on the CPU, format, stored dtypes)``."""
-    fmt, obj = _read(path, fmt, trust)
-    if fmt in MODULE_FORMATS:
-        return obj, fmt, {}
-    module = build()
-    state = fit_state(module, obj, str(path))
-    return load_fitted(module, state), fmt, floating_dtypes(state)
-
-
 def load_checkpoint(
     path: str | os.PathLike[str],
     architecture: Callable[[], Any] | None = None,
@@ -258,8 +240,13 @@ def load_checkpoint(
             module, fresh, tensors, dtypes, digest = _open_meta(path, fmt, build)
         else:
             fresh = tensors = None
-            module, fmt, dtypes = _load(path, fmt, build, trust)
-            digest = _identity_of_loaded(path, module)  # hashed while the module moves to the device
+            fmt, module = _read(path, fmt, trust)
+            dtypes = {}
+            if fmt not in MODULE_FORMATS:  # a weights-only file: loaded strictly into its architecture
+                state = fit_state(built := build(), module, str(path))
+                module, dtypes = load_fitted(built, state), floating_dtypes(state)
+            pairs = sorted(module.state_dict().items())  # taken now: moving the module later changes nothing hashed
+            digest = IdentityDigest(path, _state_key(module), architecture_name(module), lambda: pairs)
             if torch.device(device) != torch.device("cpu"):
                 module = module_on(module, device, copy_module=False)  # TorchScript: reloaded there (devices.py)
         identity = digest.result()

@@ -23,7 +23,7 @@ from ..paths import input_kind
 from .hf_folder import HF_WEIGHT_FILES
 
 __all__ = ["detect_format", "mmap_files", "read_shard_index", "read_tensors", "safetensors_on_meta", "safetensors_files",
-           "torch_load", "unwrap_state_dict"]  # fmt: skip
+           "unwrap_state_dict"]  # fmt: skip
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80
@@ -117,24 +117,19 @@ def _pickle_imports(path: Path, limit: int = 3) -> list[str]:
     return found
 
 
-def torch_load(path: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """``torch.load(path, **kwargs)`` decided by content: torch reads any path named ``*.safetensors`` as
-    safetensors, so a ``torch.save`` file of that name is handed over as an open file (not memory-mapped)."""
+def _torch_load(path: Path, trust: bool, mmap: bool = False) -> Any:
+    """``torch.load`` on the CPU, ``weights_only`` unless trusted, decided by content: torch reads any path named
+    ``*.safetensors`` as safetensors, so a ``torch.save`` file of that name is handed over as an open file (not
+    memory-mapped). Errors are one line: what unpickling would import, or that the file is damaged."""
     import torch
 
-    path = Path(path)
-    if not path.name.endswith(".safetensors"):
-        return torch.load(path, **kwargs)
-    kwargs.pop("mmap", None)  # torch maps only files it is given by name
-    with open(path, "rb") as fh:
-        return torch.load(fh, **kwargs)
-
-
-def _torch_load(path: Path, trust: bool, mmap: bool = False) -> Any:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says it all
             warnings.simplefilter("ignore")
-            return torch_load(path, map_location="cpu", weights_only=not trust, **({"mmap": True} if mmap else {}))
+            if not path.name.endswith(".safetensors"):
+                return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
+            with open(path, "rb") as fh:
+                return torch.load(fh, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # a damaged pickle can raise anything (EOFError, KeyError, struct.error ...)
         message = str(exc)
         if not trust and "Weights only load failed" in message:
